@@ -1,0 +1,316 @@
+//! The message bus that links the stages: a producer that publishes keyed payloads and reports
+//! delivery, and a consumer whose messages are acknowledged only after the work they caused is
+//! done. Kafka implements it in distributed mode, [`MemoryBus`] in embedded mode.
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Topic names shared by every stage.
+pub mod topics {
+    /// Ticks as ingested, before validation.
+    pub const RAW: &str = "ticks.raw";
+    /// Ticks the router let through.
+    pub const CLEAN: &str = "ticks.clean";
+    /// Rejected records with their reason.
+    pub const DLQ: &str = "ticks.dlq";
+    /// Signals emitted by the indicators stage.
+    pub const SIGNALS: &str = "signals";
+}
+
+/// Identifies one consumed message, for acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryId {
+    /// Partition the message was read from.
+    pub partition: i32,
+    /// Offset of the message within its partition.
+    pub offset: i64,
+}
+
+/// A consumed message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Topic the message was read from.
+    pub topic: Arc<str>,
+    /// Where the message sits, for acknowledgement.
+    pub id: DeliveryId,
+    /// Message key (the symbol for tick topics).
+    pub key: Vec<u8>,
+    /// Message payload (protobuf).
+    pub payload: Vec<u8>,
+}
+
+/// Why a bus operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The bus is closed or shutting down.
+    #[error("bus closed")]
+    Closed,
+    /// The broker reported an error.
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+/// Resolves when the broker has durably accepted a published message.
+pub type Receipt = BoxFuture<'static, Result<(), BusError>>;
+
+/// Publishes keyed messages.
+#[async_trait]
+pub trait Producer: Send + Sync {
+    /// Queues a message; waits only while the outgoing queue is full. The returned receipt
+    /// resolves when the message is durably accepted.
+    async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError>;
+
+    /// Waits until every queued message is delivered or failed.
+    async fn flush(&self) -> Result<(), BusError>;
+}
+
+/// Reads messages of one topic for one consumer group.
+#[async_trait]
+pub trait Consumer: Send {
+    /// Returns the next message, or `None` when the stream has ended (the topic was closed or
+    /// shutdown was requested).
+    async fn recv(&mut self) -> Result<Option<Delivery>, BusError>;
+
+    /// Marks a message and everything before it in its partition as done. Call it only after
+    /// the work the message caused is durably finished.
+    fn ack(&mut self, id: DeliveryId) -> Result<(), BusError>;
+
+    /// Commits acknowledged positions now (on shutdown); a no-op where acks are immediate.
+    async fn commit(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// Messages whose outputs are published but not yet confirmed, acknowledged in input order as
+/// their receipts resolve, so a crash never skips an unconfirmed message.
+#[derive(Default)]
+pub struct InFlight {
+    queue: FuturesOrdered<BoxFuture<'static, (DeliveryId, Result<(), BusError>)>>,
+}
+
+impl InFlight {
+    /// Tracks `id` as done once every receipt in `receipts` has resolved.
+    pub fn push(&mut self, id: DeliveryId, receipts: Vec<Receipt>) {
+        self.queue.push_back(Box::pin(async move {
+            for r in receipts {
+                if let Err(e) = r.await {
+                    return (id, Err(e));
+                }
+            }
+            (id, Ok(()))
+        }));
+    }
+
+    /// Returns the next input whose outputs all resolved, in input order; pending forever when
+    /// nothing is in flight (use it in `select!` guarded by [`InFlight::is_empty`]).
+    pub async fn next(&mut self) -> Option<(DeliveryId, Result<(), BusError>)> {
+        self.queue.next().await
+    }
+
+    /// Returns how many inputs are unconfirmed.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Returns whether nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+struct TopicState {
+    name: Arc<str>,
+    next_offset: AtomicI64,
+    subscribers: Vec<mpsc::Sender<Delivery>>,
+}
+
+impl TopicState {
+    fn new(name: &str) -> Self {
+        Self {
+            name: Arc::from(name),
+            next_offset: AtomicI64::new(0),
+            subscribers: Vec::new(),
+        }
+    }
+}
+
+/// An in-process bus of bounded channels for embedded mode.
+///
+/// Every consumer group subscribed to a topic receives every message (fan-out). A full group
+/// queue makes the publisher wait (back-pressure, never loss); size the storage group's queue so
+/// that a slow store does not stall the real-time branch. Messages published to a topic with no
+/// subscriber are discarded, as nothing would ever read them.
+#[derive(Clone, Default)]
+pub struct MemoryBus {
+    topics: Arc<Mutex<HashMap<String, TopicState>>>,
+    published: Arc<AtomicU64>,
+}
+
+impl MemoryBus {
+    /// Returns an empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes a consumer group to `topic` with a queue of `capacity` messages. Subscribe
+    /// before publishing: a group only sees messages published after it joined.
+    pub fn subscribe(&self, topic: &str, capacity: usize) -> MemoryConsumer {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let mut topics = self.topics.lock().expect("bus lock poisoned");
+        topics
+            .entry(topic.to_string())
+            .or_insert_with(|| TopicState::new(topic))
+            .subscribers
+            .push(tx);
+        MemoryConsumer {
+            rx,
+            acked: Arc::new(AtomicI64::new(-1)),
+        }
+    }
+
+    /// Returns a producer for this bus.
+    pub fn producer(&self) -> MemoryProducer {
+        MemoryProducer { bus: self.clone() }
+    }
+
+    /// Closes `topic`: its consumers receive what is queued, then the end of the stream.
+    pub fn close(&self, topic: &str) {
+        let mut topics = self.topics.lock().expect("bus lock poisoned");
+        if let Some(t) = topics.get_mut(topic) {
+            t.subscribers.clear();
+        }
+    }
+
+    /// Returns how many messages were published on this bus, over all topics.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// Publishes to a [`MemoryBus`].
+#[derive(Clone)]
+pub struct MemoryProducer {
+    bus: MemoryBus,
+}
+
+#[async_trait]
+impl Producer for MemoryProducer {
+    async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
+        let (offset, subscribers, topic_name) = {
+            let mut topics = self.bus.topics.lock().expect("bus lock poisoned");
+            if !topics.contains_key(topic) {
+                topics.insert(topic.to_string(), TopicState::new(topic));
+            }
+            let state = &topics[topic];
+            (
+                state.next_offset.fetch_add(1, Ordering::Relaxed),
+                state.subscribers.clone(),
+                state.name.clone(),
+            )
+        };
+        self.bus.published.fetch_add(1, Ordering::Relaxed);
+        let delivery = Delivery {
+            topic: topic_name,
+            id: DeliveryId {
+                partition: 0,
+                offset,
+            },
+            key: key.to_vec(),
+            payload,
+        };
+        if let Some((last, rest)) = subscribers.split_last() {
+            for tx in rest {
+                tx.send(delivery.clone())
+                    .await
+                    .map_err(|_| BusError::Closed)?;
+            }
+            last.send(delivery).await.map_err(|_| BusError::Closed)?;
+        }
+        Ok(Box::pin(futures::future::ready(Ok(()))))
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// One consumer group's view of a [`MemoryBus`] topic.
+pub struct MemoryConsumer {
+    rx: mpsc::Receiver<Delivery>,
+    acked: Arc<AtomicI64>,
+}
+
+impl MemoryConsumer {
+    /// Returns the highest acknowledged offset (-1 before the first ack).
+    pub fn acked(&self) -> i64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl Consumer for MemoryConsumer {
+    async fn recv(&mut self) -> Result<Option<Delivery>, BusError> {
+        Ok(self.rx.recv().await)
+    }
+
+    fn ack(&mut self, id: DeliveryId) -> Result<(), BusError> {
+        self.acked.fetch_max(id.offset, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fans_out_to_every_group_in_order_and_ends_on_close() {
+        let bus = MemoryBus::new();
+        let mut a = bus.subscribe(topics::CLEAN, 8);
+        let mut b = bus.subscribe(topics::CLEAN, 8);
+        let p = bus.producer();
+        for i in 0..3u8 {
+            p.send(topics::CLEAN, b"EURUSD", vec![i])
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        bus.close(topics::CLEAN);
+        for c in [&mut a, &mut b] {
+            let mut got = vec![];
+            while let Some(d) = c.recv().await.unwrap() {
+                assert_eq!(d.id.offset, i64::from(d.payload[0]));
+                c.ack(d.id).unwrap();
+                got.push(d.payload[0]);
+            }
+            assert_eq!(got, vec![0, 1, 2]);
+        }
+        assert_eq!(a.acked(), 2);
+        assert_eq!(bus.published(), 3);
+    }
+
+    #[tokio::test]
+    async fn in_flight_acks_in_input_order() {
+        let mut f = InFlight::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let slow: Receipt = Box::pin(async move {
+            rx.await.ok();
+            Ok(())
+        });
+        f.push(DeliveryId { partition: 0, offset: 1 }, vec![slow]);
+        f.push(
+            DeliveryId { partition: 0, offset: 2 },
+            vec![Box::pin(futures::future::ready(Ok(())))],
+        );
+        tx.send(()).unwrap();
+        assert_eq!(f.next().await.unwrap().0.offset, 1);
+        assert_eq!(f.next().await.unwrap().0.offset, 2);
+        assert!(f.is_empty());
+    }
+}

@@ -1,0 +1,69 @@
+//! The storage boundary: what the persister writes ticks and dead letters through. PostgreSQL
+//! implements it in distributed mode, SQLite in embedded mode.
+
+use crate::tick::Tick;
+use async_trait::async_trait;
+
+/// A record the pipeline refused, as stored (mirrors the protobuf `DeadLetter`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRecord {
+    /// Machine-readable reason code.
+    pub reason: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// Original payload bytes.
+    pub payload: Vec<u8>,
+    /// Where the payload was read from.
+    pub origin: String,
+    /// Component that rejected it.
+    pub component: String,
+    /// When it was rejected, UTC ns.
+    pub ts_rejected_ns: i64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the connection broke: retrying later may succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused the data itself: retrying the same rows fails again.
+    #[error("database rejected the data: {0}")]
+    Data(String),
+}
+
+impl StoreError {
+    /// Returns whether the failure is about connectivity rather than the data.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Durable storage of ticks, idempotent on the tick's idempotency key.
+#[async_trait]
+pub trait TickStore: Send + Sync {
+    /// Creates or upgrades the schema.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Stores a batch atomically, ignoring ticks whose key is already stored; returns how many
+    /// rows were new.
+    async fn insert_ticks(&self, ticks: &[Tick]) -> Result<u64, StoreError>;
+
+    /// Stores rejected records.
+    async fn insert_dead_letters(&self, records: &[DeadLetterRecord]) -> Result<u64, StoreError>;
+
+    /// Returns the number of stored ticks.
+    async fn count_ticks(&self) -> Result<u64, StoreError>;
+
+    /// Returns stored ticks of `symbols` (all when empty) with event time in `[from_ns, to_ns)`,
+    /// ordered by event time then key, at most `limit` of them, starting after `after`
+    /// (event time, key) when given: pages for replays.
+    async fn ticks_between(
+        &self,
+        symbols: &[String],
+        from_ns: i64,
+        to_ns: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Tick>, StoreError>;
+}
