@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod clock;
+pub mod instrument;
 pub mod latency;
 pub mod price;
 pub mod shutdown;

@@ -1,0 +1,24 @@
+//! The source boundary: anything that yields canonical ticks (the simulator, files, broker
+//! feeds). Adding a source is one module implementing [`TickSource`].
+
+use async_trait::async_trait;
+use tick_core::Tick;
+
+/// Why a source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source's input could not be read or parsed.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// A producer of canonical ticks, already stamped with `ts_recv_ns` and keyed.
+#[async_trait]
+pub trait TickSource: Send {
+    /// Returns the source name used in ticks and metrics.
+    fn name(&self) -> &str;
+
+    /// Appends the next ticks to `out`, waiting for them if needed. Returns `false` when the
+    /// source is exhausted (a file read to its end); a live source never is.
+    async fn next_batch(&mut self, out: &mut Vec<Tick>) -> Result<bool, SourceError>;
+}

@@ -1,0 +1,258 @@
+//! The embedded store: one SQLite file, no server. Writes are batched in transactions with
+//! `INSERT OR IGNORE` on the idempotency key, so replays never duplicate a row.
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tick_core::Tick;
+use tick_core::store::{DeadLetterRecord, StoreError, TickStore};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: ticks, dead letters.
+    "CREATE TABLE ticks (
+        idempotency_key TEXT PRIMARY KEY,
+        symbol TEXT NOT NULL,
+        source TEXT NOT NULL,
+        ts_event_ns INTEGER NOT NULL,
+        ts_recv_ns INTEGER NOT NULL,
+        price_scale INTEGER NOT NULL,
+        bid INTEGER NOT NULL,
+        ask INTEGER NOT NULL,
+        last INTEGER,
+        bid_size REAL NOT NULL,
+        ask_size REAL NOT NULL,
+        volume REAL NOT NULL,
+        flags INTEGER NOT NULL,
+        replay INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX ticks_symbol_time ON ticks (symbol, ts_event_ns);
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        origin TEXT NOT NULL,
+        component TEXT NOT NULL,
+        ts_rejected_ns INTEGER NOT NULL
+    );",
+];
+
+/// A [`TickStore`] in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Data(other.to_string()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("open {}: {e}", path.display())))?;
+        // WAL lets readers (sqlite3, the replayer) query while we write; FULL sync makes a
+        // committed batch survive a power cut, not only a crash.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(db_err)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn
+                .lock()
+                .map_err(|_| StoreError::Unavailable("connection lock poisoned".into()))?;
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl TickStore for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.with_conn(|c| {
+            c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+            )
+            .map_err(db_err)?;
+            let current: i64 = c
+                .query_row("SELECT max(version) FROM schema_version", [], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .optional()
+                .map_err(db_err)?
+                .flatten()
+                .unwrap_or(0);
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+                let tx = c.transaction().map_err(db_err)?;
+                tx.execute_batch(sql).map_err(db_err)?;
+                tx.execute("INSERT INTO schema_version VALUES (?1)", [i as i64 + 1])
+                    .map_err(db_err)?;
+                tx.commit().map_err(db_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_ticks(&self, ticks: &[Tick]) -> Result<u64, StoreError> {
+        let ticks = ticks.to_vec();
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let mut n = 0u64;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO ticks VALUES
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    )
+                    .map_err(db_err)?;
+                for t in &ticks {
+                    n += stmt
+                        .execute(params![
+                            t.key,
+                            t.symbol,
+                            t.source,
+                            t.ts_event_ns,
+                            t.ts_recv_ns,
+                            t.scale,
+                            t.bid,
+                            t.ask,
+                            t.last,
+                            t.bid_size,
+                            t.ask_size,
+                            t.volume,
+                            t.flags,
+                            t.replay,
+                        ])
+                        .map_err(db_err)? as u64;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn insert_dead_letters(&self, records: &[DeadLetterRecord]) -> Result<u64, StoreError> {
+        let records = records.to_vec();
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO dead_letters
+                         (reason, detail, payload, origin, component, ts_rejected_ns)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(db_err)?;
+                for r in &records {
+                    stmt.execute(params![
+                        r.reason,
+                        r.detail,
+                        r.payload,
+                        r.origin,
+                        r.component,
+                        r.ts_rejected_ns
+                    ])
+                    .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(records.len() as u64)
+        })
+        .await
+    }
+
+    async fn count_ticks(&self) -> Result<u64, StoreError> {
+        self.with_conn(|c| {
+            c.query_row("SELECT count(*) FROM ticks", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn ticks_between(
+        &self,
+        symbols: &[String],
+        from_ns: i64,
+        to_ns: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        let symbols = symbols.to_vec();
+        self.with_conn(move |c| {
+            let (after_ts, after_key) = after.unwrap_or((i64::MIN, String::new()));
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT idempotency_key, symbol, source, ts_event_ns, ts_recv_ns, price_scale,
+                            bid, ask, last, bid_size, ask_size, volume, flags, replay
+                     FROM ticks
+                     WHERE ts_event_ns >= ?1 AND ts_event_ns < ?2
+                       AND (ts_event_ns, idempotency_key) > (?3, ?4)
+                     ORDER BY ts_event_ns, idempotency_key",
+                )
+                .map_err(db_err)?;
+            let mut rows = stmt
+                .query(params![from_ns, to_ns, after_ts, after_key])
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(db_err)? {
+                let symbol: String = r.get(1).map_err(db_err)?;
+                if !symbols.is_empty() && !symbols.contains(&symbol) {
+                    continue;
+                }
+                out.push(Tick {
+                    key: r.get(0).map_err(db_err)?,
+                    symbol,
+                    source: r.get(2).map_err(db_err)?,
+                    ts_event_ns: r.get(3).map_err(db_err)?,
+                    ts_recv_ns: r.get(4).map_err(db_err)?,
+                    scale: r.get(5).map_err(db_err)?,
+                    bid: r.get(6).map_err(db_err)?,
+                    ask: r.get(7).map_err(db_err)?,
+                    last: r.get(8).map_err(db_err)?,
+                    bid_size: r.get(9).map_err(db_err)?,
+                    ask_size: r.get(10).map_err(db_err)?,
+                    volume: r.get(11).map_err(db_err)?,
+                    flags: r.get(12).map_err(db_err)?,
+                    ts_route_ns: 0,
+                    replay: r.get(13).map_err(db_err)?,
+                });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

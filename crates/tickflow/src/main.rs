@@ -1,0 +1,58 @@
+//! `tickflow`: the whole pipeline in one process (`tickflow run`, the default), and the client
+//! commands a user needs next to it.
+
+use clap::{Parser, Subcommand};
+use tick_core::telemetry::{self, LogFormat};
+use tickflow::{embedded, subscribe};
+
+/// Real-time market-data pipeline for trading bots: ticks in, indicators and signals out over
+/// gRPC, every tick stored exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "tickflow", version, about, long_about = None)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "TICKFLOW_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs every stage in this process with a simulated feed, gRPC and a SQLite file (default).
+    Run(embedded::RunArgs),
+    /// Subscribes to a running SignalService and prints each event with its latency.
+    Subscribe(subscribe::SubscribeArgs),
+    /// Prints the current state of one symbol from a running SignalService.
+    Snapshot {
+        /// The symbol, e.g. EURUSD.
+        symbol: String,
+        /// Server address.
+        #[arg(long, env = "TICKFLOW_ADDR", default_value = "http://127.0.0.1:50051")]
+        addr: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, "info");
+    match cli.command {
+        None => run(Cli::parse_from(["tickflow", "run"]).command).await,
+        Some(c) => run(Some(c)).await,
+    }
+}
+
+async fn run(command: Option<Command>) -> anyhow::Result<()> {
+    match command {
+        Some(Command::Run(args)) => {
+            let shutdown = tick_core::shutdown::on_signals();
+            let summary = embedded::run(args, shutdown, |_| {}).await?;
+            println!("{summary}");
+            Ok(())
+        }
+        Some(Command::Subscribe(args)) => subscribe::subscribe(args).await,
+        Some(Command::Snapshot { symbol, addr }) => subscribe::snapshot(addr, symbol).await,
+        None => unreachable!("main supplies the default command"),
+    }
+}
