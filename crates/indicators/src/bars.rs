@@ -243,13 +243,21 @@ mod tests {
         assert_eq!((bar.open, bar.price_scale), (1015, 6));
         assert!(b.on_clock(10_000 * S, 0).is_none());
         let mut r = BarBuilder::new("1m".parse().unwrap(), PriceSide::Bid);
-        r.on_tick(&Tick { replay: true, ..tick(60 * S, 100) });
+        r.on_tick(&Tick {
+            replay: true,
+            ..tick(60 * S, 100)
+        });
         assert!(r.on_clock(10_000 * S, 0).is_none());
     }
 
     #[test]
     fn timeframes_parse() {
-        let ok = [("1s", S), ("5m", 300 * S), ("1h", 3600 * S), ("1d", 86400 * S)];
+        let ok = [
+            ("1s", S),
+            ("5m", 300 * S),
+            ("1h", 3600 * S),
+            ("1d", 86400 * S),
+        ];
         for (t, n) in ok {
             assert_eq!(t.parse::<Timeframe>().unwrap().nanos, n);
         }

@@ -212,9 +212,7 @@ impl Rsi {
 
 impl Indicator for Rsi {
     fn update(&mut self, x: f64) -> Option<f64> {
-        let Some(prev) = self.prev.replace(x) else {
-            return None;
-        };
+        let prev = self.prev.replace(x)?;
         let change = x - prev;
         let (gain, loss) = (change.max(0.0), (-change).max(0.0));
         let n = self.period as f64;
@@ -260,7 +258,10 @@ mod tests {
     #[test]
     fn sma_hand_computed() {
         let out = run("sma(3)", &[1.0, 2.0, 3.0, 4.0, 10.0]);
-        assert_eq!(out, vec![None, None, Some(2.0), Some(3.0), Some(17.0 / 3.0)]);
+        assert_eq!(
+            out,
+            vec![None, None, Some(2.0), Some(3.0), Some(17.0 / 3.0)]
+        );
     }
 
     #[test]
@@ -270,25 +271,123 @@ mod tests {
         assert_eq!(out, vec![None, None, Some(2.0), Some(3.0), Some(6.5)]);
     }
 
-    /// The closing prices and 14-period RSI of StockCharts' ChartSchool RSI worksheet (the
-    /// classic published Wilder example), rounded there to two decimals.
-    #[test]
-    fn rsi_matches_stockcharts_worksheet() {
-        let closes = [
-            44.34, 44.09, 44.15, 43.61, 44.33, 44.83, 45.10, 45.42, 45.84, 46.08, 45.89, 46.03,
-            45.61, 46.28, 46.28, 46.00, 46.03, 46.41, 46.22, 45.64, 46.21, 46.25, 45.71, 46.45,
-            45.78, 45.35, 44.03, 44.18, 44.22, 44.57, 43.42, 42.66, 43.13,
-        ];
-        let published = [
-            70.53, 66.32, 66.55, 69.41, 66.36, 57.97, 62.93, 63.26, 56.06, 62.38, 54.71, 50.42,
-            39.99, 41.46, 41.87, 45.46, 37.30, 33.08, 37.77,
-        ];
-        let out = run("rsi(14)", &closes);
-        assert!(out[..14].iter().all(Option::is_none));
-        for (i, want) in published.iter().enumerate() {
-            let got = out[14 + i].unwrap();
-            assert!(close(got, *want, 0.006), "rsi[{}] = {got}, published {want}", 14 + i);
+    /// The closing prices of StockCharts' ChartSchool RSI worksheet (the classic Wilder
+    /// example).
+    const CLOSES: [f64; 33] = [
+        44.34, 44.09, 44.15, 43.61, 44.33, 44.83, 45.10, 45.42, 45.84, 46.08, 45.89, 46.03, 45.61,
+        46.28, 46.28, 46.00, 46.03, 46.41, 46.22, 45.64, 46.21, 46.25, 45.71, 46.45, 45.78, 45.35,
+        44.03, 44.18, 44.22, 44.57, 43.42, 42.66, 43.13,
+    ];
+
+    fn assert_matches(spec: &str, warmup: usize, reference: &[f64]) {
+        let out = run(spec, &CLOSES);
+        assert!(
+            out[..warmup].iter().all(Option::is_none),
+            "{spec} warm too early"
+        );
+        for (i, want) in reference.iter().enumerate() {
+            let got = out[warmup + i].unwrap();
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs(),
+                "{spec}[{}] = {got}, TA-Lib {want}",
+                warmup + i
+            );
         }
+    }
+
+    /// Reference values computed by TA-Lib 0.8.2 (Python package `ta-lib`, `talib.RSI(c, 14)`)
+    /// on `CLOSES`. StockCharts' worksheet prints 70.53, 66.32, ... because it rounds its
+    /// intermediate averages; TA-Lib does not.
+    #[test]
+    fn rsi_matches_talib() {
+        let talib = [
+            70.46413502109704,
+            66.24961855355505,
+            66.48094183471265,
+            69.34685316290864,
+            66.29471265892623,
+            57.91502067008556,
+            62.88071830996241,
+            63.208788718287764,
+            56.01158478954756,
+            62.33992931089788,
+            54.67097137765514,
+            50.386815195114224,
+            40.019423791313564,
+            41.49263540422281,
+            41.9024296784581,
+            45.499497238680405,
+            37.32277831337994,
+            33.09048257272338,
+            37.788771982057824,
+        ];
+        assert_matches("rsi(14)", 14, &talib);
+        // The published worksheet agrees to its printed precision (within its rounding).
+        let published = [
+            70.53, 66.32, 66.55, 69.41, 66.36, 57.97, 62.93, 63.26, 56.06,
+        ];
+        for (t, p) in talib.iter().zip(published) {
+            assert!((t - p).abs() < 0.1);
+        }
+    }
+
+    /// `talib.EMA(c, 10)` and `talib.SMA(c, 10)` on `CLOSES` (TA-Lib 0.8.2).
+    #[test]
+    fn ema_and_sma_match_talib() {
+        let ema = [
+            44.779,
+            44.981,
+            45.171727272727274,
+            45.251413223140496,
+            45.43842900075131,
+            45.59144190970562,
+            45.665725198850055,
+            45.73195698087732,
+            45.85523752980872,
+            45.92155797893441,
+            45.87036561912815,
+            45.93211732474121,
+            45.98991417478827,
+            45.93902068846313,
+            46.03192601783347,
+            45.98612128731829,
+            45.870462871442236,
+            45.53583325845274,
+            45.289318120552245,
+            45.0948966440882,
+            44.99946089061762,
+            44.7122861832326,
+            44.33914324082667,
+            44.11929901522182,
+        ];
+        let sma = [
+            44.779,
+            44.934000000000005,
+            45.128,
+            45.274,
+            45.541,
+            45.736000000000004,
+            45.853,
+            45.946000000000005,
+            46.045,
+            46.083000000000006,
+            46.039,
+            46.071000000000005,
+            46.093,
+            46.103,
+            46.12,
+            46.06999999999999,
+            46.004999999999995,
+            45.80499999999999,
+            45.582,
+            45.382000000000005,
+            45.275000000000006,
+            44.99600000000001,
+            44.637000000000015,
+            44.37900000000001,
+        ];
+        assert_matches("ema(10)", 9, &ema);
+        assert_matches("sma(10)", 9, &sma);
     }
 
     #[test]

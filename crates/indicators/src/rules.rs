@@ -125,7 +125,12 @@ mod tests {
         assert_eq!(r.direction(), -1);
         let r: Rule = "EMA(12)  crosses_above ema(26)".parse().unwrap();
         assert_eq!(r.id, "ema(12) crosses_above ema(26)");
-        for bad in ["rsi(14) crosses 30", "rsi(14) > ", "foo(3) > 1", "rsi(14) > nan"] {
+        for bad in [
+            "rsi(14) crosses 30",
+            "rsi(14) > ",
+            "foo(3) > 1",
+            "rsi(14) > nan",
+        ] {
             assert!(bad.parse::<Rule>().is_err(), "{bad}");
         }
     }
@@ -134,11 +139,41 @@ mod tests {
     fn fires_on_the_transition_only() {
         let cases = [
             ("x(1)", "sma(1) crosses_above 0", None, (1.0, 0.0), false),
-            ("", "sma(1) crosses_above 0", Some((-1.0, 0.0)), (1.0, 0.0), true),
-            ("", "sma(1) crosses_above 0", Some((0.0, 0.0)), (1.0, 0.0), true),
-            ("", "sma(1) crosses_above 0", Some((1.0, 0.0)), (2.0, 0.0), false),
-            ("", "sma(1) crosses_below 0", Some((1.0, 0.0)), (-1.0, 0.0), true),
-            ("", "sma(1) crosses_below 0", Some((1.0, 0.0)), (0.0, 0.0), false),
+            (
+                "",
+                "sma(1) crosses_above 0",
+                Some((-1.0, 0.0)),
+                (1.0, 0.0),
+                true,
+            ),
+            (
+                "",
+                "sma(1) crosses_above 0",
+                Some((0.0, 0.0)),
+                (1.0, 0.0),
+                true,
+            ),
+            (
+                "",
+                "sma(1) crosses_above 0",
+                Some((1.0, 0.0)),
+                (2.0, 0.0),
+                false,
+            ),
+            (
+                "",
+                "sma(1) crosses_below 0",
+                Some((1.0, 0.0)),
+                (-1.0, 0.0),
+                true,
+            ),
+            (
+                "",
+                "sma(1) crosses_below 0",
+                Some((1.0, 0.0)),
+                (0.0, 0.0),
+                false,
+            ),
             ("", "sma(1) > 3", None, (4.0, 3.0), true),
             ("", "sma(1) > 3", Some((4.0, 3.0)), (5.0, 3.0), false),
             ("", "sma(1) < 3", Some((4.0, 3.0)), (2.0, 3.0), true),

@@ -187,7 +187,10 @@ impl TickSource for SimSource {
             if self.max_ticks.is_some_and(|m| self.sent >= m) {
                 return Ok(false);
             }
-            let due = (start.elapsed().as_secs_f64() * self.rate) as u64;
+            // The epsilon makes the tick due exactly at `next_at` below count as due, despite
+            // floating-point rounding.
+            let period_ns = 1e9 / self.rate;
+            let due = (start.elapsed().as_nanos() as f64 / period_ns + 1e-6) as u64;
             let due = self.max_ticks.map_or(due, |m| due.min(m));
             if due > self.sent {
                 // Cap a batch so a long stall does not build one huge allocation.
@@ -200,7 +203,8 @@ impl TickSource for SimSource {
                 return Ok(true);
             }
             // Sleep until the next tick is due (at least the timer's 1 ms resolution).
-            let next_at = start + Duration::from_secs_f64((self.sent + 1) as f64 / self.rate);
+            let next_at =
+                start + Duration::from_nanos(((self.sent + 1) as f64 * period_ns).ceil() as u64);
             tokio::time::sleep_until(next_at).await;
         }
     }

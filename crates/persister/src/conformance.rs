@@ -18,7 +18,12 @@ fn tick(i: i64, symbol: &str) -> Tick {
         ask_size: 0.5,
         volume: 3.0,
         flags: 6,
-        key: tick_core::idempotency_key("conformance", symbol, 1_700_000_000_000_000_000 + i * 1_000_000, 0),
+        key: tick_core::idempotency_key(
+            "conformance",
+            symbol,
+            1_700_000_000_000_000_000 + i * 1_000_000,
+            0,
+        ),
         ts_route_ns: 0,
         replay: i % 3 == 0,
     }
@@ -29,25 +34,46 @@ pub async fn check_store(store: &dyn TickStore) {
     store.migrate().await.expect("migrate twice is harmless");
     let a: Vec<Tick> = (0..10).map(|i| tick(i, "EURUSD")).collect();
     let b: Vec<Tick> = (0..5).map(|i| tick(i, "USDJPY")).collect();
-    assert_eq!(store.insert_ticks(&a).await.unwrap(), 10, "new rows counted");
-    assert_eq!(store.insert_ticks(&a[5..]).await.unwrap(), 0, "replayed rows ignored");
+    assert_eq!(
+        store.insert_ticks(&a).await.unwrap(),
+        10,
+        "new rows counted"
+    );
+    assert_eq!(
+        store.insert_ticks(&a[5..]).await.unwrap(),
+        0,
+        "replayed rows ignored"
+    );
     let mixed: Vec<Tick> = a[..2].iter().chain(&b).cloned().collect();
-    assert_eq!(store.insert_ticks(&mixed).await.unwrap(), 5, "only new rows of a mixed batch");
+    assert_eq!(
+        store.insert_ticks(&mixed).await.unwrap(),
+        5,
+        "only new rows of a mixed batch"
+    );
     assert_eq!(store.count_ticks().await.unwrap(), 15);
 
     let from = a[0].ts_event_ns;
     let to = a[9].ts_event_ns + 1;
     let all = store.ticks_between(&[], from, to, None, 100).await.unwrap();
     assert_eq!(all.len(), 15);
-    assert!(all.windows(2).all(|w| (w[0].ts_event_ns, &w[0].key) <= (w[1].ts_event_ns, &w[1].key)));
+    assert!(
+        all.windows(2)
+            .all(|w| (w[0].ts_event_ns, &w[0].key) <= (w[1].ts_event_ns, &w[1].key))
+    );
     let eur = store
         .ticks_between(&["EURUSD".to_string()], from, to, None, 100)
         .await
         .unwrap();
     assert_eq!(eur, a, "round trip is exact, field for field");
-    let page1 = store.ticks_between(&["EURUSD".to_string()], from, to, None, 4).await.unwrap();
+    let page1 = store
+        .ticks_between(&["EURUSD".to_string()], from, to, None, 4)
+        .await
+        .unwrap();
     let cursor = page1.last().map(|t| (t.ts_event_ns, t.key.clone()));
-    let page2 = store.ticks_between(&["EURUSD".to_string()], from, to, cursor, 4).await.unwrap();
+    let page2 = store
+        .ticks_between(&["EURUSD".to_string()], from, to, cursor, 4)
+        .await
+        .unwrap();
     assert_eq!(page1.len(), 4);
     assert_eq!(page2[0], a[4], "paging resumes after the cursor");
 
@@ -59,7 +85,10 @@ pub async fn check_store(store: &dyn TickStore) {
         component: "router".into(),
         ts_rejected_ns: 42,
     };
-    assert_eq!(store.insert_dead_letters(&[dl.clone(), dl]).await.unwrap(), 2);
+    assert_eq!(
+        store.insert_dead_letters(&[dl.clone(), dl]).await.unwrap(),
+        2
+    );
 }
 
 #[cfg(test)]

@@ -77,7 +77,8 @@ impl<T> Batch<T> {
     }
 
     fn deadline(&self, cfg: &BatchConfig) -> Instant {
-        self.started.map_or_else(Instant::now, |s| s + cfg.max_delay)
+        self.started
+            .map_or_else(Instant::now, |s| s + cfg.max_delay)
     }
 
     fn is_pending(&self) -> bool {
@@ -153,11 +154,26 @@ pub async fn run_persister(
             }
         };
         if flush {
-            flush_ticks(&mut batch, &mut bad, consumer.as_mut(), store.as_ref(), &stats, &abort)
-                .await?;
+            flush_ticks(
+                &mut batch,
+                &mut bad,
+                consumer.as_mut(),
+                store.as_ref(),
+                &stats,
+                &abort,
+            )
+            .await?;
         }
     }
-    flush_ticks(&mut batch, &mut bad, consumer.as_mut(), store.as_ref(), &stats, &abort).await?;
+    flush_ticks(
+        &mut batch,
+        &mut bad,
+        consumer.as_mut(),
+        store.as_ref(),
+        &stats,
+        &abort,
+    )
+    .await?;
     consumer.commit().await?;
     Ok(())
 }
@@ -175,19 +191,27 @@ async fn flush_ticks(
     }
     if !batch.rows.is_empty() {
         let rows = &batch.rows;
-        let new = match with_retry("tick batch write", abort, stats, || store.insert_ticks(rows)).await {
+        let new = match with_retry("tick batch write", abort, stats, || {
+            store.insert_ticks(rows)
+        })
+        .await
+        {
             Ok(n) => n,
             Err(StoreError::Data(e)) => isolate_bad_rows(rows, e, bad, store, stats, abort).await?,
             Err(e) => return Err(e.into()),
         };
         stats.stored.fetch_add(new, Ordering::Relaxed);
-        stats
-            .duplicates
-            .fetch_add(rows.len() as u64 - new.min(rows.len() as u64), Ordering::Relaxed);
+        stats.duplicates.fetch_add(
+            rows.len() as u64 - new.min(rows.len() as u64),
+            Ordering::Relaxed,
+        );
         stats.batches.fetch_add(1, Ordering::Relaxed);
     }
     if !bad.is_empty() {
-        let n = with_retry("dead-letter write", abort, stats, || store.insert_dead_letters(bad)).await?;
+        let n = with_retry("dead-letter write", abort, stats, || {
+            store.insert_dead_letters(bad)
+        })
+        .await?;
         stats.dead_letters.fetch_add(n, Ordering::Relaxed);
         bad.clear();
     }
@@ -213,7 +237,11 @@ async fn isolate_bad_rows(
     tracing::warn!(%error, rows = rows.len(), "batch refused by the database; isolating the bad rows");
     let mut new = 0;
     for t in rows {
-        match with_retry("single-row write", abort, stats, || store.insert_ticks(std::slice::from_ref(t))).await {
+        match with_retry("single-row write", abort, stats, || {
+            store.insert_ticks(std::slice::from_ref(t))
+        })
+        .await
+        {
             Ok(n) => new += n,
             Err(StoreError::Data(e)) => bad.push(DeadLetterRecord {
                 reason: "store_rejected".into(),
@@ -269,10 +297,24 @@ pub async fn run_dead_letters(
             }
         };
         if flush {
-            flush_dead_letters(&mut batch, consumer.as_mut(), store.as_ref(), &stats, &abort).await?;
+            flush_dead_letters(
+                &mut batch,
+                consumer.as_mut(),
+                store.as_ref(),
+                &stats,
+                &abort,
+            )
+            .await?;
         }
     }
-    flush_dead_letters(&mut batch, consumer.as_mut(), store.as_ref(), &stats, &abort).await?;
+    flush_dead_letters(
+        &mut batch,
+        consumer.as_mut(),
+        store.as_ref(),
+        &stats,
+        &abort,
+    )
+    .await?;
     consumer.commit().await?;
     Ok(())
 }
@@ -288,7 +330,10 @@ async fn flush_dead_letters(
         return Ok(());
     }
     let rows = &batch.rows;
-    let n = with_retry("dead-letter write", abort, stats, || store.insert_dead_letters(rows)).await?;
+    let n = with_retry("dead-letter write", abort, stats, || {
+        store.insert_dead_letters(rows)
+    })
+    .await?;
     stats.dead_letters.fetch_add(n, Ordering::Relaxed);
     for id in batch.last.values() {
         consumer.ack(*id)?;

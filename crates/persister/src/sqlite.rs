@@ -98,10 +98,8 @@ impl SqliteStore {
 impl TickStore for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         self.with_conn(|c| {
-            c.execute_batch(
-                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-            )
-            .map_err(db_err)?;
+            c.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                .map_err(db_err)?;
             let current: i64 = c
                 .query_row("SELECT max(version) FROM schema_version", [], |r| {
                     r.get::<_, Option<i64>>(0)

@@ -51,7 +51,11 @@ pub async fn replay_store(
                 }
             }
             tick.replay = true;
-            receipts.push(producer.send(&job.topic, tick.symbol.as_bytes(), tick.encode()).await?);
+            receipts.push(
+                producer
+                    .send(&job.topic, tick.symbol.as_bytes(), tick.encode())
+                    .await?,
+            );
             sent += 1;
         }
         for r in receipts {

@@ -179,18 +179,98 @@ mod tests {
         let hour = 3600 * 1_000_000_000i64;
         let cases: Vec<(&str, Tick, Option<RejectReason>)> = vec![
             ("valid quote", tick(), None),
-            ("locked quote (ask == bid) passes", Tick { ask: 110235, ..tick() }, None),
-            ("zero bid", Tick { bid: 0, ..tick() }, Some(RejectReason::NonPositivePrice)),
-            ("negative ask", Tick { ask: -1, ..tick() }, Some(RejectReason::NonPositivePrice)),
-            ("crossed", Tick { ask: 110234, ..tick() }, Some(RejectReason::CrossedQuote)),
-            ("nan size", Tick { bid_size: f64::NAN, ..tick() }, Some(RejectReason::NonFiniteValue)),
-            ("inf volume", Tick { volume: f64::INFINITY, ..tick() }, Some(RejectReason::NonFiniteValue)),
-            ("no event time", Tick { ts_event_ns: 0, ..tick() }, Some(RejectReason::BadTimestamp)),
-            ("6 s in the future", Tick { ts_event_ns: NOW + 6_000_000_000, ..tick() }, Some(RejectReason::BadTimestamp)),
-            ("4 s in the future passes", Tick { ts_event_ns: NOW + 4_000_000_000, ..tick() }, None),
-            ("2 days old live", Tick { ts_event_ns: NOW - 48 * hour, ..tick() }, Some(RejectReason::BadTimestamp)),
-            ("2 days old replay passes", Tick { ts_event_ns: NOW - 48 * hour, replay: true, ..tick() }, None),
-            ("replay still needs a time", Tick { ts_event_ns: 0, replay: true, ..tick() }, Some(RejectReason::BadTimestamp)),
+            (
+                "locked quote (ask == bid) passes",
+                Tick {
+                    ask: 110235,
+                    ..tick()
+                },
+                None,
+            ),
+            (
+                "zero bid",
+                Tick { bid: 0, ..tick() },
+                Some(RejectReason::NonPositivePrice),
+            ),
+            (
+                "negative ask",
+                Tick { ask: -1, ..tick() },
+                Some(RejectReason::NonPositivePrice),
+            ),
+            (
+                "crossed",
+                Tick {
+                    ask: 110234,
+                    ..tick()
+                },
+                Some(RejectReason::CrossedQuote),
+            ),
+            (
+                "nan size",
+                Tick {
+                    bid_size: f64::NAN,
+                    ..tick()
+                },
+                Some(RejectReason::NonFiniteValue),
+            ),
+            (
+                "inf volume",
+                Tick {
+                    volume: f64::INFINITY,
+                    ..tick()
+                },
+                Some(RejectReason::NonFiniteValue),
+            ),
+            (
+                "no event time",
+                Tick {
+                    ts_event_ns: 0,
+                    ..tick()
+                },
+                Some(RejectReason::BadTimestamp),
+            ),
+            (
+                "6 s in the future",
+                Tick {
+                    ts_event_ns: NOW + 6_000_000_000,
+                    ..tick()
+                },
+                Some(RejectReason::BadTimestamp),
+            ),
+            (
+                "4 s in the future passes",
+                Tick {
+                    ts_event_ns: NOW + 4_000_000_000,
+                    ..tick()
+                },
+                None,
+            ),
+            (
+                "2 days old live",
+                Tick {
+                    ts_event_ns: NOW - 48 * hour,
+                    ..tick()
+                },
+                Some(RejectReason::BadTimestamp),
+            ),
+            (
+                "2 days old replay passes",
+                Tick {
+                    ts_event_ns: NOW - 48 * hour,
+                    replay: true,
+                    ..tick()
+                },
+                None,
+            ),
+            (
+                "replay still needs a time",
+                Tick {
+                    ts_event_ns: 0,
+                    replay: true,
+                    ..tick()
+                },
+                Some(RejectReason::BadTimestamp),
+            ),
         ];
         let mut r = Router::default();
         for (name, t, want) in cases {
@@ -210,6 +290,10 @@ mod tests {
         let codes: std::collections::HashSet<_> =
             RejectReason::ALL.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), RejectReason::ALL.len());
-        assert!(codes.iter().all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')));
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'))
+        );
     }
 }

@@ -303,9 +303,18 @@ mod tests {
             rx.await.ok();
             Ok(())
         });
-        f.push(DeliveryId { partition: 0, offset: 1 }, vec![slow]);
         f.push(
-            DeliveryId { partition: 0, offset: 2 },
+            DeliveryId {
+                partition: 0,
+                offset: 1,
+            },
+            vec![slow],
+        );
+        f.push(
+            DeliveryId {
+                partition: 0,
+                offset: 2,
+            },
             vec![Box::pin(futures::future::ready(Ok(())))],
         );
         tx.send(()).unwrap();

@@ -50,7 +50,11 @@ impl LatencyRecorder {
 
     /// Returns the percentiles recorded so far.
     pub fn summary(&self) -> LatencySummary {
-        let h = self.inner.lock().map(|h| h.clone()).unwrap_or_else(|e| e.into_inner().clone());
+        let h = self
+            .inner
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
         if h.is_empty() {
             return LatencySummary::default();
         }

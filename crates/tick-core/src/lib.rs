@@ -18,7 +18,8 @@ pub mod pb {
     tonic::include_proto!("tickflow.v1");
 
     /// Encoded file descriptor set of the schema, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tickflow_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tickflow_descriptor");
 }
 
 pub use price::Price;

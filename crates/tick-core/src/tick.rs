@@ -211,7 +211,10 @@ pub(crate) mod tests {
     fn mid_is_exact() {
         let t = sample();
         assert_eq!(t.mid_price().to_string(), "1.102360");
-        let odd = Tick { ask: 110236, ..sample() };
+        let odd = Tick {
+            ask: 110236,
+            ..sample()
+        };
         assert_eq!(odd.mid_price().to_string(), "1.102355");
     }
 

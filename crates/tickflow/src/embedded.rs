@@ -58,13 +58,28 @@ pub struct RunArgs {
     #[arg(long, env = "TICKFLOW_SUBSCRIBER_QUEUE", default_value_t = 8192)]
     pub subscriber_queue: usize,
     /// Indicators computed per tick, comma-separated (sma(N), ema(N), rsi(N)).
-    #[arg(long, env = "TICKFLOW_INDICATORS", value_delimiter = ',', default_value = "sma(20),ema(12),ema(26),rsi(14)")]
+    #[arg(
+        long,
+        env = "TICKFLOW_INDICATORS",
+        value_delimiter = ',',
+        default_value = "sma(20),ema(12),ema(26),rsi(14)"
+    )]
     pub indicators: Vec<IndicatorSpec>,
     /// Signal rules, semicolon-separated, e.g. `rsi(14) crosses_below 30;ema(12) crosses_above ema(26)`.
-    #[arg(long, env = "TICKFLOW_RULES", value_delimiter = ';', default_value = "rsi(14) crosses_below 30;rsi(14) crosses_above 70;ema(12) crosses_above ema(26);ema(12) crosses_below ema(26)")]
+    #[arg(
+        long,
+        env = "TICKFLOW_RULES",
+        value_delimiter = ';',
+        default_value = "rsi(14) crosses_below 30;rsi(14) crosses_above 70;ema(12) crosses_above ema(26);ema(12) crosses_below ema(26)"
+    )]
     pub rules: Vec<Rule>,
     /// Bar timeframes, comma-separated.
-    #[arg(long, env = "TICKFLOW_TIMEFRAMES", value_delimiter = ',', default_value = "1s,1m")]
+    #[arg(
+        long,
+        env = "TICKFLOW_TIMEFRAMES",
+        value_delimiter = ',',
+        default_value = "1s,1m"
+    )]
     pub timeframes: Vec<Timeframe>,
     /// Price bars are built from: bid, ask or mid.
     #[arg(long, env = "TICKFLOW_BAR_SIDE", default_value = "bid")]
@@ -93,7 +108,10 @@ impl RunArgs {
         let symbols = if self.symbols.is_empty() {
             default_symbols(self.symbol_count)
         } else {
-            self.symbols.iter().map(|s| s.trim().to_uppercase()).collect()
+            self.symbols
+                .iter()
+                .map(|s| s.trim().to_uppercase())
+                .collect()
         };
         SimConfig {
             symbols,
@@ -138,9 +156,21 @@ impl std::fmt::Display for Summary {
         writeln!(f, "tickflow summary ({:.1}s)", self.elapsed.as_secs_f64())?;
         writeln!(f, "  ticks in        {}", self.ticks_in)?;
         writeln!(f, "  routed clean    {}", self.clean)?;
-        writeln!(f, "  rejected        {} (stored as dead letters: {})", self.rejected, self.dead_letters)?;
-        writeln!(f, "  stored          {} new rows ({} rows in the database)", self.stored, self.rows_in_db)?;
-        writeln!(f, "  updates         {} indicator updates, {} bars, {} signals", self.updates, self.bars, self.signals)?;
+        writeln!(
+            f,
+            "  rejected        {} (stored as dead letters: {})",
+            self.rejected, self.dead_letters
+        )?;
+        writeln!(
+            f,
+            "  stored          {} new rows ({} rows in the database)",
+            self.stored, self.rows_in_db
+        )?;
+        writeln!(
+            f,
+            "  updates         {} indicator updates, {} bars, {} signals",
+            self.updates, self.bars, self.signals
+        )?;
         write!(
             f,
             "  latency         tick->update p50 {} p99 {} p99.9 {} max {} ({} samples)",
@@ -163,7 +193,10 @@ pub async fn run(
     let started = Instant::now();
     let engine = Engine::new(args.engine_config()).context("invalid indicator configuration")?;
     let store = SqliteStore::open(&args.db).context("failed to open the database")?;
-    store.migrate().await.context("failed to migrate the database")?;
+    store
+        .migrate()
+        .await
+        .context("failed to migrate the database")?;
     let store: Arc<dyn TickStore> = Arc::new(store);
 
     let bus = MemoryBus::new();

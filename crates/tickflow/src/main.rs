@@ -11,7 +11,13 @@ use tickflow::{embedded, subscribe};
 #[command(name = "tickflow", version, about, long_about = None)]
 struct Cli {
     /// Log format.
-    #[arg(long, env = "TICKFLOW_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "TICKFLOW_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,

@@ -44,7 +44,7 @@ fn values(v: &[pb::IndicatorValue]) -> String {
 pub fn render(ev: &pb::Event, now_ns: i64) -> String {
     let lat = |ts_recv: i64| fmt_ns((now_ns - ts_recv).max(0) as u64);
     let p = |m: i64, s: u32| Price::new(m, s as u8).to_string();
-    match &ev.kind {
+    let body = match &ev.kind {
         Some(Kind::Update(u)) => format!(
             "update {} {} mid={:.6} {} latency={}",
             u.symbol,
@@ -75,7 +75,8 @@ pub fn render(ev: &pb::Event, now_ns: i64) -> String {
         ),
         Some(Kind::Gap(g)) => format!("gap    {} events dropped ({})", g.dropped, g.reason),
         None => "empty event".to_string(),
-    }
+    };
+    format!("#{:<8} {body}", ev.seq)
 }
 
 fn kind(s: &str) -> anyhow::Result<i32> {
@@ -93,8 +94,16 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to connect to {}", args.addr))?;
     let request = pb::SubscribeRequest {
-        symbols: args.symbols.iter().map(|s| s.trim().to_uppercase()).collect(),
-        kinds: args.kinds.iter().map(|k| kind(k)).collect::<Result<_, _>>()?,
+        symbols: args
+            .symbols
+            .iter()
+            .map(|s| s.trim().to_uppercase())
+            .collect(),
+        kinds: args
+            .kinds
+            .iter()
+            .map(|k| kind(k))
+            .collect::<Result<_, _>>()?,
         timeframes: args.timeframes.clone(),
     };
     let mut stream = client
@@ -134,10 +143,30 @@ pub async fn snapshot(addr: String, symbol: String) -> anyhow::Result<()> {
         );
     }
     if let Some(u) = s.latest {
-        println!("{}", render(&pb::Event { seq: 0, ts_sent_ns: 0, kind: Some(Kind::Update(u)) }, now));
+        println!(
+            "{}",
+            render(
+                &pb::Event {
+                    seq: 0,
+                    ts_sent_ns: 0,
+                    kind: Some(Kind::Update(u))
+                },
+                now
+            )
+        );
     }
     for b in s.bars {
-        println!("{}", render(&pb::Event { seq: 0, ts_sent_ns: 0, kind: Some(Kind::Bar(b)) }, now));
+        println!(
+            "{}",
+            render(
+                &pb::Event {
+                    seq: 0,
+                    ts_sent_ns: 0,
+                    kind: Some(Kind::Bar(b))
+                },
+                now
+            )
+        );
     }
     Ok(())
 }
