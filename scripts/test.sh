@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The test command of the README. On a fresh machine it provisions what the tests need (Apache
+# Kafka, PostgreSQL and Redis on loopback, a Python environment), then runs: the format check,
+# clippy with warnings denied, every Rust test and the cross-language tests in tests/python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$SECONDS
+step() { printf '\n==> %s  [%ds]\n' "$*" $((SECONDS - t0)); }
+
+if ! command -v sqlite3 >/dev/null; then
+  step "installing the sqlite3 CLI (tests query the embedded database with it)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3) >/dev/null
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "services: Kafka, PostgreSQL, Redis"
+started_here=0
+scripts/services.sh status >/dev/null 2>&1 || started_here=1
+eval "$(scripts/services.sh up)"
+if [ "$started_here" = 1 ] && [ -z "${TICKFLOW_KEEP_SERVICES:-}" ]; then
+  trap 'scripts/services.sh down >/dev/null 2>&1 || true' EXIT
+fi
+
+step "cargo build (binaries for the cross-process tests)"
+cargo build --workspace --bins --locked
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "python tests (clients generated from proto/, standard Kafka client)"
+venv="$(scripts/pyenv.sh)"
+"$venv/bin/python" -m pytest -q tests/python
+
+step "all tests passed"

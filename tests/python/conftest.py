@@ -1,0 +1,70 @@
+"""Shared fixtures: protobuf/gRPC modules generated from proto/ with grpcio-tools, and paths."""
+
+import importlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROTO = ROOT / "proto"
+
+
+def _bin(name: str) -> Path:
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    profile = os.environ.get("TICKFLOW_PROFILE", "debug")
+    return target / profile / name
+
+
+@pytest.fixture(scope="session")
+def bins():
+    """Returns a function mapping a binary name to its built path."""
+
+    def get(name: str) -> Path:
+        p = _bin(name)
+        if not p.exists():
+            pytest.fail(f"{p} is not built; run `cargo build --workspace --bins` first")
+        return p
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    """Generates Python modules from proto/ with grpcio-tools and returns them."""
+    out = tmp_path_factory.mktemp("gen")
+    protos = sorted(str(p.relative_to(PROTO)) for p in (PROTO / "tickflow/v1").glob("*.proto"))
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO}", f"--python_out={out}",
+         f"--grpc_python_out={out}", *protos],
+        check=True,
+    )
+    sys.path.insert(0, str(out))
+    mods = {
+        name: importlib.import_module(f"tickflow.v1.{name}")
+        for name in ["tick_pb2", "events_pb2", "signal_service_pb2", "signal_service_pb2_grpc"]
+    }
+    return type("PB", (), mods)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0, proc=None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
