@@ -359,6 +359,9 @@ cmd_up() {
 export KAFKA_BROKERS=$KAFKA_URL
 export DATABASE_URL=$PG_URL
 export REDIS_URL=$REDIS_URL_OUT
+export TICKFLOW_KAFKA_BROKERS=$KAFKA_URL
+export TICKFLOW_DATABASE_URL=$PG_URL
+export TICKFLOW_REDIS_URL=$REDIS_URL_OUT
 EOF
   mv "$STATE/env.sh.tmp" "$STATE/env.sh"
   local dt=$(($(now_ms) - t0))

@@ -68,6 +68,7 @@ struct SymbolState {
     last_bars: Vec<Option<pb::Bar>>,
     last_tick: Option<Tick>,
     last_update: Option<pb::IndicatorUpdate>,
+    dirty: bool,
 }
 
 /// Per-symbol indicators, bars and signals.
@@ -127,6 +128,7 @@ impl Engine {
                 last_bars: vec![None; self.cfg.timeframes.len()],
                 last_tick: None,
                 last_update: None,
+                dirty: false,
             };
             self.symbols.insert(symbol.to_string(), st);
         }
@@ -194,6 +196,7 @@ impl Engine {
         };
         st.last_update = Some(update.clone());
         st.last_tick = Some(tick);
+        st.dirty = true;
         out.update = Some(update);
         self.names = names;
         self.rules = rules;
@@ -224,6 +227,16 @@ impl Engine {
             latest: st.last_update.clone(),
             bars: st.last_bars.iter().flatten().cloned().collect(),
         })
+    }
+
+    /// Returns the snapshots of the symbols that changed since the last call.
+    pub fn take_changed_snapshots(&mut self) -> Vec<pb::Snapshot> {
+        let changed: Vec<String> = self
+            .symbols
+            .iter_mut()
+            .filter_map(|(s, st)| std::mem::take(&mut st.dirty).then(|| s.clone()))
+            .collect();
+        changed.iter().filter_map(|s| self.snapshot(s)).collect()
     }
 
     /// Returns the names of the indicators computed, in update order.

@@ -3,19 +3,25 @@
 //! topic for audit and replay.
 
 pub mod bars;
+pub mod config;
 pub mod engine;
 pub mod indicator;
 pub mod rules;
 pub mod service;
+pub mod snapshots;
 
+use anyhow::Context;
+use config::IndicatorsArgs;
 use engine::Engine;
 use prost::Message;
-use service::{Hub, SnapshotQuery};
+use service::{Hub, Service, SnapshotQuery};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{Consumer, InFlight, Producer, topics};
 use tick_core::latency::LatencyRecorder;
+use tick_core::ops::Health;
+use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock, pb};
 use tokio::sync::mpsc;
 
@@ -41,19 +47,90 @@ pub struct IndicatorStats {
     pub latency: LatencyRecorder,
 }
 
+/// Where the indicators stage sends what it computes besides the gRPC hub.
+#[derive(Default)]
+pub struct Outputs {
+    /// Producer for the `signals` topic.
+    pub signals: Option<Arc<dyn Producer>>,
+    /// Queue of the Redis snapshot writer.
+    pub snapshots: Option<mpsc::Sender<Vec<pb::Snapshot>>>,
+}
+
+/// Runs the indicators stage on Kafka: gRPC server, engine, signals topic and Redis snapshots,
+/// until `shutdown` fires; then drains and ends every subscriber stream.
+pub async fn run(
+    cfg: IndicatorsArgs,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    let engine =
+        Engine::new(cfg.engine.engine_config()).context("invalid indicator configuration")?;
+    if cfg.kafka.create_topics {
+        cfg.kafka
+            .ensure_topics()
+            .await
+            .context("failed to provision topics")?;
+    }
+    let consumer = cfg
+        .kafka
+        .consumer(&cfg.group, topics::CLEAN, shutdown.clone())
+        .context("failed to create the consumer")?;
+    let producer = cfg
+        .kafka
+        .producer(true)
+        .context("failed to create the producer")?;
+    let (snap_tx, snap_task) = match &cfg.redis_url {
+        Some(url) => {
+            let (tx, task) = snapshots::start_writer(url, cfg.snapshot_ttl)
+                .await
+                .with_context(|| format!("failed to connect to redis at {url}"))?;
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
+        .await
+        .with_context(|| format!("failed to listen on {}", cfg.grpc_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "gRPC SignalService listening");
+    let hub = Hub::new(cfg.engine.subscriber_queue);
+    let (query_tx, query_rx) = mpsc::channel(64);
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(service::serve(
+        listener,
+        Service::new(hub.clone(), query_tx),
+        server_stop.clone(),
+    ));
+    health.set_ready(true);
+    let outputs = Outputs {
+        signals: Some(Arc::new(producer)),
+        snapshots: snap_tx,
+    };
+    let stats = Arc::new(IndicatorStats::default());
+    let result = run_indicators(Box::new(consumer), engine, hub, query_rx, outputs, stats).await;
+    server_stop.cancel();
+    server.await.context("gRPC server panicked")??;
+    if let Some(t) = snap_task {
+        let _ = t.await;
+    }
+    result
+}
+
 /// Processes every tick of `consumer` until its stream ends; answers snapshot queries from the
 /// gRPC service meanwhile; closes the hub (ending subscriber streams) when done.
 pub async fn run_indicators(
     mut consumer: Box<dyn Consumer>,
     mut engine: Engine,
     hub: Arc<Hub>,
-    mut snapshots: mpsc::Receiver<SnapshotQuery>,
-    signals: Option<Arc<dyn Producer>>,
+    mut queries: mpsc::Receiver<SnapshotQuery>,
+    outputs: Outputs,
     stats: Arc<IndicatorStats>,
 ) -> anyhow::Result<()> {
+    let Outputs { signals, snapshots } = outputs;
     let mut in_flight = InFlight::default();
     let mut clock_timer = tokio::time::interval(Duration::from_millis(50));
     clock_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut snapshot_timer = tokio::time::interval(Duration::from_millis(500));
+    snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -62,8 +139,17 @@ pub async fn run_indicators(
                     result?;
                     consumer.ack(id)?;
                 }
-                Some((symbol, reply)) = snapshots.recv() => {
+                Some((symbol, reply)) = queries.recv() => {
                     let _ = reply.send(engine.snapshot(&symbol));
+                }
+                _ = snapshot_timer.tick(), if snapshots.is_some() => {
+                    let changed = engine.take_changed_snapshots();
+                    if let Some(tx) = &snapshots
+                        && !changed.is_empty()
+                        && tx.try_send(changed).is_err()
+                    {
+                        metrics::counter!("tickflow_indicators_snapshots_skipped_total").increment(1);
+                    }
                 }
                 _ = clock_timer.tick() => {
                     for bar in engine.on_clock(clock::now_ns()) {
@@ -102,7 +188,10 @@ pub async fn run_indicators(
                         }
                         hub.publish(Kind::Signal(s));
                     }
-                    stats.latency.record(clock::now_ns() - ts_recv);
+                    let latency = clock::now_ns() - ts_recv;
+                    stats.latency.record(latency);
+                    metrics::counter!("tickflow_indicators_ticks_total").increment(1);
+                    metrics::histogram!("tickflow_indicators_tick_to_update_seconds").record(latency as f64 / 1e9);
                     in_flight.push(delivery.id, receipts);
                 }
             }
@@ -119,5 +208,6 @@ pub async fn run_indicators(
     }
     .await;
     hub.close();
+    drop(snapshots);
     result
 }

@@ -3,14 +3,18 @@
 //! committed. It also stores `ticks.dlq` records so no reject is lost.
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
+use anyhow::Context;
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tick_core::bus::{Consumer, DeliveryId};
+use tick_core::bus::{Consumer, DeliveryId, topics};
+use tick_core::kafka::KafkaArgs;
+use tick_core::ops::Health;
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::{DeadLetterRecord, StoreError, TickStore};
 use tick_core::{Tick, pb};
@@ -32,6 +36,92 @@ impl Default for BatchConfig {
             max_delay: Duration::from_millis(50),
         }
     }
+}
+
+/// Batching options.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct BatchArgs {
+    /// Rows per storage batch.
+    #[arg(long, env = "TICKFLOW_BATCH_ROWS", default_value_t = 1000)]
+    pub batch_rows: usize,
+    /// Longest a row waits before its batch is written.
+    #[arg(long, env = "TICKFLOW_BATCH_DELAY", value_parser = humantime::parse_duration, default_value = "50ms")]
+    pub batch_delay: Duration,
+}
+
+impl BatchArgs {
+    /// Returns the batch configuration these options describe.
+    pub fn to_config(self) -> BatchConfig {
+        BatchConfig {
+            max_rows: self.batch_rows.max(1),
+            max_delay: self.batch_delay,
+        }
+    }
+}
+
+/// Configuration of the `persister` binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PersisterArgs {
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/tickflow.
+    #[arg(long, env = "TICKFLOW_DATABASE_URL")]
+    pub database_url: String,
+    /// Database connections in the pool.
+    #[arg(long, env = "TICKFLOW_DB_POOL_SIZE", default_value_t = 4)]
+    pub pool_size: usize,
+    /// Batching.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Runs the persister on Kafka (groups `persister` for `ticks.clean` and `persister-dlq` for
+/// `ticks.dlq`) and PostgreSQL until `shutdown` fires, then flushes and commits.
+pub async fn run(
+    cfg: PersisterArgs,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    let store = postgres::PgStore::connect(&cfg.database_url, cfg.pool_size)?;
+    // Wait for the database at start as the breaker would later: data waits in Kafka.
+    with_retry(
+        "database migration",
+        &shutdown,
+        &PersisterStats::default(),
+        || store.migrate(),
+    )
+    .await
+    .context("failed to migrate the database")?;
+    let store: Arc<dyn TickStore> = Arc::new(store);
+    if cfg.kafka.create_topics {
+        cfg.kafka
+            .ensure_topics()
+            .await
+            .context("failed to provision topics")?;
+    }
+    let clean = cfg
+        .kafka
+        .consumer("persister", topics::CLEAN, shutdown.clone())?;
+    let dlq = cfg
+        .kafka
+        .consumer("persister-dlq", topics::DLQ, shutdown.clone())?;
+    health.set_ready(true);
+    let stats = Arc::new(PersisterStats::default());
+    let batch = cfg.batch.to_config();
+    // A second signal aborts retries against a dead database; the data stays in Kafka.
+    let abort = CancellationToken::new();
+    let (a, b) = tokio::join!(
+        run_persister(
+            Box::new(clean),
+            store.clone(),
+            batch,
+            stats.clone(),
+            abort.clone()
+        ),
+        run_dead_letters(Box::new(dlq), store, batch, stats.clone(), abort),
+    );
+    a.and(b)
 }
 
 /// Counters of the persister stage.
@@ -201,6 +291,10 @@ async fn flush_ticks(
             Err(e) => return Err(e.into()),
         };
         stats.stored.fetch_add(new, Ordering::Relaxed);
+        metrics::counter!("tickflow_persister_rows_stored_total").increment(new);
+        metrics::counter!("tickflow_persister_duplicates_total")
+            .increment(rows.len() as u64 - new.min(rows.len() as u64));
+        metrics::histogram!("tickflow_persister_batch_rows").record(rows.len() as f64);
         stats.duplicates.fetch_add(
             rows.len() as u64 - new.min(rows.len() as u64),
             Ordering::Relaxed,

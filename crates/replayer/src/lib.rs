@@ -3,12 +3,90 @@
 
 pub mod pacing;
 
+use anyhow::Context;
 use pacing::{Pacer, Speed};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tick_core::bus::Producer;
+use tick_core::kafka::KafkaArgs;
+use tick_core::ops::Health;
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::TickStore;
 use tokio::time::Instant;
+
+/// Parses an RFC 3339 time (`2026-01-05T10:00:00Z`) into UTC nanoseconds.
+pub fn parse_time_ns(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))?;
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?;
+    Ok(d.as_nanos() as i64)
+}
+
+/// Options of `replayer store`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// PostgreSQL URL to read from.
+    #[arg(long, env = "TICKFLOW_DATABASE_URL", conflicts_with = "db")]
+    pub database_url: Option<String>,
+    /// SQLite file (embedded mode's `tickflow.db`) to read from instead.
+    #[arg(long, env = "TICKFLOW_DB")]
+    pub db: Option<PathBuf>,
+    /// Symbols to replay, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub symbols: Vec<String>,
+    /// Start of the event-time range (RFC 3339, inclusive).
+    #[arg(long, value_parser = parse_time_ns)]
+    pub from: i64,
+    /// End of the event-time range (RFC 3339, exclusive).
+    #[arg(long, value_parser = parse_time_ns)]
+    pub to: i64,
+    /// Playback speed: `1x` keeps the original spacing, `10x` is ten times faster, `max` as fast as possible.
+    #[arg(long, default_value = "max")]
+    pub speed: Speed,
+    /// Destination, `topic:NAME` (e.g. `topic:ticks.raw` to run history through the pipeline).
+    #[arg(long, default_value = "topic:ticks.raw")]
+    pub into: String,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Runs `replayer store`: replays stored ticks into a Kafka topic.
+pub async fn run_store(
+    args: StoreArgs,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    let topic = args
+        .into
+        .strip_prefix("topic:")
+        .with_context(|| format!("--into {:?} must be topic:NAME", args.into))?
+        .to_string();
+    let store: Arc<dyn TickStore> = match (&args.database_url, &args.db) {
+        (Some(url), _) => Arc::new(persister::postgres::PgStore::connect(url, 2)?),
+        (None, Some(path)) => Arc::new(persister::sqlite::SqliteStore::open(path)?),
+        (None, None) => anyhow::bail!("give --database-url or --db"),
+    };
+    let producer = args.kafka.producer(false)?;
+    health.set_ready(true);
+    let job = StoreReplay {
+        symbols: args
+            .symbols
+            .iter()
+            .map(|s| s.trim().to_uppercase())
+            .collect(),
+        from_ns: args.from,
+        to_ns: args.to,
+        speed: args.speed,
+        topic,
+    };
+    let n = replay_store(store, Arc::new(producer), &job, shutdown).await?;
+    tracing::info!(ticks = n, topic = %job.topic, "replay finished");
+    println!("replayed {n} ticks into {}", job.topic);
+    Ok(())
+}
 
 /// What to replay from storage.
 #[derive(Debug, Clone)]

@@ -3,12 +3,72 @@
 
 pub mod core;
 
-use crate::core::{RejectReason, Routed, Router};
+use crate::core::{RejectReason, Routed, Router, RouterConfig};
+use anyhow::Context;
 use prost::Message;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tick_core::bus::{Consumer, Delivery, InFlight, Producer, Receipt, topics};
+use tick_core::kafka::KafkaArgs;
+use tick_core::ops::Health;
+use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock, pb};
+
+/// Configuration of the `router` binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// How far in the future a live tick's event time may be (clock skew allowance).
+    #[arg(long, env = "TICKFLOW_MAX_FUTURE", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub max_future: Duration,
+    /// How far in the past a live tick's event time may be (replays are exempt).
+    #[arg(long, env = "TICKFLOW_MAX_PAST", value_parser = humantime::parse_duration, default_value = "24h")]
+    pub max_past: Duration,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+impl RouterArgs {
+    /// Returns the router rules these options describe.
+    pub fn router_config(&self) -> RouterConfig {
+        RouterConfig {
+            max_future_ns: self.max_future.as_nanos() as i64,
+            max_past_ns: self.max_past.as_nanos() as i64,
+        }
+    }
+}
+
+/// Runs the router stage on Kafka (group `router`) until `shutdown` fires.
+pub async fn run(
+    cfg: RouterArgs,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    if cfg.kafka.create_topics {
+        cfg.kafka
+            .ensure_topics()
+            .await
+            .context("failed to provision topics")?;
+    }
+    let producer = cfg
+        .kafka
+        .producer(true)
+        .context("failed to create the producer")?;
+    let consumer = cfg
+        .kafka
+        .consumer("router", topics::RAW, shutdown)
+        .context("failed to create the consumer")?;
+    health.set_ready(true);
+    let stats = Arc::new(RouterStats::default());
+    run_router(
+        Box::new(consumer),
+        Arc::new(producer),
+        Router::new(cfg.router_config()),
+        stats,
+    )
+    .await
+}
 
 /// How many consumed messages may await publication confirmation at once.
 const MAX_IN_FLIGHT: usize = 10_000;
@@ -90,6 +150,7 @@ async fn route_one(
     match routed {
         Routed::Clean(tick) => {
             stats.clean.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("tickflow_router_ticks_total", "outcome" => "clean").increment(1);
             Ok(producer
                 .send(topics::CLEAN, tick.symbol.as_bytes(), tick.encode())
                 .await?)
@@ -112,6 +173,8 @@ async fn dead_letter(
         .position(|r| *r == reason)
         .unwrap_or(0);
     stats.rejected[idx].fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("tickflow_router_ticks_total", "outcome" => "rejected").increment(1);
+    metrics::counter!("tickflow_router_rejects_total", "reason" => reason.code()).increment(1);
     tracing::debug!(reason = reason.code(), %detail, "tick rejected");
     let record = pb::DeadLetter {
         reason: reason.code().to_string(),

@@ -5,7 +5,9 @@
 pub mod bus;
 pub mod clock;
 pub mod instrument;
+pub mod kafka;
 pub mod latency;
+pub mod ops;
 pub mod price;
 pub mod shutdown;
 pub mod store;

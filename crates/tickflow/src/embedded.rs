@@ -2,13 +2,12 @@
 //! SQLite file, serving gRPC. The stage code is the same the distributed binaries run.
 
 use anyhow::Context;
-use indicators::bars::{PriceSide, Timeframe};
-use indicators::engine::{Engine, EngineConfig};
-use indicators::indicator::IndicatorSpec;
-use indicators::rules::Rule;
+use indicators::config::EngineArgs;
+use indicators::engine::Engine;
 use indicators::service::{Hub, Service};
-use ingest::sim::{SimConfig, SimSource, default_symbols};
-use persister::BatchConfig;
+use ingest::SimArgs;
+use ingest::sim::SimSource;
+use persister::BatchArgs;
 use persister::sqlite::SqliteStore;
 use router::core::{Router, RouterConfig};
 use std::net::SocketAddr;
@@ -24,103 +23,24 @@ use tick_core::store::TickStore;
 /// Options of `tickflow run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Symbols to simulate, comma-separated (default: the first --symbol-count known symbols).
-    #[arg(long, env = "TICKFLOW_SYMBOLS", value_delimiter = ',')]
-    pub symbols: Vec<String>,
-    /// How many known symbols to simulate when --symbols is not given.
-    #[arg(long, env = "TICKFLOW_SYMBOL_COUNT", default_value_t = 10)]
-    pub symbol_count: usize,
-    /// Simulated ticks per second, over all symbols.
-    #[arg(long, env = "TICKFLOW_RATE", default_value_t = 1000.0)]
-    pub rate: f64,
-    /// Seed of the simulated feed (same seed, same prices).
-    #[arg(long, env = "TICKFLOW_SEED", default_value_t = 42)]
-    pub seed: u64,
-    /// Fraction of simulated ticks deliberately crossed, to see the reject path work.
-    #[arg(long, env = "TICKFLOW_BAD_RATIO", default_value_t = 0.0)]
-    pub bad_ratio: f64,
-    /// Stop intake after this long (e.g. `10s`, `5m`), drain and exit; default: until Ctrl-C.
-    #[arg(long, env = "TICKFLOW_DURATION", value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Stop intake after this many ticks.
-    #[arg(long, env = "TICKFLOW_MAX_TICKS")]
-    pub max_ticks: Option<u64>,
+    /// Simulated feed.
+    #[command(flatten)]
+    pub sim: SimArgs,
+    /// Indicators, rules, bars and subscriber queues.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Storage batching.
+    #[command(flatten)]
+    pub batch: BatchArgs,
     /// SQLite file the ticks are stored in.
     #[arg(long, env = "TICKFLOW_DB", default_value = "tickflow.db")]
     pub db: PathBuf,
     /// Address the gRPC SignalService listens on.
     #[arg(long, env = "TICKFLOW_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
-    /// Seconds between status lines.
+    /// Time between status lines.
     #[arg(long, env = "TICKFLOW_STATUS_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
     pub status_interval: Duration,
-    /// Events a gRPC subscriber may fall behind before it loses the oldest (and gets a gap event).
-    #[arg(long, env = "TICKFLOW_SUBSCRIBER_QUEUE", default_value_t = 8192)]
-    pub subscriber_queue: usize,
-    /// Indicators computed per tick, comma-separated (sma(N), ema(N), rsi(N)).
-    #[arg(
-        long,
-        env = "TICKFLOW_INDICATORS",
-        value_delimiter = ',',
-        default_value = "sma(20),ema(12),ema(26),rsi(14)"
-    )]
-    pub indicators: Vec<IndicatorSpec>,
-    /// Signal rules, semicolon-separated, e.g. `rsi(14) crosses_below 30;ema(12) crosses_above ema(26)`.
-    #[arg(
-        long,
-        env = "TICKFLOW_RULES",
-        value_delimiter = ';',
-        default_value = "rsi(14) crosses_below 30;rsi(14) crosses_above 70;ema(12) crosses_above ema(26);ema(12) crosses_below ema(26)"
-    )]
-    pub rules: Vec<Rule>,
-    /// Bar timeframes, comma-separated.
-    #[arg(
-        long,
-        env = "TICKFLOW_TIMEFRAMES",
-        value_delimiter = ',',
-        default_value = "1s,1m"
-    )]
-    pub timeframes: Vec<Timeframe>,
-    /// Price bars are built from: bid, ask or mid.
-    #[arg(long, env = "TICKFLOW_BAR_SIDE", default_value = "bid")]
-    pub bar_side: PriceSide,
-    /// Rows per storage batch.
-    #[arg(long, env = "TICKFLOW_BATCH_ROWS", default_value_t = 1000)]
-    pub batch_rows: usize,
-    /// Longest a row waits before its batch is written.
-    #[arg(long, env = "TICKFLOW_BATCH_DELAY", value_parser = humantime::parse_duration, default_value = "50ms")]
-    pub batch_delay: Duration,
-}
-
-impl RunArgs {
-    /// Returns the engine configuration these options describe.
-    pub fn engine_config(&self) -> EngineConfig {
-        EngineConfig {
-            indicators: self.indicators.clone(),
-            rules: self.rules.clone(),
-            timeframes: self.timeframes.clone(),
-            bar_side: self.bar_side,
-            ..EngineConfig::default()
-        }
-    }
-
-    fn sim_config(&self) -> SimConfig {
-        let symbols = if self.symbols.is_empty() {
-            default_symbols(self.symbol_count)
-        } else {
-            self.symbols
-                .iter()
-                .map(|s| s.trim().to_uppercase())
-                .collect()
-        };
-        SimConfig {
-            symbols,
-            rate: self.rate,
-            seed: self.seed,
-            max_ticks: self.max_ticks,
-            bad_ratio: self.bad_ratio,
-        }
-    }
 }
 
 /// What an embedded run did.
@@ -191,7 +111,8 @@ pub async fn run(
     on_listen: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let engine = Engine::new(args.engine_config()).context("invalid indicator configuration")?;
+    let engine =
+        Engine::new(args.engine.engine_config()).context("invalid indicator configuration")?;
     let store = SqliteStore::open(&args.db).context("failed to open the database")?;
     store
         .migrate()
@@ -211,7 +132,7 @@ pub async fn run(
         .with_context(|| format!("failed to listen on {}", args.grpc_addr))?;
     let addr = listener.local_addr()?;
     on_listen(addr);
-    let hub = Hub::new(args.subscriber_queue);
+    let hub = Hub::new(args.engine.subscriber_queue);
     let (snap_tx, snap_rx) = tokio::sync::mpsc::channel(64);
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(indicators::service::serve(
@@ -225,10 +146,7 @@ pub async fn run(
     let router_stats = Arc::new(router::RouterStats::default());
     let ind_stats = Arc::new(indicators::IndicatorStats::default());
     let pers_stats = Arc::new(persister::PersisterStats::default());
-    let batch = BatchConfig {
-        max_rows: args.batch_rows.max(1),
-        max_delay: args.batch_delay,
-    };
+    let batch = args.batch.to_config();
     let abort = CancellationToken::new();
 
     let router_task = tokio::spawn(router::run_router(
@@ -242,7 +160,7 @@ pub async fn run(
         engine,
         hub.clone(),
         snap_rx,
-        None,
+        indicators::Outputs::default(),
         ind_stats.clone(),
     ));
     let pers_task = tokio::spawn(persister::run_persister(
@@ -260,16 +178,9 @@ pub async fn run(
         abort.clone(),
     ));
 
-    let intake = shutdown.child_token();
-    if let Some(d) = args.duration {
-        let t = intake.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            t.cancel();
-        });
-    }
+    let intake = args.sim.intake_token(&shutdown);
     let mut ingest_task = tokio::spawn(ingest::run_source(
-        Box::new(SimSource::new(&args.sim_config())),
+        Box::new(SimSource::new(&args.sim.to_config())),
         Arc::new(bus.producer()),
         ingest_stats.clone(),
         intake.clone(),

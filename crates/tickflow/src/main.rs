@@ -29,6 +29,8 @@ enum Command {
     Run(embedded::RunArgs),
     /// Subscribes to a running SignalService and prints each event with its latency.
     Subscribe(subscribe::SubscribeArgs),
+    /// Creates the tickflow Kafka topics that do not exist yet.
+    Topics(tick_core::kafka::KafkaArgs),
     /// Prints the current state of one symbol from a running SignalService.
     Snapshot {
         /// The symbol, e.g. EURUSD.
@@ -59,6 +61,11 @@ async fn run(command: Option<Command>) -> anyhow::Result<()> {
         }
         Some(Command::Subscribe(args)) => subscribe::subscribe(args).await,
         Some(Command::Snapshot { symbol, addr }) => subscribe::snapshot(addr, symbol).await,
+        Some(Command::Topics(kafka)) => {
+            kafka.ensure_topics().await?;
+            println!("topics ready on {}", kafka.brokers);
+            Ok(())
+        }
         None => unreachable!("main supplies the default command"),
     }
 }

@@ -17,8 +17,8 @@ fn args(db: &std::path::Path, ticks: u64, rate: f64) -> RunArgs {
     }
     let mut a = P::parse_from(["test"]).run;
     a.db = db.to_path_buf();
-    a.max_ticks = Some(ticks);
-    a.rate = rate;
+    a.sim.max_ticks = Some(ticks);
+    a.sim.rate = rate;
     a.grpc_addr = "127.0.0.1:0".parse().unwrap();
     a
 }
@@ -96,7 +96,7 @@ async fn rejects_become_dead_letters_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
     let mut a = args(&db, 2000, 10_000.0);
-    a.bad_ratio = 0.1;
+    a.sim.bad_ratio = 0.1;
     let (task, url) = start(a).await;
     let s = task.await.unwrap().unwrap();
     assert!(s.rejected > 100 && s.rejected < 300, "{s:?}");

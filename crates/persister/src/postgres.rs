@@ -1,0 +1,298 @@
+//! The PostgreSQL store (distributed mode): `ticks` partitioned by day on the event time, unique
+//! on the idempotency key, prices as exact integer mantissas; batches written with one
+//! `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT DO NOTHING`. Migrations are embedded and
+//! applied on start under an advisory lock, so several persister pods may start at once.
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Mutex;
+use tick_core::Tick;
+use tick_core::store::{DeadLetterRecord, StoreError, TickStore};
+use tokio_postgres::NoTls;
+
+const DAY_NS: i64 = 86_400_000_000_000;
+/// Advisory lock key for migrations and partition creation ("tickflow" in ASCII).
+const LOCK_KEY: i64 = 0x7469_636b_666c_6f77;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: ticks partitioned by day, dead letters.
+    "CREATE TABLE ticks (
+        idempotency_key TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        source TEXT NOT NULL,
+        ts_event_ns BIGINT NOT NULL,
+        ts_recv_ns BIGINT NOT NULL,
+        price_scale SMALLINT NOT NULL,
+        bid BIGINT NOT NULL,
+        ask BIGINT NOT NULL,
+        last BIGINT,
+        bid_size DOUBLE PRECISION NOT NULL,
+        ask_size DOUBLE PRECISION NOT NULL,
+        volume DOUBLE PRECISION NOT NULL,
+        flags BIGINT NOT NULL,
+        replay BOOLEAN NOT NULL,
+        stored_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        -- The key embeds the event time, so unique per (time, key) is unique per key.
+        PRIMARY KEY (ts_event_ns, idempotency_key)
+    ) PARTITION BY RANGE (ts_event_ns);
+    CREATE INDEX ticks_symbol_time ON ticks (symbol, ts_event_ns);
+    CREATE TABLE dead_letters (
+        id BIGSERIAL PRIMARY KEY,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        origin TEXT NOT NULL,
+        component TEXT NOT NULL,
+        ts_rejected_ns BIGINT NOT NULL,
+        stored_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );",
+];
+
+/// A [`TickStore`] on PostgreSQL.
+pub struct PgStore {
+    pool: Pool,
+    partitions: Mutex<HashSet<i64>>,
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        // Class 22 (data exception) and 23 (integrity violation) are about the rows.
+        Some(db) if db.code().code().starts_with("22") || db.code().code().starts_with("23") => {
+            StoreError::Data(db.to_string())
+        }
+        Some(db) => StoreError::Unavailable(db.to_string()),
+        None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("no database connection: {e}"))
+}
+
+impl PgStore {
+    /// Returns a store with a pool of up to `pool_size` connections to `url`.
+    pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let cfg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid database url: {e}")))?;
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(pool_size.max(1))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            pool,
+            partitions: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Creates the daily partitions covering `days` (day numbers since the epoch) that are not
+    /// known to exist yet.
+    async fn ensure_partitions(
+        &self,
+        days: impl IntoIterator<Item = i64>,
+    ) -> Result<(), StoreError> {
+        let missing: Vec<i64> = {
+            let known = self.partitions.lock().expect("partition cache poisoned");
+            let mut m: Vec<i64> = days.into_iter().filter(|d| !known.contains(d)).collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(pg_err)?;
+        for day in &missing {
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS ticks_d{day} PARTITION OF ticks FOR VALUES FROM ({}) TO ({})",
+                day * DAY_NS,
+                (day + 1) * DAY_NS
+            );
+            tx.batch_execute(&sql).await.map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        self.partitions
+            .lock()
+            .expect("partition cache poisoned")
+            .extend(missing);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TickStore for PgStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(pg_err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (
+                version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(pg_err)?;
+        let current: i32 = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.batch_execute(sql).await.map_err(pg_err)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&(i as i32 + 1)],
+            )
+            .await
+            .map_err(pg_err)?;
+            tracing::info!(version = i + 1, "applied database migration");
+        }
+        tx.commit().await.map_err(pg_err)?;
+        drop(client);
+        // Partitions for today and the next days, so the first writes find them ready.
+        let today = tick_core::clock::now_ns().div_euclid(DAY_NS);
+        self.ensure_partitions(today - 1..=today + 3).await
+    }
+
+    async fn insert_ticks(&self, ticks: &[Tick]) -> Result<u64, StoreError> {
+        if ticks.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_partitions(ticks.iter().map(|t| t.ts_event_ns.div_euclid(DAY_NS)))
+            .await?;
+        let col = |f: fn(&Tick) -> String| ticks.iter().map(f).collect::<Vec<String>>();
+        let keys = col(|t| t.key.clone());
+        let symbols = col(|t| t.symbol.clone());
+        let sources = col(|t| t.source.clone());
+        let ts_event: Vec<i64> = ticks.iter().map(|t| t.ts_event_ns).collect();
+        let ts_recv: Vec<i64> = ticks.iter().map(|t| t.ts_recv_ns).collect();
+        let scale: Vec<i16> = ticks.iter().map(|t| i16::from(t.scale)).collect();
+        let bid: Vec<i64> = ticks.iter().map(|t| t.bid).collect();
+        let ask: Vec<i64> = ticks.iter().map(|t| t.ask).collect();
+        let last: Vec<Option<i64>> = ticks.iter().map(|t| t.last).collect();
+        let bid_size: Vec<f64> = ticks.iter().map(|t| t.bid_size).collect();
+        let ask_size: Vec<f64> = ticks.iter().map(|t| t.ask_size).collect();
+        let volume: Vec<f64> = ticks.iter().map(|t| t.volume).collect();
+        let flags: Vec<i64> = ticks.iter().map(|t| i64::from(t.flags)).collect();
+        let replay: Vec<bool> = ticks.iter().map(|t| t.replay).collect();
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO ticks (idempotency_key, symbol, source, ts_event_ns, ts_recv_ns,
+                    price_scale, bid, ask, last, bid_size, ask_size, volume, flags, replay)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[],
+                    $5::bigint[], $6::smallint[], $7::bigint[], $8::bigint[], $9::bigint[],
+                    $10::float8[], $11::float8[], $12::float8[], $13::bigint[], $14::bool[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(pg_err)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &keys, &symbols, &sources, &ts_event, &ts_recv, &scale, &bid, &ask, &last,
+                    &bid_size, &ask_size, &volume, &flags, &replay,
+                ],
+            )
+            .await
+            .map_err(pg_err)
+    }
+
+    async fn insert_dead_letters(&self, records: &[DeadLetterRecord]) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let reason: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
+        let detail: Vec<&str> = records.iter().map(|r| r.detail.as_str()).collect();
+        let payload: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
+        let origin: Vec<&str> = records.iter().map(|r| r.origin.as_str()).collect();
+        let component: Vec<&str> = records.iter().map(|r| r.component.as_str()).collect();
+        let ts: Vec<i64> = records.iter().map(|r| r.ts_rejected_ns).collect();
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO dead_letters (reason, detail, payload, origin, component, ts_rejected_ns)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::bigint[])",
+                &[&reason, &detail, &payload, &origin, &component, &ts],
+            )
+            .await
+            .map_err(pg_err)
+    }
+
+    async fn count_ticks(&self) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM ticks", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    async fn ticks_between(
+        &self,
+        symbols: &[String],
+        from_ns: i64,
+        to_ns: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        let (after_ts, after_key) = after.unwrap_or((i64::MIN, String::new()));
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT idempotency_key, symbol, source, ts_event_ns, ts_recv_ns, price_scale,
+                        bid, ask, last, bid_size, ask_size, volume, flags, replay
+                 FROM ticks
+                 WHERE ts_event_ns >= $1 AND ts_event_ns < $2
+                   AND (ts_event_ns, idempotency_key) > ($3, $4)
+                   AND (cardinality($5::text[]) = 0 OR symbol = ANY($5))
+                 ORDER BY ts_event_ns, idempotency_key
+                 LIMIT $6",
+                &[
+                    &from_ns,
+                    &to_ns,
+                    &after_ts,
+                    &after_key,
+                    &symbols,
+                    &(limit as i64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Tick {
+                key: r.get(0),
+                symbol: r.get(1),
+                source: r.get(2),
+                ts_event_ns: r.get(3),
+                ts_recv_ns: r.get(4),
+                scale: r.get::<_, i16>(5) as u8,
+                bid: r.get(6),
+                ask: r.get(7),
+                last: r.get(8),
+                bid_size: r.get(9),
+                ask_size: r.get(10),
+                volume: r.get(11),
+                flags: r.get::<_, i64>(12) as u32,
+                ts_route_ns: 0,
+                replay: r.get(13),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,291 @@
+//! The Kafka implementation of the bus (distributed mode), on librdkafka: idempotent producers
+//! (`acks=all`), consumer groups whose offsets are stored only when the stage acknowledges a
+//! message (after its output is confirmed or its batch committed), and topic provisioning.
+
+use crate::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, Receipt, topics};
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Kafka connection settings shared by every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(
+        long = "kafka-brokers",
+        env = "TICKFLOW_KAFKA_BROKERS",
+        default_value = "127.0.0.1:19092"
+    )]
+    pub brokers: String,
+    /// Extra librdkafka properties as key=value (repeatable, or comma-separated in the env
+    /// variable), e.g. security.protocol=SASL_SSL; they override tickflow's defaults.
+    #[arg(
+        long = "kafka-property",
+        env = "TICKFLOW_KAFKA_PROPERTIES",
+        value_delimiter = ','
+    )]
+    pub properties: Vec<String>,
+    /// Whether to create missing topics at start.
+    #[arg(long, env = "TICKFLOW_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+    /// Partitions of the topics tickflow creates.
+    #[arg(long, env = "TICKFLOW_TOPIC_PARTITIONS", default_value_t = 12)]
+    pub topic_partitions: i32,
+    /// Replication factor of the topics tickflow creates.
+    #[arg(long, env = "TICKFLOW_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+}
+
+/// The retention of each topic tickflow provisions, in days.
+const TOPIC_RETENTION_DAYS: [(&str, u64); 4] = [
+    (topics::RAW, 7),
+    (topics::CLEAN, 7),
+    (topics::DLQ, 30),
+    (topics::SIGNALS, 30),
+];
+
+impl KafkaArgs {
+    fn config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig, BusError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for p in &self.properties {
+            let (k, v) = p.split_once('=').ok_or_else(|| {
+                BusError::Broker(format!("kafka property {p:?} is not key=value"))
+            })?;
+            c.set(k.trim(), v.trim());
+        }
+        Ok(c)
+    }
+
+    /// Returns an idempotent producer. `realtime` sends each message at once (`linger.ms=0`);
+    /// otherwise messages are batched for a few milliseconds.
+    pub fn producer(&self, realtime: bool) -> Result<KafkaProducer, BusError> {
+        let linger = if realtime { "0" } else { "5" };
+        let producer: FutureProducer = self
+            .config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", linger),
+                ("compression.type", "lz4"),
+                ("socket.nagle.disable", "true"),
+                ("queue.buffering.max.messages", "1000000"),
+                // Keep retrying a broker outage for a long time rather than failing deliveries.
+                ("message.timeout.ms", "300000"),
+            ])?
+            .create()
+            .map_err(|e| BusError::Broker(format!("failed to create producer: {e}")))?;
+        Ok(KafkaProducer { inner: producer })
+    }
+
+    /// Returns a consumer in `group` subscribed to `topic` (one topic per consumer, so an
+    /// acknowledgement names its partition unambiguously); its stream ends when `shutdown`
+    /// fires. New groups start from the earliest retained message.
+    pub fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        shutdown: CancellationToken,
+    ) -> Result<KafkaConsumer, BusError> {
+        let consumer: StreamConsumer = self
+            .config(&[
+                ("group.id", group),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                // Offsets are stored by `ack`, only after the work is done.
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("fetch.wait.max.ms", "10"),
+                ("socket.nagle.disable", "true"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "2000"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+            ])?
+            .create()
+            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| BusError::Broker(format!("failed to subscribe to {topic}: {e}")))?;
+        Ok(KafkaConsumer {
+            inner: Arc::new(consumer),
+            shutdown,
+            topic: Arc::from(topic),
+        })
+    }
+
+    /// Creates the tickflow topics that do not exist yet (partitions, replication, retention,
+    /// lz4 compression); existing topics are left as they are.
+    pub async fn ensure_topics(&self) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .config(&[])?
+            .create()
+            .map_err(|e| BusError::Broker(format!("failed to create admin client: {e}")))?;
+        let retention: Vec<(String, String)> = TOPIC_RETENTION_DAYS
+            .iter()
+            .map(|(t, d)| (t.to_string(), (d * 86_400_000).to_string()))
+            .collect();
+        let new: Vec<NewTopic> = retention
+            .iter()
+            .map(|(t, ms)| {
+                NewTopic::new(
+                    t,
+                    self.topic_partitions,
+                    TopicReplication::Fixed(self.topic_replication),
+                )
+                .set("retention.ms", ms)
+                .set("compression.type", "lz4")
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|e| BusError::Broker(format!("failed to create topics: {e}")))?;
+        for r in results {
+            match r {
+                Ok(t) => {
+                    tracing::info!(topic = %t, partitions = self.topic_partitions, "created topic")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => {
+                    return Err(BusError::Broker(format!("failed to create topic {t}: {e}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns whether the cluster answers a metadata request within `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), BusError> {
+        let producer = self.producer(true)?;
+        tokio::task::spawn_blocking(move || {
+            producer
+                .inner
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|_| ())
+                .map_err(|e| BusError::Broker(format!("kafka did not answer: {e}")))
+        })
+        .await
+        .map_err(|e| BusError::Broker(e.to_string()))?
+    }
+}
+
+/// A [`Producer`] on Kafka.
+#[derive(Clone)]
+pub struct KafkaProducer {
+    inner: FutureProducer,
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
+        loop {
+            let record = FutureRecord::to(topic).key(key).payload(&payload);
+            match self.inner.send_result(record) {
+                Ok(delivery) => {
+                    return Ok(Box::pin(async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err((e, _))) => Err(BusError::Broker(e.to_string())),
+                            Err(_) => Err(BusError::Closed),
+                        }
+                    }));
+                }
+                // The local queue is full: wait for deliveries to make room (back-pressure).
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => return Err(BusError::Broker(e.to_string())),
+            }
+        }
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        let p = self.inner.clone();
+        tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(60))))
+            .await
+            .map_err(|e| BusError::Broker(e.to_string()))?
+            .map_err(|e| BusError::Broker(format!("flush failed: {e}")))
+    }
+}
+
+/// A [`Consumer`] on a Kafka consumer group.
+pub struct KafkaConsumer {
+    inner: Arc<StreamConsumer>,
+    shutdown: CancellationToken,
+    topic: Arc<str>,
+}
+
+impl KafkaConsumer {
+    /// Returns the underlying librdkafka consumer (for pause/resume and lag).
+    pub fn raw(&self) -> Arc<StreamConsumer> {
+        self.inner.clone()
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn recv(&mut self) -> Result<Option<Delivery>, BusError> {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(None),
+                m = self.inner.recv() => m,
+            };
+            match msg {
+                Ok(m) => {
+                    return Ok(Some(Delivery {
+                        topic: self.topic.clone(),
+                        id: DeliveryId {
+                            partition: m.partition(),
+                            offset: m.offset(),
+                        },
+                        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    }));
+                }
+                // librdkafka reconnects by itself; errors here are reports, not the end.
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn ack(&mut self, id: DeliveryId) -> Result<(), BusError> {
+        // librdkafka's offset store commits `offset + 1`, the next message to read.
+        if let Err(e) = self
+            .inner
+            .store_offset(&self.topic, id.partition, id.offset)
+        {
+            // After a rebalance the partition may belong to another member: it reads the
+            // message again, and idempotent writes make that harmless.
+            tracing::debug!(error = %e, topic = %self.topic, ?id, "offset not stored");
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), BusError> {
+        let c = self.inner.clone();
+        let r = tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync))
+            .await
+            .map_err(|e| BusError::Broker(e.to_string()))?;
+        match r {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(BusError::Broker(format!("offset commit failed: {e}"))),
+        }
+    }
+}
