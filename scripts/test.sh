@@ -22,6 +22,8 @@ step "services: Kafka, PostgreSQL, Redis"
 started_here=0
 scripts/services.sh status >/dev/null 2>&1 || started_here=1
 eval "$(scripts/services.sh up)"
+# Tests that need a service fail, rather than skip, when its address is missing.
+export TICKFLOW_REQUIRE_SERVICES=1
 if [ "$started_here" = 1 ] && [ -z "${TICKFLOW_KEEP_SERVICES:-}" ]; then
   trap 'scripts/services.sh down >/dev/null 2>&1 || true' EXIT
 fi

@@ -12,6 +12,7 @@ pub mod price;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod testenv;
 pub mod tick;
 
 /// Protobuf and gRPC types generated from `proto/tickflow/v1`.

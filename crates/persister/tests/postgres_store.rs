@@ -1,0 +1,50 @@
+//! The PostgreSQL store passes the same conformance suite as the SQLite store, against a real
+//! PostgreSQL, in a database of its own.
+
+use persister::postgres::PgStore;
+use tokio_postgres::NoTls;
+
+#[tokio::test]
+async fn postgres_store_conforms() {
+    let Some(url) = tick_core::testenv::service("DATABASE_URL") else {
+        return;
+    };
+    let db = format!("tickflow_test_{}", std::process::id());
+    let (admin, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let test_url = match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => panic!("DATABASE_URL has no database name: {url}"),
+    };
+    {
+        let store = PgStore::connect(&test_url, 2).unwrap();
+        persister::conformance::check_store(&store).await;
+        // The ticks landed in a daily partition created on demand.
+        let (c, conn) = tokio_postgres::connect(&test_url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let parts: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ticks'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            parts >= 5,
+            "partitions for today+3 and the test's day, got {parts}"
+        );
+    }
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
