@@ -88,6 +88,7 @@ impl Hub {
                     Ok(_) => None,
                     Err(BroadcastStreamRecvError::Lagged(n)) => {
                         dropped.fetch_add(n, Ordering::Relaxed);
+                        metrics::counter!("tickflow_indicators_events_dropped_total").increment(n);
                         Some(pb::Event {
                             seq: 0,
                             ts_sent_ns: clock::now_ns(),
@@ -108,14 +109,16 @@ struct SubscriberGuard(Arc<AtomicUsize>);
 
 impl SubscriberGuard {
     fn new(count: Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
+        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("tickflow_indicators_subscribers").set(n as f64);
         Self(count)
     }
 }
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let n = self.0.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("tickflow_indicators_subscribers").set(n as f64);
     }
 }
 

@@ -117,8 +117,15 @@ impl KafkaArgs {
         consumer
             .subscribe(&[topic])
             .map_err(|e| BusError::Broker(format!("failed to subscribe to {topic}: {e}")))?;
+        let inner = Arc::new(consumer);
+        spawn_lag_reporter(
+            inner.clone(),
+            group.to_string(),
+            topic.to_string(),
+            shutdown.clone(),
+        );
         Ok(KafkaConsumer {
-            inner: Arc::new(consumer),
+            inner,
             shutdown,
             topic: Arc::from(topic),
         })
@@ -180,6 +187,46 @@ impl KafkaArgs {
         .await
         .map_err(|e| BusError::Broker(e.to_string()))?
     }
+}
+
+/// Publishes `tickflow_consumer_lag{group,topic}` every 10 s: messages between this consumer's
+/// position and the end of its assigned partitions.
+fn spawn_lag_reporter(
+    consumer: Arc<StreamConsumer>,
+    group: String,
+    topic: String,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let c = consumer.clone();
+            let lag = tokio::task::spawn_blocking(move || -> Option<i64> {
+                let positions = c.position().ok()?;
+                let mut lag = 0;
+                for e in positions.elements() {
+                    let (low, high) = c
+                        .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+                        .ok()?;
+                    let at = match e.offset() {
+                        rdkafka::Offset::Offset(o) => o,
+                        _ => low,
+                    };
+                    lag += (high - at).max(0);
+                }
+                Some(lag)
+            })
+            .await;
+            if let Ok(Some(lag)) = lag {
+                metrics::gauge!("tickflow_consumer_lag", "group" => group.clone(), "topic" => topic.clone())
+                    .set(lag as f64);
+            }
+        }
+    });
 }
 
 /// A [`Producer`] on Kafka.
