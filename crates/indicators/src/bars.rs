@@ -207,7 +207,7 @@ mod tests {
             volume: 1.0,
             flags: 0,
             key: String::new(),
-            ts_route_ns: 0,
+            route: Default::default(),
             replay: false,
         }
     }

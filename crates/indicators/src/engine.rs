@@ -264,7 +264,7 @@ mod tests {
             volume: 0.0,
             flags: 0,
             key: format!("k{i}"),
-            ts_route_ns: 0,
+            route: Default::default(),
             replay: false,
         }
     }

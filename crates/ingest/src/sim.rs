@@ -147,7 +147,7 @@ impl Simulator {
             ask_size,
             volume: 0.0,
             flags: 0,
-            ts_route_ns: 0,
+            route: Default::default(),
             replay: false,
         }
     }

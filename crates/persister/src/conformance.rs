@@ -24,7 +24,7 @@ fn tick(i: i64, symbol: &str) -> Tick {
             1_700_000_000_000_000_000 + i * 1_000_000,
             0,
         ),
-        ts_route_ns: 0,
+        route: Default::default(),
         replay: i % 3 == 0,
     }
 }

@@ -290,7 +290,7 @@ impl TickStore for PgStore {
                 ask_size: r.get(10),
                 volume: r.get(11),
                 flags: r.get::<_, i64>(12) as u32,
-                ts_route_ns: 0,
+                route: Default::default(),
                 replay: r.get(13),
             })
             .collect())

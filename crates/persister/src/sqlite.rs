@@ -242,7 +242,7 @@ impl TickStore for SqliteStore {
                     ask_size: r.get(10).map_err(db_err)?,
                     volume: r.get(11).map_err(db_err)?,
                     flags: r.get(12).map_err(db_err)?,
-                    ts_route_ns: 0,
+                    route: Default::default(),
                     replay: r.get(13).map_err(db_err)?,
                 });
                 if out.len() >= limit {

@@ -1,42 +1,140 @@
-//! The router stage: reads `ticks.raw`, lets valid ticks through to `ticks.clean` keyed by
-//! symbol, and sends every reject to `ticks.dlq` with its reason and the original payload.
+//! The router stage: reads `ticks.raw`, lets valid, new ticks of the active source through to
+//! `ticks.clean` keyed by symbol, and sends every reject to `ticks.dlq` with its reason and the
+//! original payload. An input is acknowledged only after what it caused is confirmed by the
+//! bus, in input order, so a crash never skips a tick.
 
+pub mod arbitration;
 pub mod core;
+pub mod dedup;
+pub mod spike;
+pub mod symbols;
+pub mod tail;
 
-use crate::core::{RejectReason, Routed, Router, RouterConfig};
+use crate::arbitration::Arbitration;
+use crate::core::{Decision, HoldId, RejectReason, Router, RouterConfig};
+use crate::spike::SpikeConfig;
+use crate::symbols::SymbolMap;
 use anyhow::Context;
 use prost::Message;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tick_core::bus::{Consumer, Delivery, InFlight, Producer, Receipt, topics};
+use tick_core::bus::{BusError, Consumer, InFlight, Producer, Receipt, topics};
 use tick_core::kafka::KafkaArgs;
 use tick_core::ops::Health;
 use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock, pb};
+use tokio::sync::{mpsc, oneshot};
 
-/// Configuration of the `router` binary.
+/// How many consumed messages may await publication confirmation at once.
+const MAX_IN_FLIGHT: usize = 10_000;
+
+/// How several sources of a symbol are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArbitrationMode {
+    /// Pass every source, each tick tagged with its source.
+    Merge,
+    /// Pass the most preferred live source of --source-priority.
+    PrimaryFailover,
+}
+
+/// Router rules on the command line (shared by `router` and `tickflow run`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct RouterArgs {
+pub struct RulesArgs {
     /// How far in the future a live tick's event time may be (clock skew allowance).
     #[arg(long, env = "TICKFLOW_MAX_FUTURE", value_parser = humantime::parse_duration, default_value = "5s")]
     pub max_future: Duration,
     /// How far in the past a live tick's event time may be (replays are exempt).
     #[arg(long, env = "TICKFLOW_MAX_PAST", value_parser = humantime::parse_duration, default_value = "24h")]
     pub max_past: Duration,
+    /// Symbol aliases, comma-separated ALIAS=CANONICAL (EUR_USD, EUR/USD and EURUSD.m resolve without one).
+    #[arg(long, env = "TICKFLOW_SYMBOL_MAP", value_delimiter = ',')]
+    pub symbol_map: Vec<String>,
+    /// Extra or overriding instruments, comma-separated SYMBOL:SCALE[:MAX_SPREAD_POINTS].
+    #[arg(long, env = "TICKFLOW_INSTRUMENTS", value_delimiter = ',')]
+    pub instrument: Vec<String>,
+    /// How several sources of one symbol are combined.
+    #[arg(
+        long,
+        env = "TICKFLOW_ARBITRATION",
+        value_enum,
+        default_value = "merge"
+    )]
+    pub arbitration: ArbitrationMode,
+    /// Sources from most to least preferred, for primary-failover (e.g. mt5:icmarkets,oanda).
+    #[arg(long, env = "TICKFLOW_SOURCE_PRIORITY", value_delimiter = ',')]
+    pub source_priority: Vec<String>,
+    /// Silence after which primary-failover moves to the next source.
+    #[arg(long, env = "TICKFLOW_FAILOVER_AFTER", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub failover_after: Duration,
+    /// Spike threshold as a multiple of the mean absolute move (0 turns the filter off).
+    #[arg(long, env = "TICKFLOW_SPIKE_MULTIPLE", default_value_t = 20.0)]
+    pub spike_multiple: f64,
+    /// Moves observed per symbol before the spike filter judges.
+    #[arg(long, env = "TICKFLOW_SPIKE_WARMUP", default_value_t = 50)]
+    pub spike_warmup: u32,
+    /// A held tick not confirmed within this time is rejected as a spike.
+    #[arg(long, env = "TICKFLOW_SPIKE_MAX_HOLD", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub spike_max_hold: Duration,
+    /// How long (in event time) idempotency keys are remembered for de-duplication.
+    #[arg(long, env = "TICKFLOW_DEDUP_WINDOW", value_parser = humantime::parse_duration, default_value = "15m")]
+    pub dedup_window: Duration,
+    /// A pause longer than this in a symbol's ticks marks the next one AFTER_SILENCE.
+    #[arg(long, env = "TICKFLOW_SILENCE", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub silence: Duration,
+}
+
+impl RulesArgs {
+    /// Returns the router rules these options describe.
+    pub fn router_config(&self) -> anyhow::Result<RouterConfig> {
+        let mut symbols = SymbolMap::with_defaults();
+        for a in &self.symbol_map {
+            symbols.add_alias_spec(a)?;
+        }
+        for i in &self.instrument {
+            symbols.add_instrument_spec(i)?;
+        }
+        let arbitration = match self.arbitration {
+            ArbitrationMode::Merge => Arbitration::Merge,
+            ArbitrationMode::PrimaryFailover => {
+                anyhow::ensure!(
+                    !self.source_priority.is_empty(),
+                    "--arbitration primary-failover needs --source-priority"
+                );
+                Arbitration::PrimaryFailover {
+                    priority: self.source_priority.clone(),
+                    silence_ns: self.failover_after.as_nanos() as i64,
+                }
+            }
+        };
+        let spike = (self.spike_multiple > 0.0).then(|| SpikeConfig {
+            multiple: self.spike_multiple,
+            warmup: self.spike_warmup,
+            max_hold_ns: self.spike_max_hold.as_nanos() as i64,
+            ..SpikeConfig::default()
+        });
+        Ok(RouterConfig {
+            max_future_ns: self.max_future.as_nanos() as i64,
+            max_past_ns: self.max_past.as_nanos() as i64,
+            symbols,
+            arbitration,
+            spike,
+            dedup_window_ns: self.dedup_window.as_nanos() as i64,
+            silence_ns: self.silence.as_nanos() as i64,
+        })
+    }
+}
+
+/// Configuration of the `router` binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// Routing rules.
+    #[command(flatten)]
+    pub rules: RulesArgs,
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
-}
-
-impl RouterArgs {
-    /// Returns the router rules these options describe.
-    pub fn router_config(&self) -> RouterConfig {
-        RouterConfig {
-            max_future_ns: self.max_future.as_nanos() as i64,
-            max_past_ns: self.max_past.as_nanos() as i64,
-        }
-    }
 }
 
 /// Runs the router stage on Kafka (group `router`) until `shutdown` fires.
@@ -45,11 +143,17 @@ pub async fn run(
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
+    let mut router = Router::new(cfg.rules.router_config()?);
     if cfg.kafka.create_topics {
         cfg.kafka
             .ensure_topics()
             .await
             .context("failed to provision topics")?;
+    }
+    let (seen, tail) =
+        tail::follow_clean(&cfg.kafka, cfg.rules.dedup_window, shutdown.clone()).await?;
+    for t in &seen {
+        router.remember(t);
     }
     let producer = cfg
         .kafka
@@ -64,14 +168,12 @@ pub async fn run(
     run_router(
         Box::new(consumer),
         Arc::new(producer),
-        Router::new(cfg.router_config()),
+        router,
         stats,
+        Some(tail),
     )
     .await
 }
-
-/// How many consumed messages may await publication confirmation at once.
-const MAX_IN_FLIGHT: usize = 10_000;
 
 /// Counters of the router stage.
 #[derive(Debug, Default)]
@@ -82,6 +184,14 @@ pub struct RouterStats {
     pub clean: AtomicU64,
     /// Records sent to `ticks.dlq`, per reason in [`RejectReason::ALL`] order.
     pub rejected: [AtomicU64; RejectReason::ALL.len()],
+    /// Resent or replayed ticks already let through.
+    pub duplicates: AtomicU64,
+    /// Ticks of standby sources (primary-failover).
+    pub standby: AtomicU64,
+    /// Ticks held by the spike filter.
+    pub held: AtomicU64,
+    /// Source switches.
+    pub switches: AtomicU64,
 }
 
 impl RouterStats {
@@ -94,15 +204,27 @@ impl RouterStats {
     }
 }
 
-/// Routes every message of `consumer` until its stream ends, acknowledging each one only after
-/// its output is confirmed by the bus.
+struct Held {
+    done: oneshot::Sender<Result<(), BusError>>,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    origin: Arc<str>,
+}
+
+/// Routes every message of `consumer` until its stream ends, acknowledging each only after its
+/// outputs are confirmed. `tail` carries ticks other router instances let through.
 pub async fn run_router(
     mut consumer: Box<dyn Consumer>,
     producer: Arc<dyn Producer>,
     mut router: Router,
     stats: Arc<RouterStats>,
+    mut tail: Option<mpsc::Receiver<Tick>>,
 ) -> anyhow::Result<()> {
     let mut in_flight = InFlight::default();
+    let mut holds: HashMap<HoldId, Held> = HashMap::new();
+    let mut timer = tokio::time::interval(Duration::from_millis(100));
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut out = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -110,13 +232,31 @@ pub async fn run_router(
                 result?;
                 consumer.ack(id)?;
             }
+            Some(t) = async { tail.as_mut()?.recv().await }, if tail.is_some() => router.remember(&t),
+            _ = timer.tick() => {
+                router.on_timer(clock::now_ns(), &mut out);
+                settle(&mut out, None, &mut holds, producer.as_ref(), &stats).await?;
+                log_switches(&mut router, &stats);
+            }
             next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
-                let Some(delivery) = next? else { break };
-                let receipt = route_one(&delivery, &mut router, producer.as_ref(), &stats).await?;
-                in_flight.push(delivery.id, vec![receipt]);
+                let Some(d) = next? else { break };
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                let input = Held { done: oneshot::channel().0, key: d.key, payload: d.payload, origin: d.topic };
+                let own = match Tick::decode(&input.payload) {
+                    Ok(tick) => {
+                        router.on_tick(tick, clock::now_ns(), &mut out);
+                        log_switches(&mut router, &stats);
+                        settle(&mut out, Some(input), &mut holds, producer.as_ref(), &stats).await?
+                    }
+                    Err(e) => vec![dead_letter(&input, RejectReason::MalformedPayload, e.to_string(), producer.as_ref(), &stats).await?],
+                };
+                in_flight.push(d.id, own);
             }
         }
     }
+    // End of input: a held tick can no longer be confirmed; it becomes a dead letter.
+    router.on_timer(i64::MAX, &mut out);
+    settle(&mut out, None, &mut holds, producer.as_ref(), &stats).await?;
     while let Some((id, result)) = in_flight.next().await {
         result?;
         consumer.ack(id)?;
@@ -126,65 +266,110 @@ pub async fn run_router(
     Ok(())
 }
 
-async fn route_one(
-    delivery: &Delivery,
-    router: &mut Router,
-    producer: &dyn Producer,
-    stats: &RouterStats,
-) -> anyhow::Result<Receipt> {
-    stats.received.fetch_add(1, Ordering::Relaxed);
-    let now = clock::now_ns();
-    let routed = match Tick::decode(&delivery.payload) {
-        Ok(tick) => router.on_tick(tick, now),
-        Err(e) => {
-            return dead_letter(
-                delivery,
-                RejectReason::MalformedPayload,
-                e.to_string(),
-                producer,
-                stats,
-            )
-            .await;
-        }
-    };
-    match routed {
-        Routed::Clean(tick) => {
-            stats.clean.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("tickflow_router_ticks_total", "outcome" => "clean").increment(1);
-            Ok(producer
-                .send(topics::CLEAN, tick.symbol.as_bytes(), tick.encode())
-                .await?)
-        }
-        Routed::Reject(_, reject) => {
-            dead_letter(delivery, reject.reason, reject.detail, producer, stats).await
-        }
+fn log_switches(router: &mut Router, stats: &RouterStats) {
+    for s in router.take_switches() {
+        stats.switches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tickflow_router_source_switches_total", "why" => s.why).increment(1);
+        tracing::warn!(symbol = %s.symbol, from = ?s.from, to = %s.to, why = s.why, "source switch");
     }
 }
 
+/// Publishes the decisions in `out`; returns the receipts the current input (if any) waits
+/// for. Decisions that settle earlier holds resolve those holds' receipts.
+async fn settle(
+    out: &mut Vec<Decision>,
+    input: Option<Held>,
+    holds: &mut HashMap<HoldId, Held>,
+    producer: &dyn Producer,
+    stats: &RouterStats,
+) -> anyhow::Result<Vec<Receipt>> {
+    let mut input = input;
+    let mut own = Vec::new();
+    for decision in out.drain(..) {
+        match decision {
+            Decision::Clean { tick, held } => {
+                stats.clean.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tickflow_router_ticks_total", "outcome" => "clean").increment(1);
+                let r = producer
+                    .send(topics::CLEAN, tick.symbol.as_bytes(), tick.encode())
+                    .await?;
+                match held.and_then(|id| holds.remove(&id)) {
+                    Some(h) => resolve_later(h, r),
+                    None => own.push(r),
+                }
+            }
+            Decision::Reject { reject, held } => {
+                let source = match held {
+                    Some(id) => holds.remove(&id),
+                    None => None,
+                };
+                match source {
+                    Some(h) => {
+                        let r =
+                            dead_letter(&h, reject.reason, reject.detail, producer, stats).await?;
+                        resolve_later(h, r);
+                    }
+                    None => {
+                        let Some(i) = &input else { continue };
+                        own.push(
+                            dead_letter(i, reject.reason, reject.detail, producer, stats).await?,
+                        );
+                    }
+                }
+            }
+            Decision::Duplicate => {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tickflow_router_ticks_total", "outcome" => "duplicate")
+                    .increment(1);
+            }
+            Decision::Standby => {
+                stats.standby.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tickflow_router_ticks_total", "outcome" => "standby")
+                    .increment(1);
+            }
+            Decision::Hold(id) => {
+                stats.held.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tickflow_router_ticks_total", "outcome" => "held").increment(1);
+                if let Some(mut h) = input.take() {
+                    let (tx, rx) = oneshot::channel();
+                    h.done = tx;
+                    holds.insert(id, h);
+                    own.push(Box::pin(async move {
+                        rx.await.unwrap_or(Err(BusError::Closed))
+                    }));
+                }
+            }
+        }
+    }
+    Ok(own)
+}
+
+fn resolve_later(h: Held, receipt: Receipt) {
+    tokio::spawn(async move {
+        let _ = h.done.send(receipt.await);
+    });
+}
+
 async fn dead_letter(
-    delivery: &Delivery,
+    input: &Held,
     reason: RejectReason,
     detail: String,
     producer: &dyn Producer,
     stats: &RouterStats,
 ) -> anyhow::Result<Receipt> {
-    let idx = RejectReason::ALL
-        .iter()
-        .position(|r| *r == reason)
-        .unwrap_or(0);
-    stats.rejected[idx].fetch_add(1, Ordering::Relaxed);
+    stats.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
     metrics::counter!("tickflow_router_ticks_total", "outcome" => "rejected").increment(1);
     metrics::counter!("tickflow_router_rejects_total", "reason" => reason.code()).increment(1);
     tracing::debug!(reason = reason.code(), %detail, "tick rejected");
     let record = pb::DeadLetter {
         reason: reason.code().to_string(),
         detail,
-        payload: delivery.payload.clone(),
-        origin: delivery.topic.to_string(),
+        payload: input.payload.clone(),
+        origin: input.origin.to_string(),
         ts_rejected_ns: clock::now_ns(),
         component: "router".into(),
     };
     Ok(producer
-        .send(topics::DLQ, &delivery.key, record.encode_to_vec())
+        .send(topics::DLQ, &input.key, record.encode_to_vec())
         .await?)
 }

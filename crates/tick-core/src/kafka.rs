@@ -54,7 +54,9 @@ const TOPIC_RETENTION_DAYS: [(&str, u64); 4] = [
 ];
 
 impl KafkaArgs {
-    fn config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig, BusError> {
+    /// Returns a librdkafka configuration with the brokers, `defaults`, then the user's
+    /// properties (which win).
+    pub fn config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig, BusError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         for (k, v) in defaults {

@@ -26,4 +26,4 @@ pub mod pb {
 }
 
 pub use price::Price;
-pub use tick::{KeyOrdinals, Tick, idempotency_key};
+pub use tick::{KeyOrdinals, RouteInfo, Tick, idempotency_key};

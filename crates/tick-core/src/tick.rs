@@ -34,10 +34,29 @@ pub struct Tick {
     pub flags: u32,
     /// Deterministic idempotency key, see [`idempotency_key`].
     pub key: String,
-    /// Time the router let the tick through (0 before the router).
-    pub ts_route_ns: i64,
+    /// What the router added (all zero before the router).
+    pub route: RouteInfo,
     /// Whether this is a replay of history rather than a live quote.
     pub replay: bool,
+}
+
+/// Router marker bit: first tick from a new source after a failover or switch-back.
+pub const ROUTE_SOURCE_SWITCH: u32 = 1;
+/// Router marker bit: the symbol's feed was silent before this tick for longer than the
+/// silence threshold.
+pub const ROUTE_AFTER_SILENCE: u32 = 2;
+
+/// What the router adds to a tick it lets through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Time the router let the tick through, UTC ns.
+    pub ts_route_ns: i64,
+    /// Contiguous per-symbol sequence number among clean ticks.
+    pub symbol_seq: u64,
+    /// `ROUTE_*` marker bits.
+    pub flags: u32,
+    /// With a marker: ns since the previous clean tick of the symbol.
+    pub gap_ns: i64,
 }
 
 impl Tick {
@@ -139,8 +158,11 @@ impl From<&Tick> for pb::Tick {
             volume: t.volume,
             flags: t.flags,
             idempotency_key: t.key.clone(),
-            ts_route_ns: t.ts_route_ns,
+            ts_route_ns: t.route.ts_route_ns,
             replay: t.replay,
+            symbol_seq: t.route.symbol_seq,
+            route_flags: t.route.flags,
+            gap_ns: t.route.gap_ns,
         }
     }
 }
@@ -175,7 +197,12 @@ impl TryFrom<pb::Tick> for Tick {
             volume: p.volume,
             flags: p.flags,
             key: p.idempotency_key,
-            ts_route_ns: p.ts_route_ns,
+            route: RouteInfo {
+                ts_route_ns: p.ts_route_ns,
+                symbol_seq: p.symbol_seq,
+                flags: p.route_flags,
+                gap_ns: p.gap_ns,
+            },
             replay: p.replay,
         })
     }
@@ -202,7 +229,7 @@ pub(crate) mod tests {
             volume: 0.0,
             flags: 6,
             key: idempotency_key("sim", "EURUSD", 1_700_000_000_123_456_789, 0),
-            ts_route_ns: 0,
+            route: Default::default(),
             replay: false,
         }
     }
@@ -251,10 +278,11 @@ pub(crate) mod tests {
             ts_event in any::<i64>(), ts_recv in any::<i64>(), scale in 0u8..=MAX_SCALE,
             bid in any::<i64>(), ask in any::<i64>(), last in proptest::option::of(any::<i64>()),
             size in any::<f64>().prop_filter("nan never equals itself", |f| !f.is_nan()),
-            flags in any::<u32>(), replay in any::<bool>(),
+            flags in any::<u32>(), replay in any::<bool>(), seq in any::<u64>(),
         ) {
+            let route = RouteInfo { ts_route_ns: ts_recv, symbol_seq: seq, flags, gap_ns: ts_event };
             let t = Tick { ts_event_ns: ts_event, ts_recv_ns: ts_recv, scale, bid, ask, last,
-                bid_size: size, ask_size: size, volume: size, flags, replay, ..sample() };
+                bid_size: size, ask_size: size, volume: size, flags, replay, route, ..sample() };
             let back = Tick::decode(&t.encode()).unwrap();
             prop_assert_eq!(back, t);
         }

@@ -9,7 +9,7 @@ use ingest::SimArgs;
 use ingest::sim::SimSource;
 use persister::BatchArgs;
 use persister::sqlite::SqliteStore;
-use router::core::{Router, RouterConfig};
+use router::core::Router;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +29,9 @@ pub struct RunArgs {
     /// Indicators, rules, bars and subscriber queues.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Routing rules.
+    #[command(flatten)]
+    pub rules: router::RulesArgs,
     /// Storage batching.
     #[command(flatten)]
     pub batch: BatchArgs,
@@ -152,8 +155,9 @@ pub async fn run(
     let router_task = tokio::spawn(router::run_router(
         Box::new(raw),
         Arc::new(bus.producer()),
-        Router::new(RouterConfig::default()),
+        Router::new(args.rules.router_config()?),
         router_stats.clone(),
+        None,
     ));
     let ind_task = tokio::spawn(indicators::run_indicators(
         Box::new(clean_rt),

@@ -1,0 +1,116 @@
+//! Reads `ticks.clean` back so the router's de-duplication and numbering survive restarts and
+//! rebalances: on start, everything within the de-duplication window up to the current end is
+//! read before the router consumes its first raw tick; afterwards the tail keeps following, so
+//! ticks let through by other router instances are known too.
+
+use anyhow::Context;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tick_core::Tick;
+use tick_core::bus::topics;
+use tick_core::kafka::KafkaArgs;
+use tick_core::shutdown::CancellationToken;
+use tokio::sync::mpsc;
+
+/// Reads the last `window` of `ticks.clean` to its current end and returns those ticks, plus
+/// a channel that carries every later clean tick until `shutdown`.
+pub async fn follow_clean(
+    kafka: &KafkaArgs,
+    window: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Vec<Tick>, mpsc::Receiver<Tick>)> {
+    let group = format!(
+        "router-tail-{}-{}",
+        std::process::id(),
+        tick_core::clock::now_ns()
+    );
+    let consumer: StreamConsumer = kafka
+        .config(&[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("fetch.wait.max.ms", "10"),
+        ])?
+        .create()
+        .context("failed to create the clean-tail consumer")?;
+    let consumer = Arc::new(consumer);
+    let since_ms = (tick_core::clock::now_ns() / 1_000_000) - window.as_millis() as i64;
+    let c = consumer.clone();
+    let ends: HashMap<i32, i64> =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<i32, i64>> {
+            let md = c.fetch_metadata(Some(topics::CLEAN), Duration::from_secs(30))?;
+            let partitions: Vec<i32> = md
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition_offset(topics::CLEAN, *p, Offset::Offset(since_ms))?;
+            }
+            let starts = c.offsets_for_times(tpl, Duration::from_secs(30))?;
+            let mut ends = HashMap::new();
+            for e in starts.elements() {
+                let (_, high) =
+                    c.fetch_watermarks(topics::CLEAN, e.partition(), Duration::from_secs(30))?;
+                if let Offset::Offset(o) = e.offset()
+                    && o < high
+                {
+                    ends.insert(e.partition(), high);
+                }
+            }
+            c.assign(&starts)?;
+            Ok(ends)
+        })
+        .await??;
+
+    let mut initial = Vec::new();
+    let mut pending = ends;
+    while !pending.is_empty() {
+        let m = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "clean-tail read failed, retrying");
+                continue;
+            }
+        };
+        if let Some(t) = m.payload().and_then(|p| Tick::decode(p).ok()) {
+            initial.push(t);
+        }
+        if pending
+            .get(&m.partition())
+            .is_some_and(|end| m.offset() + 1 >= *end)
+        {
+            pending.remove(&m.partition());
+        }
+    }
+    tracing::info!(
+        ticks = initial.len(),
+        "rebuilt de-duplication state from ticks.clean"
+    );
+
+    let (tx, rx) = mpsc::channel(65_536);
+    tokio::spawn(async move {
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = consumer.recv() => m,
+            };
+            if let Ok(m) = m
+                && let Some(t) = m.payload().and_then(|p| Tick::decode(p).ok())
+                && tx.send(t).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok((initial, rx))
+}
