@@ -38,4 +38,7 @@ step "python tests (clients generated from proto/, standard Kafka client)"
 venv="$(scripts/pyenv.sh)"
 "$venv/bin/python" -m pytest -q tests/python
 
+step "Kubernetes manifests, Prometheus and Grafana files (schema validation)"
+scripts/validate-k8s.sh
+
 step "all tests passed"

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs every stage in this process with a simulated feed, gRPC and a SQLite file (default).
-    Run(embedded::RunArgs),
+    Run(Box<embedded::RunArgs>),
     /// Subscribes to a running SignalService and prints each event with its latency.
     Subscribe(subscribe::SubscribeArgs),
     /// Creates the tickflow Kafka topics that do not exist yet.
@@ -55,7 +55,7 @@ async fn run(command: Option<Command>) -> anyhow::Result<()> {
     match command {
         Some(Command::Run(args)) => {
             let shutdown = tick_core::shutdown::on_signals();
-            let summary = embedded::run(args, shutdown, |_| {}).await?;
+            let summary = embedded::run(*args, shutdown, |_| {}).await?;
             println!("{summary}");
             Ok(())
         }
