@@ -40,7 +40,10 @@ fn bench(c: &mut Criterion) {
         ..RouterConfig::default()
     };
     let mut g = c.benchmark_group("router");
-    for (name, cfg) in [("all_rules", all_rules), ("validation_only", validation_only)] {
+    for (name, cfg) in [
+        ("all_rules", all_rules),
+        ("validation_only", validation_only),
+    ] {
         let mut router = Router::new(cfg);
         let mut out = Vec::with_capacity(4);
         let mut n: i64 = 0;
