@@ -177,6 +177,9 @@ log.dirs=$KAFKA_DIR/data
 num.partitions=12
 auto.create.topics.enable=true
 offsets.topic.replication.factor=1
+# One broker: a few partitions for consumer offsets are plenty and make the first group
+# join fast (the default of 50 takes seconds to create on a busy 2-core machine).
+offsets.topic.num.partitions=4
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1

@@ -1,6 +1,8 @@
 //! The ingest stage: reads ticks from a [`source::TickSource`] and publishes each, keyed by
 //! symbol, to `ticks.raw`.
 
+pub mod csv;
+pub mod dukascopy;
 pub mod sim;
 pub mod source;
 
@@ -80,6 +82,98 @@ impl SimArgs {
 pub enum SourceKind {
     /// The seeded simulator.
     Sim,
+    /// Dukascopy `.bi5` history from a directory in Dukascopy's layout.
+    Dukascopy,
+    /// A CSV tick file (MT5 export or plain).
+    Csv,
+}
+
+/// Options of the file sources (Dukascopy history, CSV).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FileArgs {
+    /// Dukascopy: root directory holding SYMBOL/YYYY/MM/DD/HHh_ticks.bi5 (zero-based months).
+    #[arg(long, env = "TICKFLOW_DUKASCOPY_DIR")]
+    pub dukascopy_dir: Option<std::path::PathBuf>,
+    /// Dukascopy: start of the range (RFC 3339).
+    #[arg(long, env = "TICKFLOW_FROM")]
+    pub from: Option<String>,
+    /// Dukascopy: end of the range (RFC 3339, exclusive).
+    #[arg(long, env = "TICKFLOW_TO")]
+    pub to: Option<String>,
+    /// Dukascopy: playback speed as a multiple of real time (default: as fast as possible).
+    #[arg(long, env = "TICKFLOW_SPEED")]
+    pub speed: Option<f64>,
+    /// CSV: the file.
+    #[arg(long, env = "TICKFLOW_CSV_FILE")]
+    pub csv_file: Option<std::path::PathBuf>,
+    /// CSV: its dialect.
+    #[arg(long, env = "TICKFLOW_CSV_FORMAT", value_enum, default_value = "plain")]
+    pub csv_format: csv::CsvFormat,
+    /// CSV: the symbol of its ticks.
+    #[arg(long, env = "TICKFLOW_CSV_SYMBOL")]
+    pub csv_symbol: Option<String>,
+    /// CSV: hours to subtract from the file's times to get UTC (MT5 exports server time).
+    #[arg(
+        long,
+        env = "TICKFLOW_CSV_UTC_OFFSET_HOURS",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
+    pub csv_utc_offset_hours: f64,
+}
+
+fn rfc3339_ns(what: &str, s: &Option<String>) -> anyhow::Result<i64> {
+    let s = s
+        .as_deref()
+        .with_context(|| format!("--{what} is required"))?;
+    let t = humantime::parse_rfc3339_weak(s)
+        .with_context(|| format!("--{what} {s:?} is not RFC 3339"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64)
+}
+
+impl FileArgs {
+    /// Returns the source these options describe, for the given kind.
+    pub fn source(
+        &self,
+        kind: SourceKind,
+        symbols: &[String],
+    ) -> anyhow::Result<Box<dyn TickSource>> {
+        Ok(match kind {
+            SourceKind::Sim => anyhow::bail!("the simulator is not a file source"),
+            SourceKind::Dukascopy => {
+                let dir = self
+                    .dukascopy_dir
+                    .clone()
+                    .context("--dukascopy-dir is required")?;
+                anyhow::ensure!(!symbols.is_empty(), "--symbols is required for dukascopy");
+                for s in symbols {
+                    dukascopy::point_scale(s)
+                        .with_context(|| format!("no Dukascopy point factor for {s}"))?;
+                }
+                Box::new(dukascopy::DukascopySource::new(
+                    dir,
+                    symbols.to_vec(),
+                    rfc3339_ns("from", &self.from)?,
+                    rfc3339_ns("to", &self.to)?,
+                    self.speed,
+                ))
+            }
+            SourceKind::Csv => {
+                let file = self.csv_file.clone().context("--csv-file is required")?;
+                let symbol = self
+                    .csv_symbol
+                    .clone()
+                    .context("--csv-symbol is required")?;
+                let parser = csv::CsvParser::new(
+                    self.csv_format,
+                    &symbol.to_uppercase(),
+                    "csv",
+                    (self.csv_utc_offset_hours * 3.6e12) as i64,
+                );
+                Box::new(csv::CsvSource::open(&file, parser)?)
+            }
+        })
+    }
 }
 
 /// Configuration of the `ingest` binary.
@@ -91,6 +185,9 @@ pub struct IngestConfig {
     /// Simulator options.
     #[command(flatten)]
     pub sim: SimArgs,
+    /// File source options.
+    #[command(flatten)]
+    pub files: FileArgs,
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -114,6 +211,7 @@ pub async fn run(
         .context("failed to create the producer")?;
     let source: Box<dyn TickSource> = match cfg.source {
         SourceKind::Sim => Box::new(SimSource::new(&cfg.sim.to_config())),
+        other => cfg.files.source(other, &cfg.sim.to_config().symbols)?,
     };
     health.set_ready(true);
     let stats = Arc::new(IngestStats::default());
@@ -135,6 +233,8 @@ pub struct IngestStats {
     pub published: AtomicU64,
     /// Ticks the bus failed to accept.
     pub failed: AtomicU64,
+    /// Inputs the source could not parse (sent to `ticks.dlq`).
+    pub rejected: AtomicU64,
 }
 
 /// Reads `source` until it is exhausted or `shutdown` fires, publishing every tick to
@@ -164,6 +264,25 @@ pub async fn run_source(
                 .send(topics::RAW, tick.symbol.as_bytes(), tick.encode())
                 .await?;
             pending.push(receipt);
+        }
+        for r in source.take_rejects() {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("tickflow_ingest_rejected_total", "source" => source.name().to_string(), "reason" => r.reason.clone())
+                .increment(1);
+            tracing::warn!(reason = %r.reason, detail = %r.detail, "input rejected");
+            let record = tick_core::pb::DeadLetter {
+                reason: r.reason,
+                detail: r.detail,
+                payload: r.payload,
+                origin: source.name().to_string(),
+                ts_rejected_ns: tick_core::clock::now_ns(),
+                component: "ingest".into(),
+            };
+            pending.push(
+                producer
+                    .send(topics::DLQ, b"", prost::Message::encode_to_vec(&record))
+                    .await?,
+            );
         }
         settle(&mut pending, &stats).await;
         if !more {

@@ -12,6 +12,17 @@ pub enum SourceError {
     Input(String),
 }
 
+/// Input a source could not turn into a tick: it goes to `ticks.dlq` with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Reason code, e.g. `malformed_line`.
+    pub reason: String,
+    /// What was wrong, with where (file and line, peer).
+    pub detail: String,
+    /// The input exactly as received.
+    pub payload: Vec<u8>,
+}
+
 /// A producer of canonical ticks, already stamped with `ts_recv_ns` and keyed.
 #[async_trait]
 pub trait TickSource: Send {
@@ -21,4 +32,9 @@ pub trait TickSource: Send {
     /// Appends the next ticks to `out`, waiting for them if needed. Returns `false` when the
     /// source is exhausted (a file read to its end); a live source never is.
     async fn next_batch(&mut self, out: &mut Vec<Tick>) -> Result<bool, SourceError>;
+
+    /// Returns and forgets the inputs rejected since the last call.
+    fn take_rejects(&mut self) -> Vec<Rejected> {
+        Vec::new()
+    }
 }

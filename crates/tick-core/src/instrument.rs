@@ -23,7 +23,9 @@ const fn i(symbol: &'static str, scale: u8, typical_price: f64, spread: i64) -> 
     }
 }
 
-/// Instruments known out of the box, most traded first.
+/// Instruments known out of the box, most traded first. The scale is the finest any common
+/// source quotes (Dukascopy quotes gold to 3 places, many brokers BTC to 2), so every source's
+/// quotes rescale to it without loss.
 pub const INSTRUMENTS: &[Instrument] = &[
     i("EURUSD", 5, 1.08500, 8),
     i("GBPUSD", 5, 1.27000, 12),
@@ -34,12 +36,12 @@ pub const INSTRUMENTS: &[Instrument] = &[
     i("NZDUSD", 5, 0.60000, 14),
     i("EURGBP", 5, 0.85500, 12),
     i("EURJPY", 3, 162.000, 16),
-    i("XAUUSD", 2, 2000.00, 30),
+    i("XAUUSD", 3, 2000.000, 300),
     i("GBPJPY", 3, 189.000, 25),
     i("EURCHF", 5, 0.95500, 16),
     i("AUDJPY", 3, 98.000, 18),
     i("XAGUSD", 3, 23.000, 25),
-    i("BTCUSD", 1, 42000.0, 300),
+    i("BTCUSD", 2, 42000.00, 3000),
     i("ETHUSD", 2, 2200.00, 150),
 ];
 

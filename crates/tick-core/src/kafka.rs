@@ -121,7 +121,7 @@ impl KafkaArgs {
             .map_err(|e| BusError::Broker(format!("failed to subscribe to {topic}: {e}")))?;
         let inner = Arc::new(consumer);
         spawn_lag_reporter(
-            inner.clone(),
+            Arc::downgrade(&inner),
             group.to_string(),
             topic.to_string(),
             shutdown.clone(),
@@ -192,9 +192,10 @@ impl KafkaArgs {
 }
 
 /// Publishes `tickflow_consumer_lag{group,topic}` every 10 s: messages between this consumer's
-/// position and the end of its assigned partitions.
+/// position and the end of its assigned partitions. It holds the consumer weakly, so dropping
+/// the consumer still closes it and leaves the group at once.
 fn spawn_lag_reporter(
-    consumer: Arc<StreamConsumer>,
+    consumer: std::sync::Weak<StreamConsumer>,
     group: String,
     topic: String,
     stop: CancellationToken,
@@ -206,7 +207,7 @@ fn spawn_lag_reporter(
                 _ = stop.cancelled() => return,
                 _ = every.tick() => {}
             }
-            let c = consumer.clone();
+            let Some(c) = consumer.upgrade() else { return };
             let lag = tokio::task::spawn_blocking(move || -> Option<i64> {
                 let positions = c.position().ok()?;
                 let mut lag = 0;

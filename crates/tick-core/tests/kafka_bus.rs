@@ -17,9 +17,9 @@ fn args(brokers: String) -> KafkaArgs {
 }
 
 async fn recv(c: &mut dyn Consumer) -> tick_core::bus::Delivery {
-    tokio::time::timeout(Duration::from_secs(30), c.recv())
+    tokio::time::timeout(Duration::from_secs(90), c.recv())
         .await
-        .expect("a message within 30 s")
+        .expect("a message within 90 s")
         .unwrap()
         .expect("stream open")
 }
