@@ -8,7 +8,7 @@
 #   * PostgreSQL (Debian package; a throwaway cluster in the state dir)
 #   * Redis (Debian package; our own redis-server on its own port)
 #
-# Usage:  scripts/services.sh up|down|status|env
+# Usage:  scripts/services.sh up|down|status|env|kafka-stop|kafka-start
 #         scripts/services.sh kafka-run <java main class> [args...]
 #                 (runs a Kafka tool, e.g. org.apache.kafka.tools.ConsoleProducer)
 #   eval "$(scripts/services.sh up)"   # progress goes to stderr, exports to stdout
@@ -371,7 +371,7 @@ EOF
   log "$(printf 'all services up in %d.%03ds; env in %s' $((dt / 1000)) $((dt % 1000)) "$STATE/env.sh")"
 }
 
-cmd_down() {
+stop_kafka() {
   if kafka_running; then
     local pid i
     pid=$(cat "$KAFKA_DIR/kafka.pid")
@@ -380,6 +380,18 @@ cmd_down() {
     if kill -0 "$pid" 2>/dev/null; then log "kafka: still running after 30 s, killing"; kill -KILL "$pid" || true; fi
     log "kafka: stopped"
   fi
+}
+
+# Stops our Kafka but keeps its data (failure tests); `kafka-start` brings it back.
+cmd_kafka_stop() { stop_kafka; }
+cmd_kafka_start() {
+  kafka_running && { log "kafka: already running"; return; }
+  [[ -f $KAFKA_DIR/server.properties ]] || die "no kafka state in $KAFKA_DIR: run up first"
+  timed "kafka: start" start_kafka
+}
+
+cmd_down() {
+  stop_kafka
   if pg_running; then
     as_pg "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -m fast -w stop </dev/null >/dev/null 2>&1 || true
     log "postgres: stopped"
@@ -437,5 +449,7 @@ case ${1:-} in
   status) cmd_status ;;
   env) cmd_env ;;
   kafka-run) shift; cmd_kafka_run "$@" ;;
-  *) echo "usage: $0 up|down|status|env|kafka-run <class> [args...]" >&2; exit 2 ;;
+  kafka-stop) cmd_kafka_stop ;;
+  kafka-start) cmd_kafka_start ;;
+  *) echo "usage: $0 up|down|status|env|kafka-stop|kafka-start|kafka-run <class> [args...]" >&2; exit 2 ;;
 esac
