@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +70,35 @@ def wait_port(port: int, timeout: float = 30.0, proc=None) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def read_topic_keys(brokers, topic, since_ms, pb):
+    """Returns the idempotency keys of the ticks on `topic` received since `since_ms`, read to
+    the topic's current end with confluent-kafka and decoded with the generated modules."""
+    c = Consumer({"bootstrap.servers": brokers, "group.id": f"e2e-check-{os.getpid()}-{topic}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        parts = [TopicPartition(topic, p, since_ms) for p in md.topics[topic].partitions]
+        starts = c.offsets_for_times(parts, timeout=10)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in md.topics[topic].partitions}
+        todo = {tp.partition for tp in starts if tp.offset >= 0 and tp.offset < ends[tp.partition]}
+        c.assign([tp for tp in starts if tp.partition in todo])
+        keys = []
+        deadline = time.time() + 60
+        while todo and time.time() < deadline:
+            m = c.poll(1.0)
+            if m is None or m.error():
+                continue
+            t = pb.tick_pb2.Tick.FromString(m.value())
+            assert m.key().decode() == t.symbol, "keyed by symbol"
+            assert t.ask >= t.bid > 0 and t.idempotency_key
+            if t.ts_recv_ns >= since_ms * 1_000_000:
+                keys.append(t.idempotency_key)
+            if m.offset() + 1 >= ends[m.partition()]:
+                todo.discard(m.partition())
+        assert not todo, f"could not read {topic} to its end"
+        return keys
+    finally:
+        c.close()

@@ -13,9 +13,7 @@ import urllib.request
 
 import grpc
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-
-from conftest import free_port, wait_port
+from conftest import free_port, read_topic_keys
 
 TICKS = 6000
 RATE = 1000
@@ -177,33 +175,3 @@ def test_distributed_pipeline_stores_every_tick_once_across_a_persister_kill(bin
         keys = read_topic_keys(brokers, topic, t_start_ms, pb)
         assert len(keys) == TICKS, (topic, len(keys))
         assert len(set(keys)) == TICKS, topic
-
-
-def read_topic_keys(brokers, topic, since_ms, pb):
-    c = Consumer({"bootstrap.servers": brokers, "group.id": f"e2e-check-{os.getpid()}-{topic}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    try:
-        md = c.list_topics(topic, timeout=10)
-        parts = [TopicPartition(topic, p, since_ms) for p in md.topics[topic].partitions]
-        starts = c.offsets_for_times(parts, timeout=10)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in md.topics[topic].partitions}
-        todo = {tp.partition for tp in starts if tp.offset >= 0 and tp.offset < ends[tp.partition]}
-        c.assign([tp for tp in starts if tp.partition in todo])
-        keys = []
-        deadline = time.time() + 60
-        while todo and time.time() < deadline:
-            m = c.poll(1.0)
-            if m is None or m.error():
-                continue
-            t = pb.tick_pb2.Tick.FromString(m.value())
-            assert m.key().decode() == t.symbol, "keyed by symbol"
-            assert t.ask >= t.bid > 0 and t.idempotency_key
-            if t.ts_recv_ns >= since_ms * 1_000_000:
-                keys.append(t.idempotency_key)
-            if m.offset() + 1 >= ends[m.partition()]:
-                todo.discard(m.partition())
-        assert not todo, f"could not read {topic} to its end"
-        return keys
-    finally:
-        c.close()

@@ -5,6 +5,7 @@ pub mod csv;
 pub mod dukascopy;
 pub mod sim;
 pub mod source;
+pub mod spool;
 
 use anyhow::Context;
 use sim::{SimConfig, SimSource, default_symbols};
@@ -188,6 +189,12 @@ pub struct IngestConfig {
     /// File source options.
     #[command(flatten)]
     pub files: FileArgs,
+    /// Directory of the local spool used while Kafka does not confirm.
+    #[arg(long, env = "TICKFLOW_SPOOL_DIR", default_value = "tickflow-spool")]
+    pub spool_dir: std::path::PathBuf,
+    /// How long a publication may stay unconfirmed before ingest starts spooling to disk.
+    #[arg(long, env = "TICKFLOW_SPOOL_AFTER", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub spool_after: Duration,
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -213,15 +220,42 @@ pub async fn run(
         SourceKind::Sim => Box::new(SimSource::new(&cfg.sim.to_config())),
         other => cfg.files.source(other, &cfg.sim.to_config().symbols)?,
     };
+    let spool = spool::Spool::open(&cfg.spool_dir)
+        .with_context(|| format!("failed to open the spool in {}", cfg.spool_dir.display()))?;
+    if spool.depth() > 0 {
+        tracing::warn!(
+            ticks = spool.depth(),
+            "spool holds ticks from an earlier run; they are sent first"
+        );
+    }
     health.set_ready(true);
     let stats = Arc::new(IngestStats::default());
+    let spooler = Spooler {
+        spool,
+        after: cfg.spool_after,
+    };
     run_source(
         source,
         Arc::new(producer),
         stats,
         cfg.sim.intake_token(&shutdown),
+        Some(spooler),
     )
     .await
+}
+
+/// The spool and when to use it.
+pub struct Spooler {
+    /// The spool file.
+    pub spool: spool::Spool,
+    /// Unconfirmed for this long means the bus is down.
+    pub after: Duration,
+}
+
+struct Pending {
+    sent: tokio::time::Instant,
+    receipt: Receipt,
+    tick: Option<tick_core::Tick>,
 }
 
 /// Counters of the ingest stage.
@@ -238,15 +272,19 @@ pub struct IngestStats {
 }
 
 /// Reads `source` until it is exhausted or `shutdown` fires, publishing every tick to
-/// `ticks.raw`, then waits for every publication to be confirmed.
+/// `ticks.raw`. With a spooler, ticks go to the local spool while the bus stops confirming and
+/// are drained in order when it answers again; nothing received is dropped.
 pub async fn run_source(
     mut source: Box<dyn TickSource>,
     producer: Arc<dyn Producer>,
     stats: Arc<IngestStats>,
     shutdown: CancellationToken,
+    mut spooler: Option<Spooler>,
 ) -> anyhow::Result<()> {
     let mut batch = Vec::with_capacity(1024);
-    let mut pending: Vec<Receipt> = Vec::with_capacity(1024);
+    let mut pending: std::collections::VecDeque<Pending> = Default::default();
+    let mut spooling = spooler.as_ref().is_some_and(|s| s.spool.depth() > 0);
+    let mut next_probe = tokio::time::Instant::now();
     loop {
         batch.clear();
         let more = tokio::select! {
@@ -259,11 +297,26 @@ pub async fn run_source(
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         metrics::counter!("tickflow_ingest_ticks_received_total", "source" => source.name().to_string())
             .increment(batch.len() as u64);
-        for tick in &batch {
-            let receipt = producer
-                .send(topics::RAW, tick.symbol.as_bytes(), tick.encode())
-                .await?;
-            pending.push(receipt);
+        match (&mut spooler, spooling) {
+            (Some(sp), true) => {
+                sp.spool
+                    .append(&batch)
+                    .context("failed to write the spool")?;
+                metrics::counter!("tickflow_ingest_spooled_total").increment(batch.len() as u64);
+            }
+            _ => {
+                for tick in batch.drain(..) {
+                    let receipt = producer
+                        .send(topics::RAW, tick.symbol.as_bytes(), tick.encode())
+                        .await?;
+                    let keep = spooler.is_some().then_some(tick);
+                    pending.push_back(Pending {
+                        sent: tokio::time::Instant::now(),
+                        receipt,
+                        tick: keep,
+                    });
+                }
+            }
         }
         for r in source.take_rejects() {
             stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -278,35 +331,161 @@ pub async fn run_source(
                 ts_rejected_ns: tick_core::clock::now_ns(),
                 component: "ingest".into(),
             };
-            pending.push(
-                producer
-                    .send(topics::DLQ, b"", prost::Message::encode_to_vec(&record))
-                    .await?,
-            );
+            let receipt = producer
+                .send(topics::DLQ, b"", prost::Message::encode_to_vec(&record))
+                .await?;
+            pending.push_back(Pending {
+                sent: tokio::time::Instant::now(),
+                receipt,
+                tick: None,
+            });
         }
-        settle(&mut pending, &stats).await;
+        reap(&mut pending, &mut spooler, &mut spooling, &stats)?;
+        if spooling && tokio::time::Instant::now() >= next_probe && pending.is_empty() {
+            next_probe = tokio::time::Instant::now() + Duration::from_secs(1);
+            if let Some(sp) = &mut spooler {
+                spooling = !drain(sp, producer.as_ref(), &stats).await?;
+            }
+        }
+        if let Some(sp) = &spooler {
+            metrics::gauge!("tickflow_ingest_spool_depth").set(sp.spool.depth() as f64);
+        }
         if !more {
             break;
         }
     }
-    producer.flush().await?;
+    // The source is done: keep trying to empty the spool for a while (a restart would drain
+    // it anyway), unless shutdown was asked for.
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while spooling && !shutdown.is_cancelled() && tokio::time::Instant::now() < drain_deadline {
+        reap(&mut pending, &mut spooler, &mut spooling, &stats)?;
+        if pending.is_empty()
+            && let Some(sp) = &mut spooler
+        {
+            spooling = !drain(sp, producer.as_ref(), &stats).await?;
+        }
+        if spooling {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Wait a bounded time for confirmations; what stays unconfirmed goes to the spool, so a
+    // restart sends it again (the idempotency key removes any double).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+        reap(&mut pending, &mut spooler, &mut spooling, &stats)?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if let Some(sp) = &mut spooler {
+        let left: Vec<_> = pending.drain(..).filter_map(|p| p.tick).collect();
+        if !left.is_empty() {
+            tracing::warn!(
+                ticks = left.len(),
+                "unconfirmed at shutdown; kept in the spool"
+            );
+            sp.spool.append(&left)?;
+        }
+    } else {
+        for p in pending.drain(..) {
+            settle_one(p.receipt.await, &stats);
+        }
+        producer.flush().await?;
+    }
     tracing::info!(
         source = source.name(),
         received = stats.received.load(Ordering::Relaxed),
+        spooled = spooler.as_ref().map_or(0, |s| s.spool.depth()),
         "ingest stopped"
     );
     Ok(())
 }
 
-async fn settle(pending: &mut Vec<Receipt>, stats: &IngestStats) {
-    for r in pending.drain(..) {
-        match r.await {
-            Ok(()) => stats.published.fetch_add(1, Ordering::Relaxed),
-            Err(e) => {
-                tracing::error!(error = %e, "publish to ticks.raw failed");
-                metrics::counter!("tickflow_ingest_publish_failed_total").increment(1);
-                stats.failed.fetch_add(1, Ordering::Relaxed)
+/// Takes confirmed publications off the front; a failed one goes to the spool; one unconfirmed
+/// for too long switches to spooling.
+fn reap(
+    pending: &mut std::collections::VecDeque<Pending>,
+    spooler: &mut Option<Spooler>,
+    spooling: &mut bool,
+    stats: &IngestStats,
+) -> anyhow::Result<()> {
+    use futures::FutureExt;
+    while let Some(front) = pending.front_mut() {
+        match (&mut front.receipt).now_or_never() {
+            Some(result) => {
+                let p = pending.pop_front().expect("front exists");
+                if result.is_err()
+                    && let (Some(sp), Some(t)) = (spooler.as_mut(), p.tick)
+                {
+                    sp.spool.append(std::slice::from_ref(&t))?;
+                    *spooling = true;
+                    continue;
+                }
+                settle_one(result, stats);
             }
-        };
+            None => {
+                if let Some(sp) = spooler
+                    && !*spooling
+                    && front.sent.elapsed() > sp.after
+                {
+                    *spooling = true;
+                    tracing::error!(after = ?sp.after, "kafka is not confirming: spooling ticks to disk until it answers");
+                }
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends the spool's ticks in order; returns whether all were confirmed (then the spool is
+/// emptied).
+async fn drain(
+    sp: &mut Spooler,
+    producer: &dyn Producer,
+    stats: &IngestStats,
+) -> anyhow::Result<bool> {
+    let ticks = sp.spool.read_all()?;
+    let mut receipts = Vec::with_capacity(ticks.len());
+    for t in &ticks {
+        receipts.push(
+            producer
+                .send(topics::RAW, t.symbol.as_bytes(), t.encode())
+                .await?,
+        );
+    }
+    let confirm = async {
+        for r in receipts {
+            r.await?;
+        }
+        Ok::<(), tick_core::bus::BusError>(())
+    };
+    match tokio::time::timeout(sp.after * 5, confirm).await {
+        Ok(Ok(())) => {
+            sp.spool.clear()?;
+            stats
+                .published
+                .fetch_add(ticks.len() as u64, Ordering::Relaxed);
+            tracing::warn!(ticks = ticks.len(), "kafka answers again: spool drained");
+            Ok(true)
+        }
+        _ => {
+            tracing::warn!(
+                ticks = ticks.len(),
+                "kafka still not confirming; keeping the spool"
+            );
+            Ok(false)
+        }
+    }
+}
+
+fn settle_one(result: Result<(), tick_core::bus::BusError>, stats: &IngestStats) {
+    match result {
+        Ok(()) => {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "publish failed");
+            metrics::counter!("tickflow_ingest_publish_failed_total").increment(1);
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

@@ -188,6 +188,7 @@ pub async fn run(
         Arc::new(bus.producer()),
         ingest_stats.clone(),
         intake.clone(),
+        None,
     ));
 
     // A status line every interval until intake stops.
