@@ -29,14 +29,11 @@ impl PriceSide {
         }
     }
 
-    fn price(self, t: &Tick) -> (i64, u8) {
+    fn price(self, t: &Tick) -> Option<(i64, u8)> {
         match self {
-            PriceSide::Bid => (t.bid, t.scale),
-            PriceSide::Ask => (t.ask, t.scale),
-            PriceSide::Mid => {
-                let m = t.mid_price();
-                (m.mantissa, m.scale)
-            }
+            PriceSide::Bid => Some((t.bid, t.scale)),
+            PriceSide::Ask => Some((t.ask, t.scale)),
+            PriceSide::Mid => t.mid_price().map(|m| (m.mantissa, m.scale)),
         }
     }
 }
@@ -123,7 +120,8 @@ impl BarBuilder {
     /// Adds a tick; returns the previous bar if this tick starts a later one. A tick older than
     /// the open bar (out of order) is ignored.
     pub fn on_tick(&mut self, t: &Tick) -> Option<pb::Bar> {
-        let (price, scale) = self.side.price(t);
+        // A mid that does not fit the fixed-point range cannot be a bar price: skip the tick.
+        let (price, scale) = self.side.price(t)?;
         let open_time = t.ts_event_ns - t.ts_event_ns.rem_euclid(self.tf.nanos);
         let mut closed = None;
         if let Some(bar) = &mut self.current {
@@ -152,7 +150,7 @@ impl BarBuilder {
             timeframe: self.tf.name.clone(),
             price_side: self.side.as_str().to_string(),
             open_time_ns: open_time,
-            close_time_ns: open_time + self.tf.nanos,
+            close_time_ns: open_time.saturating_add(self.tf.nanos),
             price_scale: u32::from(scale),
             open: price,
             high: price,
@@ -170,7 +168,7 @@ impl BarBuilder {
     /// of live ticks close by the clock; replayed history closes on its next tick.
     pub fn on_clock(&mut self, now_ns: i64, grace_ns: i64) -> Option<pb::Bar> {
         match &self.current {
-            Some(b) if self.live && b.close_time_ns + grace_ns <= now_ns => {
+            Some(b) if self.live && b.close_time_ns.saturating_add(grace_ns) <= now_ns => {
                 self.current.take().map(|mut b| {
                     b.ts_recv_ns = now_ns;
                     b

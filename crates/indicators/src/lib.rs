@@ -188,7 +188,7 @@ pub async fn run_indicators(
                         }
                         hub.publish(Kind::Signal(s));
                     }
-                    let latency = clock::now_ns() - ts_recv;
+                    let latency = clock::now_ns().saturating_sub(ts_recv);
                     stats.latency.record(latency);
                     metrics::counter!("tickflow_indicators_ticks_total").increment(1);
                     metrics::histogram!("tickflow_indicators_tick_to_update_seconds").record(latency as f64 / 1e9);

@@ -67,7 +67,8 @@ impl Hub {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Ends every subscriber stream (on shutdown, after the last event was published).
+    /// Ends every subscriber stream (on shutdown, after the last event was published); events
+    /// a lagging subscriber has not read yet are not delivered.
     pub fn close(&self) {
         self.closed.cancel();
     }

@@ -34,12 +34,15 @@ fn epoch_ns(text: &str) -> Result<i64, String> {
         let v: i64 = text
             .parse()
             .map_err(|_| format!("timestamp {text:?} out of range"))?;
-        return Ok(match text.len() {
-            1..=10 => v * 1_000_000_000,
-            11..=13 => v * 1_000_000,
-            14..=16 => v * 1_000,
-            _ => v,
-        });
+        let factor = match text.len() {
+            1..=10 => 1_000_000_000,
+            11..=13 => 1_000_000,
+            14..=16 => 1_000,
+            _ => 1,
+        };
+        return v
+            .checked_mul(factor)
+            .ok_or_else(|| format!("timestamp {text:?} out of range"));
     }
     let t = humantime::parse_rfc3339_weak(text).map_err(|e| format!("timestamp {text:?}: {e}"))?;
     t.duration_since(std::time::UNIX_EPOCH)
@@ -155,7 +158,9 @@ impl CsvParser {
                 .map(|p| p.mantissa)
                 .ok_or("price out of range")
         };
-        let ts_event = ts - self.utc_offset_ns;
+        let ts_event = ts
+            .checked_sub(self.utc_offset_ns)
+            .ok_or("timestamp out of range")?;
         let ordinal = self.ordinals.next(&self.symbol, ts_event);
         Ok(Some(Tick {
             symbol: self.symbol.clone(),
@@ -172,7 +177,8 @@ impl CsvParser {
             flags,
             key: idempotency_key(&self.source, &self.symbol, ts_event, ordinal),
             route: Default::default(),
-            replay: false,
+            // A file is history, not a live quote: exempt from the router's staleness check.
+            replay: true,
         }))
     }
 }

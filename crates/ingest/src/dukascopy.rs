@@ -233,7 +233,8 @@ pub fn to_ticks(
                 flags: 0,
                 key: idempotency_key("dukascopy", symbol, ts, ordinal),
                 route: Default::default(),
-                replay: false,
+                // History, not a live quote: exempt from the router's staleness check.
+                replay: true,
             }
         })
         .collect())

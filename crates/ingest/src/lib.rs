@@ -3,6 +3,7 @@
 
 pub mod csv;
 pub mod dukascopy;
+pub mod mt5;
 pub mod sim;
 pub mod source;
 pub mod spool;
@@ -87,6 +88,30 @@ pub enum SourceKind {
     Dukascopy,
     /// A CSV tick file (MT5 export or plain).
     Csv,
+    /// MetaTrader 5 terminals running the TickflowStreamer expert advisor.
+    Mt5,
+}
+
+/// Options of the MetaTrader 5 listener.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Mt5Args {
+    /// Address the EAs connect to.
+    #[arg(long, env = "TICKFLOW_MT5_LISTEN", default_value = "0.0.0.0:5555")]
+    pub mt5_listen: std::net::SocketAddr,
+    /// Token every EA must present (required with --source mt5).
+    #[arg(
+        long,
+        env = "TICKFLOW_MT5_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub mt5_token: String,
+    /// Most simultaneous terminal connections.
+    #[arg(long, env = "TICKFLOW_MT5_MAX_CONNECTIONS", default_value_t = 64)]
+    pub mt5_max_connections: usize,
+    /// Longest accepted line, in bytes.
+    #[arg(long, env = "TICKFLOW_MT5_MAX_LINE", default_value_t = 4096)]
+    pub mt5_max_line: usize,
 }
 
 /// Options of the file sources (Dukascopy history, CSV).
@@ -140,7 +165,7 @@ impl FileArgs {
         symbols: &[String],
     ) -> anyhow::Result<Box<dyn TickSource>> {
         Ok(match kind {
-            SourceKind::Sim => anyhow::bail!("the simulator is not a file source"),
+            SourceKind::Sim | SourceKind::Mt5 => anyhow::bail!("{kind:?} is not a file source"),
             SourceKind::Dukascopy => {
                 let dir = self
                     .dukascopy_dir
@@ -189,6 +214,9 @@ pub struct IngestConfig {
     /// File source options.
     #[command(flatten)]
     pub files: FileArgs,
+    /// MetaTrader 5 options.
+    #[command(flatten)]
+    pub mt5: Mt5Args,
     /// Directory of the local spool used while Kafka does not confirm.
     #[arg(long, env = "TICKFLOW_SPOOL_DIR", default_value = "tickflow-spool")]
     pub spool_dir: std::path::PathBuf,
@@ -216,8 +244,28 @@ pub async fn run(
         .kafka
         .producer(true)
         .context("failed to create the producer")?;
+    let stats = Arc::new(IngestStats::default());
     let source: Box<dyn TickSource> = match cfg.source {
         SourceKind::Sim => Box::new(SimSource::new(&cfg.sim.to_config())),
+        SourceKind::Mt5 => {
+            let listener = tokio::net::TcpListener::bind(cfg.mt5.mt5_listen)
+                .await
+                .with_context(|| format!("failed to listen on {} for MT5", cfg.mt5.mt5_listen))?;
+            anyhow::ensure!(!cfg.mt5.mt5_token.is_empty(), "--mt5-token is required");
+            let src = mt5::Mt5Source::start(
+                listener,
+                mt5::Mt5Config {
+                    token: cfg.mt5.mt5_token.clone(),
+                    max_line: cfg.mt5.mt5_max_line,
+                    max_connections: cfg.mt5.mt5_max_connections,
+                    ..mt5::Mt5Config::default()
+                },
+                stats.durable.clone(),
+                shutdown.clone(),
+            )?;
+            tracing::info!(addr = %src.local_addr, "listening for MetaTrader 5 terminals");
+            Box::new(src)
+        }
         other => cfg.files.source(other, &cfg.sim.to_config().symbols)?,
     };
     let spool = spool::Spool::open(&cfg.spool_dir)
@@ -229,7 +277,6 @@ pub async fn run(
         );
     }
     health.set_ready(true);
-    let stats = Arc::new(IngestStats::default());
     let spooler = Spooler {
         spool,
         after: cfg.spool_after,
@@ -256,6 +303,8 @@ struct Pending {
     sent: tokio::time::Instant,
     receipt: Receipt,
     tick: Option<tick_core::Tick>,
+    /// Position of the tick in the source's output (for DLQ records: the next position).
+    index: u64,
 }
 
 /// Counters of the ingest stage.
@@ -269,6 +318,9 @@ pub struct IngestStats {
     pub failed: AtomicU64,
     /// Inputs the source could not parse (sent to `ticks.dlq`).
     pub rejected: AtomicU64,
+    /// How many of the source's ticks, counted in the order the source produced them, are
+    /// durable (confirmed by the bus or spooled) without a gap: what MT5 acknowledgements follow.
+    pub durable: Arc<AtomicU64>,
 }
 
 /// Reads `source` until it is exhausted or `shutdown` fires, publishing every tick to
@@ -284,6 +336,7 @@ pub async fn run_source(
     let mut batch = Vec::with_capacity(1024);
     let mut pending: std::collections::VecDeque<Pending> = Default::default();
     let mut spooling = spooler.as_ref().is_some_and(|s| s.spool.depth() > 0);
+    let mut emitted = 0u64;
     let mut next_probe = tokio::time::Instant::now();
     loop {
         batch.clear();
@@ -291,6 +344,9 @@ pub async fn run_source(
             biased;
             _ = shutdown.cancelled() => false,
             r = source.next_batch(&mut batch) => r?,
+            // Wake up to take confirmations even when the source is quiet, so durability
+            // (and MT5 acknowledgements) advance without waiting for the next tick.
+            _ = tokio::time::sleep(Duration::from_millis(20)), if !pending.is_empty() || spooling => true,
         };
         stats
             .received
@@ -302,19 +358,22 @@ pub async fn run_source(
                 sp.spool
                     .append(&batch)
                     .context("failed to write the spool")?;
+                emitted += batch.len() as u64;
                 metrics::counter!("tickflow_ingest_spooled_total").increment(batch.len() as u64);
             }
             _ => {
                 for tick in batch.drain(..) {
                     let receipt = producer
-                        .send(topics::RAW, tick.symbol.as_bytes(), tick.encode())
+                        .send(topics::RAW, raw_key(&tick.symbol).as_bytes(), tick.encode())
                         .await?;
                     let keep = spooler.is_some().then_some(tick);
                     pending.push_back(Pending {
                         sent: tokio::time::Instant::now(),
                         receipt,
                         tick: keep,
+                        index: emitted,
                     });
+                    emitted += 1;
                 }
             }
         }
@@ -338,9 +397,14 @@ pub async fn run_source(
                 sent: tokio::time::Instant::now(),
                 receipt,
                 tick: None,
+                index: emitted,
             });
         }
         reap(&mut pending, &mut spooler, &mut spooling, &stats)?;
+        stats.durable.store(
+            pending.front().map_or(emitted, |p| p.index),
+            Ordering::Release,
+        );
         if spooling && tokio::time::Instant::now() >= next_probe && pending.is_empty() {
             next_probe = tokio::time::Instant::now() + Duration::from_secs(1);
             if let Some(sp) = &mut spooler {
@@ -399,6 +463,19 @@ pub async fn run_source(
     Ok(())
 }
 
+/// Returns the `ticks.raw` key of a symbol: its canonical spelling, so every source's spelling
+/// of one instrument lands in one partition (one router instance sees the whole symbol).
+fn raw_key(symbol: &str) -> std::borrow::Cow<'_, str> {
+    if symbol
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        std::borrow::Cow::Borrowed(symbol)
+    } else {
+        std::borrow::Cow::Owned(tick_core::instrument::canonical(symbol))
+    }
+}
+
 /// Takes confirmed publications off the front; a failed one goes to the spool; one unconfirmed
 /// for too long switches to spooling.
 fn reap(
@@ -448,7 +525,7 @@ async fn drain(
     for t in &ticks {
         receipts.push(
             producer
-                .send(topics::RAW, t.symbol.as_bytes(), t.encode())
+                .send(topics::RAW, raw_key(&t.symbol).as_bytes(), t.encode())
                 .await?,
         );
     }
@@ -458,8 +535,11 @@ async fn drain(
         }
         Ok::<(), tick_core::bus::BusError>(())
     };
-    match tokio::time::timeout(sp.after * 5, confirm).await {
-        Ok(Ok(())) => {
+    // Every receipt resolves (delivered, or failed after librdkafka's message timeout): waiting
+    // for all of them, rather than re-sending on a timer, never sends the spool twice while
+    // copies are still queued.
+    match confirm.await {
+        Ok(()) => {
             sp.spool.clear()?;
             stats
                 .published
@@ -467,11 +547,8 @@ async fn drain(
             tracing::warn!(ticks = ticks.len(), "kafka answers again: spool drained");
             Ok(true)
         }
-        _ => {
-            tracing::warn!(
-                ticks = ticks.len(),
-                "kafka still not confirming; keeping the spool"
-            );
+        Err(e) => {
+            tracing::warn!(ticks = ticks.len(), error = %e, "spool drain failed; keeping the spool");
             Ok(false)
         }
     }

@@ -1,6 +1,8 @@
 //! The local spool: when Kafka stops confirming, ingest appends ticks to a file (fsync'd per
 //! batch) instead of holding them in memory, and drains the file in order once Kafka answers
-//! again. Records are `[len u32 LE][crc32 u32 LE][protobuf tick]`; a torn last record (a crash
+//! again. (A publication librdkafka already held and that fails only after its message
+//! timeout, 5 minutes into an outage, is spooled behind newer ticks: order within a symbol can
+//! then differ, never the set of ticks.) Records are `[len u32 LE][crc32 u32 LE][protobuf tick]`; a torn last record (a crash
 //! mid-write) is detected by its length or checksum and dropped with a warning, never decoded.
 
 use std::fs::{File, OpenOptions};
@@ -47,7 +49,13 @@ impl Spool {
             file,
             depth: 0,
         };
-        s.depth = s.read_all()?.len() as u64;
+        let (ticks, good) = s.read_valid()?;
+        // Cut a torn tail off, so later appends are not hidden behind it.
+        if good < s.file.metadata()?.len() {
+            s.file.set_len(good)?;
+            s.file.sync_all()?;
+        }
+        s.depth = ticks.len() as u64;
         Ok(s)
     }
 
@@ -77,6 +85,11 @@ impl Spool {
 
     /// Returns every spooled tick in append order.
     pub fn read_all(&self) -> std::io::Result<Vec<Tick>> {
+        Ok(self.read_valid()?.0)
+    }
+
+    /// Returns the valid records and the length of the valid prefix of the file.
+    fn read_valid(&self) -> std::io::Result<(Vec<Tick>, u64)> {
         let mut bytes = Vec::new();
         File::open(&self.path)?.read_to_end(&mut bytes)?;
         let mut out = Vec::new();
@@ -97,9 +110,9 @@ impl Spool {
             at += 8 + len;
         }
         if at != bytes.len() {
-            tracing::warn!(path = %self.path.display(), bytes = bytes.len() - at, "spool ends in a torn record (crash mid-write); ignoring it");
+            tracing::warn!(path = %self.path.display(), bytes = bytes.len() - at, "spool ends in a torn record (crash mid-write); cutting it off");
         }
-        Ok(out)
+        Ok((out, at as u64))
     }
 
     /// Empties the spool once its ticks are confirmed by the bus.
@@ -153,7 +166,18 @@ mod tests {
             .unwrap()
             .set_len(len - 3)
             .unwrap();
-        assert_eq!(Spool::open(dir.path()).unwrap().depth(), 1);
+        let mut s = Spool::open(dir.path()).unwrap();
+        assert_eq!(s.depth(), 1);
+        // Appends after the cut are readable: the torn bytes are gone.
+        s.append(&[tick(3)]).unwrap();
+        let back: Vec<i64> = Spool::open(dir.path())
+            .unwrap()
+            .read_all()
+            .unwrap()
+            .iter()
+            .map(|t| t.ts_event_ns)
+            .collect();
+        assert_eq!(back, vec![1001, 1003]);
         assert_eq!(
             crc32(b"123456789"),
             0xcbf4_3926,

@@ -109,9 +109,18 @@ pub async fn run(
     health.set_ready(true);
     let stats = Arc::new(PersisterStats::default());
     let batch = cfg.batch.to_config();
-    // A second signal aborts retries against a dead database; the data stays in Kafka.
+    // Shutdown stops intake at once; retries against a dead database get 20 s more, then give
+    // up (the unacknowledged data stays in Kafka for the next start).
     let abort = CancellationToken::new();
-    let (a, b) = tokio::join!(
+    let a = abort.clone();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        s.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        a.cancel();
+    });
+    // If one branch fails the process must fail (and be restarted), not limp on half-working.
+    tokio::try_join!(
         run_persister(
             Box::new(clean),
             store.clone(),
@@ -120,8 +129,8 @@ pub async fn run(
             abort.clone()
         ),
         run_dead_letters(Box::new(dlq), store, batch, stats.clone(), abort),
-    );
-    a.and(b)
+    )?;
+    Ok(())
 }
 
 /// Counters of the persister stage.

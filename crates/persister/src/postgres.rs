@@ -58,13 +58,21 @@ pub struct PgStore {
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
-        // Class 22 (data exception) and 23 (integrity violation) are about the rows.
-        Some(db) if db.code().code().starts_with("22") || db.code().code().starts_with("23") => {
-            StoreError::Data(db.to_string())
-        }
+        // Connection problems, shutdowns, resource shortages and serialization conflicts pass;
+        // anything else the server says is about the statement or its rows, and retrying the
+        // same rows would fail forever.
+        Some(db) if !is_transient(db.code().code()) => StoreError::Data(db.to_string()),
+
         Some(db) => StoreError::Unavailable(db.to_string()),
         None => StoreError::Unavailable(e.to_string()),
     }
+}
+
+fn is_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "40001" | "40P01" | "55P03")
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {

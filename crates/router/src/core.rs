@@ -397,14 +397,16 @@ impl Router {
                 format!("event time {}", t.ts_event_ns),
             );
         }
+        // Nothing, not even a replay, may come from the future: one such tick would push the
+        // de-duplication window ahead and make it forget every real key.
+        let ahead = t.ts_event_ns.saturating_sub(now_ns);
+        if ahead > self.cfg.max_future_ns {
+            return reject(
+                RejectReason::EventTimeInFuture,
+                format!("event time {} ms in the future", ahead / 1_000_000),
+            );
+        }
         if !t.replay {
-            let ahead = t.ts_event_ns.saturating_sub(now_ns);
-            if ahead > self.cfg.max_future_ns {
-                return reject(
-                    RejectReason::EventTimeInFuture,
-                    format!("event time {} ms in the future", ahead / 1_000_000),
-                );
-            }
             let behind = now_ns.saturating_sub(t.ts_event_ns);
             if behind > self.cfg.max_past_ns {
                 return reject(
@@ -595,6 +597,15 @@ mod tests {
                     ..tick()
                 },
                 None,
+            ),
+            (
+                "a replay from the future",
+                Tick {
+                    ts_event_ns: NOW + hour,
+                    replay: true,
+                    ..tick()
+                },
+                Some(EventTimeInFuture),
             ),
             (
                 "replay still needs a time",

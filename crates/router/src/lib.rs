@@ -171,6 +171,7 @@ pub async fn run(
         router,
         stats,
         Some(tail),
+        false,
     )
     .await
 }
@@ -219,6 +220,7 @@ pub async fn run_router(
     mut router: Router,
     stats: Arc<RouterStats>,
     mut tail: Option<mpsc::Receiver<Tick>>,
+    reject_holds_at_end: bool,
 ) -> anyhow::Result<()> {
     let mut in_flight = InFlight::default();
     let mut holds: HashMap<HoldId, Held> = HashMap::new();
@@ -254,11 +256,20 @@ pub async fn run_router(
             }
         }
     }
-    // End of input: a held tick can no longer be confirmed; it becomes a dead letter.
-    router.on_timer(i64::MAX, &mut out);
-    settle(&mut out, None, &mut holds, producer.as_ref(), &stats).await?;
+    if reject_holds_at_end {
+        // The input is gone for good (embedded mode): a held tick can no longer be confirmed,
+        // so it becomes a dead letter rather than vanish.
+        router.on_timer(i64::MAX, &mut out);
+        settle(&mut out, None, &mut holds, producer.as_ref(), &stats).await?;
+    } else {
+        // Kafka keeps the input: leave held ticks unacknowledged, so the next instance reads
+        // them again and decides with the tick that follows.
+        holds.clear();
+    }
     while let Some((id, result)) = in_flight.next().await {
-        result?;
+        if result.is_err() {
+            break;
+        }
         consumer.ack(id)?;
     }
     producer.flush().await?;
@@ -430,6 +441,7 @@ mod tests {
             Router::default(),
             stats.clone(),
             None,
+            true,
         )
         .await
         .unwrap();

@@ -113,13 +113,7 @@ impl SymbolMap {
         let canonical = match self.aliases.get(raw) {
             Some(c) => c.clone(),
             None => {
-                // Broker suffixes (`.m`, `.pro`) go, separators go, case is folded.
-                let base = raw.split('.').next().unwrap_or(raw);
-                let cleaned: String = base
-                    .chars()
-                    .filter(|c| !matches!(c, '/' | '_' | '-' | ' '))
-                    .flat_map(char::to_uppercase)
-                    .collect();
+                let cleaned = tick_core::instrument::canonical(raw);
                 self.aliases.get(&cleaned).cloned().unwrap_or(cleaned)
             }
         };

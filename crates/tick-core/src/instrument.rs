@@ -6,7 +6,7 @@
 pub struct Instrument {
     /// Canonical symbol.
     pub symbol: &'static str,
-    /// Decimal places of a quote (EURUSD 5, USDJPY 3, XAUUSD 2, ...).
+    /// Decimal places of a quote (EURUSD 5, USDJPY 3, XAUUSD 3, ...).
     pub scale: u8,
     /// A typical price level.
     pub typical_price: f64,
@@ -44,6 +44,17 @@ pub const INSTRUMENTS: &[Instrument] = &[
     i("BTCUSD", 2, 42000.00, 3000),
     i("ETHUSD", 2, 2200.00, 150),
 ];
+
+/// Returns the canonical spelling of what a broker sent: broker suffixes (`.m`, `.pro`) and
+/// separators (`/`, `_`, `-`, spaces) go, letters are upper-cased: `eur_usd.m` -> `EURUSD`.
+/// Ingest keys `ticks.raw` by it, so every spelling of a symbol lands in one partition.
+pub fn canonical(raw: &str) -> String {
+    let base = raw.split('.').next().unwrap_or(raw);
+    base.chars()
+        .filter(|c| !matches!(c, '/' | '_' | '-' | ' '))
+        .flat_map(char::to_uppercase)
+        .collect()
+}
 
 /// Returns the instrument with this canonical symbol, if known.
 pub fn lookup(symbol: &str) -> Option<&'static Instrument> {

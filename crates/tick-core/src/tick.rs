@@ -75,10 +75,16 @@ impl Tick {
         (self.bid_price().to_f64() + self.ask_price().to_f64()) / 2.0
     }
 
-    /// Returns the exact mid price, with one more decimal place than the quote.
-    pub fn mid_price(&self) -> Price {
+    /// Returns the exact mid price, with one more decimal place than the quote, or `None`
+    /// when that does not fit (a scale of 18 or an absurd price).
+    pub fn mid_price(&self) -> Option<Price> {
         // (bid + ask) / 2 == (bid + ask) * 5 / 10: exact with one more decimal place.
-        Price::new((self.bid + self.ask) * 5, self.scale + 1)
+        let m = (i128::from(self.bid) + i128::from(self.ask)) * 5;
+        let scale = self
+            .scale
+            .checked_add(1)
+            .filter(|s| *s <= crate::price::MAX_SCALE)?;
+        Some(Price::new(i64::try_from(m).ok()?, scale))
     }
 
     /// Encodes the tick as protobuf bytes.
@@ -237,12 +243,28 @@ pub(crate) mod tests {
     #[test]
     fn mid_is_exact() {
         let t = sample();
-        assert_eq!(t.mid_price().to_string(), "1.102360");
+        assert_eq!(t.mid_price().unwrap().to_string(), "1.102360");
         let odd = Tick {
             ask: 110236,
             ..sample()
         };
-        assert_eq!(odd.mid_price().to_string(), "1.102355");
+        assert_eq!(odd.mid_price().unwrap().to_string(), "1.102355");
+        assert_eq!(
+            Tick {
+                bid: i64::MAX,
+                ..sample()
+            }
+            .mid_price(),
+            None
+        );
+        assert_eq!(
+            Tick {
+                scale: 18,
+                ..sample()
+            }
+            .mid_price(),
+            None
+        );
     }
 
     #[test]

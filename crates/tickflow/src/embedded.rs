@@ -158,6 +158,7 @@ pub async fn run(
         Router::new(args.rules.router_config()?),
         router_stats.clone(),
         None,
+        true,
     ));
     let ind_task = tokio::spawn(indicators::run_indicators(
         Box::new(clean_rt),

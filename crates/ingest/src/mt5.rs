@@ -1,0 +1,481 @@
+//! The MetaTrader 5 feed. MQL5 sockets are clients only, so ingest listens and the expert
+//! advisor (`clients/mt5/TickflowStreamer.mq5`) connects. The protocol is newline-delimited
+//! JSON:
+//!
+//! - EA -> ingest: `{"type":"hello","token":"...","terminal":"icmarkets-1","utc_offset_s":7200}`
+//!   first, then `{"type":"tick","symbol":"EURUSD","time_msc":...,"bid":1.10235,"ask":1.10237,
+//!   "last":0,"volume":0,"volume_real":0,"flags":6}` per tick and `{"type":"hb"}` heartbeats.
+//! - ingest -> EA: `{"type":"welcome","resume_from_msc":T}` after a good hello,
+//!   `{"type":"ack","time_msc":T}` once every tick up to T is durable (confirmed by Kafka or
+//!   spooled), `{"type":"hb"}` heartbeats, and `{"type":"error","reason":"..."}` before closing.
+//!
+//! After a reconnect the EA resends with `CopyTicksRange` from the last acknowledged
+//! millisecond (inclusive); the idempotency key (`mt5:<terminal>|symbol|utc ns|ordinal within
+//! the ms`) is the same for a resent tick, so the overlap never becomes a duplicate. Prices are
+//! taken from the JSON text as decimals, never through a float. Broker server time is
+//! converted to UTC with the offset the EA reports.
+
+use crate::source::{Rejected, SourceError, TickSource};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tick_core::shutdown::CancellationToken;
+use tick_core::{KeyOrdinals, Price, Tick, clock, idempotency_key};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+
+/// Settings of the MT5 listener.
+#[derive(Debug, Clone)]
+pub struct Mt5Config {
+    /// Token every EA must present in its hello.
+    pub token: String,
+    /// Longest accepted line, in bytes.
+    pub max_line: usize,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Interval of heartbeats and acknowledgements sent to the EA.
+    pub heartbeat: Duration,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Mt5Config {
+    fn default() -> Self {
+        Self {
+            token: String::new(),
+            max_line: 4096,
+            max_connections: 64,
+            heartbeat: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Hello {
+    token: String,
+    terminal: String,
+    #[serde(default)]
+    utc_offset_s: i64,
+}
+
+#[derive(Deserialize)]
+struct TickMsg<'a> {
+    symbol: String,
+    time_msc: i64,
+    #[serde(borrow)]
+    bid: &'a RawValue,
+    #[serde(borrow)]
+    ask: &'a RawValue,
+    #[serde(borrow, default)]
+    last: Option<&'a RawValue>,
+    #[serde(default)]
+    volume_real: f64,
+    #[serde(default)]
+    volume: f64,
+    #[serde(default)]
+    flags: u32,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Parses one `tick` line of a connection into a canonical tick.
+pub fn parse_tick(
+    line: &str,
+    source: &str,
+    utc_offset_s: i64,
+    ordinals: &mut KeyOrdinals,
+) -> Result<(Tick, i64), String> {
+    let m: TickMsg = serde_json::from_str(line).map_err(|e| format!("bad tick message: {e}"))?;
+    let dec = |r: &RawValue, what: &str| -> Result<Price, String> {
+        r.get()
+            .trim_matches('"')
+            .parse::<Price>()
+            .map_err(|e| format!("{what}: {e}"))
+    };
+    let (bid, ask) = (dec(m.bid, "bid")?, dec(m.ask, "ask")?);
+    let last = match m.last.map(|l| dec(l, "last")).transpose()? {
+        Some(p) if p.mantissa != 0 => Some(p),
+        _ => None,
+    };
+    let scale = bid.scale.max(ask.scale).max(last.map_or(0, |l| l.scale));
+    let fit = |p: Price| {
+        p.rescale(scale)
+            .map(|p| p.mantissa)
+            .ok_or_else(|| "price out of range".to_string())
+    };
+    let utc_ms = m
+        .time_msc
+        .checked_sub(utc_offset_s.saturating_mul(1000))
+        .ok_or("time out of range")?;
+    let ts = utc_ms.checked_mul(1_000_000).ok_or("time out of range")?;
+    let symbol = m.symbol.trim().to_string();
+    if symbol.is_empty() {
+        return Err("empty symbol".into());
+    }
+    let ordinal = ordinals.next(&symbol, ts);
+    let volume = if m.volume_real != 0.0 {
+        m.volume_real
+    } else {
+        m.volume
+    };
+    Ok((
+        Tick {
+            key: idempotency_key(source, &symbol, ts, ordinal),
+            symbol,
+            source: source.to_string(),
+            ts_event_ns: ts,
+            ts_recv_ns: clock::now_ns(),
+            scale,
+            bid: fit(bid)?,
+            ask: fit(ask)?,
+            last: last.map(fit).transpose()?,
+            bid_size: 0.0,
+            ask_size: 0.0,
+            volume,
+            flags: m.flags,
+            route: Default::default(),
+            replay: false,
+        },
+        m.time_msc,
+    ))
+}
+
+struct Inbound {
+    conn: u64,
+    time_msc: i64,
+    tick: Tick,
+}
+
+/// Per connection: (position in the source's output, server-time ms) not yet acknowledged.
+type AckBook = Arc<Mutex<HashMap<u64, VecDeque<(u64, i64)>>>>;
+
+/// The MT5 listener as a tick source.
+pub struct Mt5Source {
+    rx: mpsc::Receiver<Inbound>,
+    rejects_rx: mpsc::Receiver<Rejected>,
+    emitted: u64,
+    book: AckBook,
+    /// The local address the listener is bound to.
+    pub local_addr: SocketAddr,
+}
+
+impl Mt5Source {
+    /// Starts listening on `listener`. `durable` counts the ticks of this source confirmed by
+    /// the bus or spooled, in emission order (the ingest loop advances it); acknowledgements to
+    /// the EAs follow it.
+    pub fn start(
+        listener: TcpListener,
+        cfg: Mt5Config,
+        durable: Arc<AtomicU64>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::channel(65_536);
+        let (rtx, rejects_rx) = mpsc::channel(4096);
+        let book: AckBook = Arc::default();
+        let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        let b = book.clone();
+        tokio::spawn(async move {
+            let mut next_conn = 0u64;
+            loop {
+                let (stream, peer) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            continue;
+                        }
+                    },
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "connection refused: too many connections");
+                    metrics::counter!("tickflow_ingest_mt5_refused_total").increment(1);
+                    let mut s = stream;
+                    let _ = s
+                        .write_all(b"{\"type\":\"error\",\"reason\":\"too many connections\"}\n")
+                        .await;
+                    continue;
+                };
+                next_conn += 1;
+                let conn = Connection {
+                    id: next_conn,
+                    cfg: cfg.clone(),
+                    tx: tx.clone(),
+                    rejects: rtx.clone(),
+                    book: b.clone(),
+                    durable: durable.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = conn.serve(stream).await {
+                        tracing::info!(%peer, reason = %e, "mt5 connection closed");
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Self {
+            rx,
+            rejects_rx,
+            emitted: 0,
+            book,
+            local_addr,
+        })
+    }
+}
+
+#[async_trait]
+impl TickSource for Mt5Source {
+    fn name(&self) -> &str {
+        "mt5"
+    }
+
+    async fn next_batch(&mut self, out: &mut Vec<Tick>) -> Result<bool, SourceError> {
+        let Some(first) = self.rx.recv().await else {
+            return Ok(false);
+        };
+        let mut book = self
+            .book
+            .lock()
+            .map_err(|_| SourceError::Input("ack book poisoned".into()))?;
+        let mut next = Some(first);
+        while let Some(i) = next.take() {
+            book.entry(i.conn)
+                .or_default()
+                .push_back((self.emitted, i.time_msc));
+            self.emitted += 1;
+            out.push(i.tick);
+            if out.len() < 4096 {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        Ok(true)
+    }
+
+    fn take_rejects(&mut self) -> Vec<Rejected> {
+        let mut v = Vec::new();
+        while let Ok(r) = self.rejects_rx.try_recv() {
+            v.push(r);
+        }
+        v
+    }
+}
+
+/// Reads one line into `buf` (appending: a read cancelled by `select!` keeps its partial
+/// bytes for the next call). Returns the bytes read by this call; 0 means the peer closed.
+async fn read_line(
+    lines: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, String> {
+    let room = (max + 1).saturating_sub(buf.len()) as u64;
+    let mut limited = tokio::io::AsyncReadExt::take(lines, room);
+    let n = limited
+        .read_until(b'\n', buf)
+        .await
+        .map_err(|e| e.to_string())?;
+    if buf.len() > max {
+        return Err(format!("line longer than {max} bytes"));
+    }
+    if n > 0 && buf.last() != Some(&b'\n') && room > n as u64 {
+        // The peer closed in the middle of a line.
+        return Ok(0);
+    }
+    Ok(n)
+}
+
+struct Connection {
+    id: u64,
+    cfg: Mt5Config,
+    tx: mpsc::Sender<Inbound>,
+    rejects: mpsc::Sender<Rejected>,
+    book: AckBook,
+    durable: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream) -> Result<(), String> {
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read);
+        let mut buf = Vec::new();
+        let max = self.cfg.max_line;
+        // Hello first, within the idle timeout.
+        let n = tokio::time::timeout(self.cfg.idle_timeout, read_line(&mut lines, &mut buf, max))
+            .await
+            .map_err(|_| "no hello".to_string())??;
+        if n == 0 {
+            return Err("closed before hello".into());
+        }
+        let first_line = std::mem::take(&mut buf);
+        let hello: Hello = match serde_json::from_slice::<Envelope>(&first_line)
+            .ok()
+            .filter(|e| e.kind == "hello")
+            .and_then(|_| serde_json::from_slice(&first_line).ok())
+        {
+            Some(h) => h,
+            None => {
+                let _ = write
+                    .write_all(b"{\"type\":\"error\",\"reason\":\"expected hello\"}\n")
+                    .await;
+                return Err("first line is not a hello".into());
+            }
+        };
+        if self.cfg.token.is_empty() || hello.token != self.cfg.token {
+            metrics::counter!("tickflow_ingest_mt5_auth_failed_total").increment(1);
+            let _ = write
+                .write_all(b"{\"type\":\"error\",\"reason\":\"authentication failed\"}\n")
+                .await;
+            return Err("authentication failed".into());
+        }
+        let source = format!("mt5:{}", hello.terminal);
+        tracing::info!(%source, utc_offset_s = hello.utc_offset_s, "mt5 terminal connected");
+        metrics::counter!("tickflow_ingest_mt5_connections_total").increment(1);
+        write
+            .write_all(b"{\"type\":\"welcome\"}\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut ordinals = KeyOrdinals::default();
+        let mut beat = tokio::time::interval(self.cfg.heartbeat);
+        let mut last_heard = tokio::time::Instant::now();
+        let mut last_acked = i64::MIN;
+        let result = loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break Ok(()),
+                _ = beat.tick() => {
+                    if last_heard.elapsed() > self.cfg.idle_timeout {
+                        break Err("peer silent".to_string());
+                    }
+                    let acked = self.durable_upto();
+                    let msg = match acked {
+                        Some(t) if t != last_acked => {
+                            last_acked = t;
+                            format!("{{\"type\":\"ack\",\"time_msc\":{t}}}\n")
+                        }
+                        _ => "{\"type\":\"hb\"}\n".to_string(),
+                    };
+                    if let Err(e) = write.write_all(msg.as_bytes()).await {
+                        break Err(e.to_string());
+                    }
+                }
+                n = read_line(&mut lines, &mut buf, max) => {
+                    match n {
+                        Ok(0) => break Err("peer closed".into()),
+                        Ok(_) => {}
+                        Err(e) => break Err(e),
+                    }
+                    last_heard = tokio::time::Instant::now();
+                    let line = String::from_utf8_lossy(&buf).trim().to_string();
+                    buf.clear();
+                    match serde_json::from_str::<Envelope>(&line).map(|e| e.kind) {
+                        Ok(k) if k == "tick" => match parse_tick(&line, &source, hello.utc_offset_s, &mut ordinals) {
+                            Ok((tick, time_msc)) => {
+                                if self.tx.send(Inbound { conn: self.id, time_msc, tick }).await.is_err() {
+                                    break Ok(());
+                                }
+                            }
+                            Err(reason) => self.reject(&source, reason, line).await,
+                        },
+                        Ok(k) if k == "hb" => {}
+                        Ok(other) => self.reject(&source, format!("unknown message type {other:?}"), line).await,
+                        Err(e) => self.reject(&source, format!("not a JSON message: {e}"), line).await,
+                    }
+                }
+            }
+        };
+        if let Ok(mut b) = self.book.lock() {
+            b.remove(&self.id);
+        }
+        result
+    }
+
+    async fn reject(&self, source: &str, reason: String, line: String) {
+        metrics::counter!("tickflow_ingest_rejected_total", "source" => "mt5", "reason" => "malformed_message").increment(1);
+        tracing::warn!(%source, %reason, sample = %line.chars().take(200).collect::<String>(), "malformed mt5 message");
+        let _ = self
+            .rejects
+            .send(Rejected {
+                reason: "malformed_message".into(),
+                detail: format!("{source}: {reason}"),
+                payload: line.into_bytes(),
+            })
+            .await;
+    }
+
+    /// Returns the server time of the newest tick of this connection that is durable.
+    fn durable_upto(&self) -> Option<i64> {
+        let durable = self.durable.load(Ordering::Acquire);
+        let mut book = self.book.lock().ok()?;
+        let q = book.get_mut(&self.id)?;
+        let mut last = None;
+        while let Some(&(pos, t)) = q.front() {
+            if pos >= durable {
+                break;
+            }
+            last = Some(t);
+            q.pop_front();
+        }
+        last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ticks_exactly_and_converts_server_time() {
+        let mut o = KeyOrdinals::default();
+        let line = r#"{"type":"tick","symbol":"EURUSD","time_msc":1700007200123,"bid":1.10235,"ask":1.1024,"last":0,"volume":0,"volume_real":0,"flags":6}"#;
+        let (t, msc) = parse_tick(line, "mt5:demo", 7200, &mut o).unwrap();
+        assert_eq!(msc, 1_700_007_200_123);
+        assert_eq!(t.ts_event_ns, 1_700_000_000_123_000_000);
+        assert_eq!((t.bid, t.ask, t.scale, t.last), (110235, 110240, 5, None));
+        assert_eq!(t.key, "mt5:demo|EURUSD|1700000000123000000|0");
+        let (t2, _) = parse_tick(line, "mt5:demo", 7200, &mut o).unwrap();
+        assert_eq!(
+            t2.key, "mt5:demo|EURUSD|1700000000123000000|1",
+            "same ms, next ordinal"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_ticks_with_a_reason() {
+        let mut o = KeyOrdinals::default();
+        for (line, why) in [
+            (
+                r#"{"type":"tick","symbol":"EURUSD","time_msc":1,"bid":"abc","ask":1}"#,
+                "bid",
+            ),
+            (
+                r#"{"type":"tick","symbol":"EURUSD","time_msc":1,"bid":1.1}"#,
+                "ask",
+            ),
+            (
+                r#"{"type":"tick","symbol":"","time_msc":1,"bid":1,"ask":1}"#,
+                "empty symbol",
+            ),
+            (
+                r#"{"type":"tick","symbol":"X","time_msc":9223372036854775807,"bid":1,"ask":1}"#,
+                "range",
+            ),
+            ("not json", "bad tick"),
+        ] {
+            let e = parse_tick(line, "mt5:x", 0, &mut o).unwrap_err();
+            assert!(e.contains(why), "{line}: {e}");
+        }
+    }
+}
