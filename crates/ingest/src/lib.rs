@@ -4,6 +4,7 @@
 pub mod csv;
 pub mod dukascopy;
 pub mod mt5;
+pub mod oanda;
 pub mod sim;
 pub mod source;
 pub mod spool;
@@ -90,6 +91,42 @@ pub enum SourceKind {
     Csv,
     /// MetaTrader 5 terminals running the TickflowStreamer expert advisor.
     Mt5,
+    /// The OANDA v20 pricing stream.
+    Oanda,
+}
+
+/// Options of the OANDA v20 pricing stream.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OandaArgs {
+    /// Streaming API base URL.
+    #[arg(
+        long,
+        env = "TICKFLOW_OANDA_URL",
+        default_value = "https://stream-fxpractice.oanda.com"
+    )]
+    pub oanda_url: String,
+    /// Account id.
+    #[arg(long, env = "TICKFLOW_OANDA_ACCOUNT", default_value = "")]
+    pub oanda_account: String,
+    /// API token.
+    #[arg(
+        long,
+        env = "TICKFLOW_OANDA_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub oanda_token: String,
+    /// Instruments in OANDA's spelling, comma-separated (EUR_USD,USD_JPY).
+    #[arg(
+        long,
+        env = "TICKFLOW_OANDA_INSTRUMENTS",
+        value_delimiter = ',',
+        default_value = "EUR_USD"
+    )]
+    pub oanda_instruments: Vec<String>,
+    /// Reconnect when heartbeats continue but no price came for this long.
+    #[arg(long, env = "TICKFLOW_OANDA_PRICE_STALL", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub oanda_price_stall: Duration,
 }
 
 /// Options of the MetaTrader 5 listener.
@@ -165,7 +202,9 @@ impl FileArgs {
         symbols: &[String],
     ) -> anyhow::Result<Box<dyn TickSource>> {
         Ok(match kind {
-            SourceKind::Sim | SourceKind::Mt5 => anyhow::bail!("{kind:?} is not a file source"),
+            SourceKind::Sim | SourceKind::Mt5 | SourceKind::Oanda => {
+                anyhow::bail!("{kind:?} is not a file source")
+            }
             SourceKind::Dukascopy => {
                 let dir = self
                     .dukascopy_dir
@@ -217,6 +256,9 @@ pub struct IngestConfig {
     /// MetaTrader 5 options.
     #[command(flatten)]
     pub mt5: Mt5Args,
+    /// OANDA options.
+    #[command(flatten)]
+    pub oanda: OandaArgs,
     /// Directory of the local spool used while Kafka does not confirm.
     #[arg(long, env = "TICKFLOW_SPOOL_DIR", default_value = "tickflow-spool")]
     pub spool_dir: std::path::PathBuf,
@@ -265,6 +307,21 @@ pub async fn run(
             )?;
             tracing::info!(addr = %src.local_addr, "listening for MetaTrader 5 terminals");
             Box::new(src)
+        }
+        SourceKind::Oanda => {
+            anyhow::ensure!(
+                !cfg.oanda.oanda_token.is_empty() && !cfg.oanda.oanda_account.is_empty(),
+                "--oanda-token and --oanda-account are required"
+            );
+            Box::new(oanda::OandaSource::start(oanda::OandaConfig {
+                base_url: cfg.oanda.oanda_url.clone(),
+                account: cfg.oanda.oanda_account.clone(),
+                token: cfg.oanda.oanda_token.clone(),
+                instruments: cfg.oanda.oanda_instruments.clone(),
+                silence: Duration::from_secs(10),
+                price_stall: cfg.oanda.oanda_price_stall,
+                max_backoff: Duration::from_secs(30),
+            })?)
         }
         other => cfg.files.source(other, &cfg.sim.to_config().symbols)?,
     };

@@ -1,0 +1,321 @@
+//! The OANDA v20 pricing stream: `GET {base}/v3/accounts/{account}/pricing/stream` with a
+//! Bearer token, answered by newline-delimited JSON `PRICE` and `HEARTBEAT` messages. Prices are
+//! decimal strings and become fixed-point prices exactly; times are RFC 3339 with nanoseconds.
+//! The connection is re-established with exponential backoff and jitter when it drops, when
+//! nothing at all arrives for `silence`, or when heartbeats keep coming but prices stopped for
+//! `price_stall` (a stream the broker stopped feeding). On reconnect OANDA repeats the current
+//! price: prices not newer than the last one seen for an instrument are skipped, so each price
+//! is delivered once.
+
+use crate::source::{Rejected, SourceError, TickSource};
+use async_trait::async_trait;
+use futures::StreamExt;
+use rand::Rng;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
+use tick_core::{KeyOrdinals, Price, Tick, clock, idempotency_key};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Settings of the OANDA source.
+#[derive(Debug, Clone)]
+pub struct OandaConfig {
+    /// API base, e.g. `https://stream-fxpractice.oanda.com` (a local server in tests).
+    pub base_url: String,
+    /// Account id.
+    pub account: String,
+    /// API token (sent as `Authorization: Bearer`).
+    pub token: String,
+    /// OANDA instrument names, e.g. `EUR_USD`.
+    pub instruments: Vec<String>,
+    /// Nothing received (not even a heartbeat) for this long: reconnect.
+    pub silence: Duration,
+    /// Heartbeats but no price for this long: reconnect.
+    pub price_stall: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+#[derive(Deserialize)]
+struct Bucket {
+    price: String,
+    #[serde(default)]
+    liquidity: f64,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    time: String,
+    #[serde(default)]
+    instrument: String,
+    #[serde(default)]
+    bids: Vec<Bucket>,
+    #[serde(default)]
+    asks: Vec<Bucket>,
+}
+
+/// Returns tickflow's symbol for an OANDA instrument: `EUR_USD` -> `EURUSD`.
+pub fn symbol_of(instrument: &str) -> String {
+    instrument.replace('_', "")
+}
+
+/// Parses one line of the stream: `Ok(Some(tick))` for a price, `Ok(None)` for a heartbeat.
+pub fn parse_line(line: &str, ordinals: &mut KeyOrdinals) -> Result<Option<Tick>, String> {
+    let m: Message =
+        serde_json::from_str(line).map_err(|e| format!("not an OANDA message: {e}"))?;
+    match m.kind.as_str() {
+        "HEARTBEAT" => return Ok(None),
+        "PRICE" => {}
+        other => return Err(format!("unknown message type {other:?}")),
+    }
+    let t = humantime::parse_rfc3339(&m.time).map_err(|e| format!("time {:?}: {e}", m.time))?;
+    let ts = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "time before 1970".to_string())?
+        .as_nanos();
+    let ts = i64::try_from(ts).map_err(|_| "time out of range".to_string())?;
+    let (Some(bid), Some(ask)) = (m.bids.first(), m.asks.first()) else {
+        return Err("price without a bid or an ask bucket".into());
+    };
+    let (b, a): (Price, Price) = (
+        bid.price.parse().map_err(|e| format!("bid: {e}"))?,
+        ask.price.parse().map_err(|e| format!("ask: {e}"))?,
+    );
+    let scale = b.scale.max(a.scale);
+    let fit = |p: Price| {
+        p.rescale(scale)
+            .map(|p| p.mantissa)
+            .ok_or("price out of range")
+    };
+    let symbol = symbol_of(&m.instrument);
+    if symbol.is_empty() {
+        return Err("price without an instrument".into());
+    }
+    let ordinal = ordinals.next(&symbol, ts);
+    Ok(Some(Tick {
+        key: idempotency_key("oanda", &symbol, ts, ordinal),
+        symbol,
+        source: "oanda".into(),
+        ts_event_ns: ts,
+        ts_recv_ns: clock::now_ns(),
+        scale,
+        bid: fit(b)?,
+        ask: fit(a)?,
+        last: None,
+        bid_size: bid.liquidity,
+        ask_size: ask.liquidity,
+        volume: 0.0,
+        flags: 0,
+        route: Default::default(),
+        replay: false,
+    }))
+}
+
+enum Event {
+    Tick(Tick),
+    Reject(Rejected),
+}
+
+/// The OANDA stream as a tick source; a background task keeps the connection alive.
+pub struct OandaSource {
+    rx: mpsc::Receiver<Event>,
+    rejects: Vec<Rejected>,
+}
+
+impl OandaSource {
+    /// Starts streaming; the task ends when the source is dropped.
+    pub fn start(cfg: OandaConfig) -> Result<Self, SourceError> {
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| SourceError::Input(format!("http client: {e}")))?;
+        let (tx, rx) = mpsc::channel(65_536);
+        tokio::spawn(run(client, cfg, tx));
+        Ok(Self {
+            rx,
+            rejects: Vec::new(),
+        })
+    }
+}
+
+async fn run(client: reqwest::Client, cfg: OandaConfig, tx: mpsc::Sender<Event>) {
+    let url = format!(
+        "{}/v3/accounts/{}/pricing/stream?instruments={}",
+        cfg.base_url.trim_end_matches('/'),
+        cfg.account,
+        cfg.instruments.join(",")
+    );
+    let mut last_ts: HashMap<String, i64> = HashMap::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let outcome = stream_once(&client, &url, &cfg, &tx, &mut last_ts).await;
+        if tx.is_closed() {
+            return;
+        }
+        metrics::counter!("tickflow_ingest_reconnects_total", "source" => "oanda").increment(1);
+        match outcome {
+            // The stream was up: start the backoff again from the bottom.
+            Ok(reason) => {
+                tracing::warn!(%reason, "oanda stream ended; reconnecting");
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "oanda stream failed"),
+        }
+        let jitter = rand::rng().random_range(0.5..1.5);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(cfg.max_backoff);
+    }
+}
+
+/// Streams until the connection ends or a watchdog trips; `Ok` carries why it ended after
+/// having been established.
+async fn stream_once(
+    client: &reqwest::Client,
+    url: &str,
+    cfg: &OandaConfig,
+    tx: &mpsc::Sender<Event>,
+    last_ts: &mut HashMap<String, i64>,
+) -> Result<String, String> {
+    let resp = client
+        .get(url)
+        .bearer_auth(&cfg.token)
+        .send()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut ordinals = KeyOrdinals::default();
+    let mut last_any = Instant::now();
+    let mut last_price = Instant::now();
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(200), body.next()).await;
+        match next {
+            Ok(Some(Ok(chunk))) => {
+                last_any = Instant::now();
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(Some(Err(e))) => return Ok(format!("stream broke: {e}")),
+            Ok(None) => return Ok("server closed the stream".into()),
+            Err(_) => {}
+        }
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line).trim().to_string();
+            if line.is_empty() {
+                continue;
+            }
+            match parse_line(&line, &mut ordinals) {
+                Ok(Some(t)) => {
+                    last_price = Instant::now();
+                    let newer = last_ts.get(&t.symbol).is_none_or(|l| t.ts_event_ns > *l);
+                    if newer {
+                        last_ts.insert(t.symbol.clone(), t.ts_event_ns);
+                        if tx.send(Event::Tick(t)).await.is_err() {
+                            return Ok("source dropped".into());
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    let r = Rejected {
+                        reason: "malformed_message".into(),
+                        detail: format!("oanda: {reason}"),
+                        payload: line.into_bytes(),
+                    };
+                    if tx.send(Event::Reject(r)).await.is_err() {
+                        return Ok("source dropped".into());
+                    }
+                }
+            }
+        }
+        if buf.len() > 1 << 20 {
+            return Ok("line longer than 1 MiB".into());
+        }
+        if last_any.elapsed() > cfg.silence {
+            return Ok(format!("nothing received for {:?}", cfg.silence));
+        }
+        if last_price.elapsed() > cfg.price_stall {
+            return Ok(format!(
+                "heartbeats only, no price for {:?}",
+                cfg.price_stall
+            ));
+        }
+    }
+}
+
+#[async_trait]
+impl TickSource for OandaSource {
+    fn name(&self) -> &str {
+        "oanda"
+    }
+
+    async fn next_batch(&mut self, out: &mut Vec<Tick>) -> Result<bool, SourceError> {
+        let Some(first) = self.rx.recv().await else {
+            return Ok(false);
+        };
+        let mut next = Some(first);
+        while let Some(e) = next.take() {
+            match e {
+                Event::Tick(t) => out.push(t),
+                Event::Reject(r) => self.rejects.push(r),
+            }
+            if out.len() < 4096 {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        Ok(true)
+    }
+
+    fn take_rejects(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_documented_messages() {
+        let mut o = KeyOrdinals::default();
+        let price = r#"{"type":"PRICE","time":"2016-09-20T15:05:47.960449532Z","bids":[{"price":"1.11590","liquidity":10000000}],"asks":[{"price":"1.11601","liquidity":10000000}],"closeoutBid":"1.11574","closeoutAsk":"1.11617","status":"tradeable","tradeable":true,"instrument":"EUR_USD"}"#;
+        let t = parse_line(price, &mut o).unwrap().unwrap();
+        assert_eq!(t.symbol, "EURUSD");
+        assert_eq!((t.bid, t.ask, t.scale), (111590, 111601, 5));
+        assert_eq!(t.ts_event_ns, 1_474_383_947_960_449_532);
+        assert_eq!(t.bid_size, 1e7);
+        assert!(
+            parse_line(
+                r#"{"type":"HEARTBEAT","time":"2016-09-20T15:05:50.163791738Z"}"#,
+                &mut o
+            )
+            .unwrap()
+            .is_none()
+        );
+        for (bad, why) in [
+            ("{", "not an OANDA"),
+            (
+                r#"{"type":"PRICE","time":"yesterday","instrument":"EUR_USD"}"#,
+                "time",
+            ),
+            (
+                r#"{"type":"PRICE","time":"2016-09-20T15:05:47Z","instrument":"EUR_USD","bids":[],"asks":[]}"#,
+                "bucket",
+            ),
+            (
+                r#"{"type":"PRICE","time":"2016-09-20T15:05:47Z","instrument":"EUR_USD","bids":[{"price":"x"}],"asks":[{"price":"1"}]}"#,
+                "bid",
+            ),
+            (r#"{"type":"NEWS"}"#, "unknown"),
+        ] {
+            assert!(parse_line(bad, &mut o).unwrap_err().contains(why), "{bad}");
+        }
+    }
+}
