@@ -41,4 +41,7 @@ venv="$(scripts/pyenv.sh)"
 step "Kubernetes manifests, Prometheus and Grafana files (schema validation)"
 scripts/validate-k8s.sh
 
+step "fuzz targets, 10 s each (scripts/fuzz.sh)"
+scripts/fuzz.sh 10
+
 step "all tests passed"

@@ -259,9 +259,54 @@ pub fn read_hour(
     }
 }
 
-/// Plays a range of hours of history from a directory, as fast as possible or paced.
+/// Where hour files come from.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// A directory in Dukascopy's layout.
+    Dir(PathBuf),
+    /// A base URL serving the same layout (Dukascopy's datafeed, or a mirror); 404 is an empty
+    /// hour.
+    Url(String),
+}
+
+impl Location {
+    async fn hour(
+        &self,
+        client: &reqwest::Client,
+        symbol: &str,
+        hour_start_ns: i64,
+    ) -> Result<Vec<RawRecord>, DukascopyError> {
+        match self {
+            Location::Dir(root) => read_hour(root, symbol, hour_start_ns),
+            Location::Url(base) => {
+                let rel = hour_path(Path::new(""), symbol, hour_start_ns);
+                let url = format!("{}/{}", base.trim_end_matches('/'), rel.display());
+                let io = |reason: String| DukascopyError::Io {
+                    file: url.clone(),
+                    reason,
+                };
+                let resp = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| io(e.to_string()))?;
+                if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                    return Ok(Vec::new());
+                }
+                if !resp.status().is_success() {
+                    return Err(io(format!("HTTP {}", resp.status())));
+                }
+                let bytes = resp.bytes().await.map_err(|e| io(e.to_string()))?;
+                decode_bi5(&url, &bytes)
+            }
+        }
+    }
+}
+
+/// Plays a range of hours of history from a directory or a URL, as fast as possible or paced.
 pub struct DukascopySource {
-    root: PathBuf,
+    location: Location,
+    client: reqwest::Client,
     symbols: Vec<String>,
     next_hour_ns: i64,
     end_ns: i64,
@@ -276,16 +321,17 @@ pub const HOUR_NS: i64 = 3_600_000_000_000;
 
 impl DukascopySource {
     /// Returns a source over `[from_ns, to_ns)` (rounded out to whole hours) of `symbols`
-    /// under `root`. `speed` is a multiple of real time; `None` plays as fast as possible.
+    /// at `location`. `speed` is a multiple of real time; `None` plays as fast as possible.
     pub fn new(
-        root: PathBuf,
+        location: Location,
         symbols: Vec<String>,
         from_ns: i64,
         to_ns: i64,
         speed: Option<f64>,
     ) -> Self {
         Self {
-            root,
+            location,
+            client: reqwest::Client::new(),
             symbols,
             next_hour_ns: from_ns - from_ns.rem_euclid(HOUR_NS),
             end_ns: to_ns,
@@ -312,7 +358,10 @@ impl TickSource for DukascopySource {
             self.next_hour_ns += HOUR_NS;
             let mut ticks = Vec::new();
             for s in &self.symbols {
-                let recs = read_hour(&self.root, s, hour)
+                let recs = self
+                    .location
+                    .hour(&self.client, s, hour)
+                    .await
                     .map_err(|e| SourceError::Input(e.to_string()))?;
                 ticks.extend(
                     to_ticks(s, hour, &recs, clock::now_ns(), &mut self.ordinals)
@@ -496,8 +545,13 @@ mod tests {
     async fn plays_two_days_of_eurusd_in_order() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURES);
         let from = 1_549_238_400_000_000_000;
-        let mut src =
-            DukascopySource::new(root, vec!["EURUSD".into()], from, from + 48 * HOUR_NS, None);
+        let mut src = DukascopySource::new(
+            Location::Dir(root),
+            vec!["EURUSD".into()],
+            from,
+            from + 48 * HOUR_NS,
+            None,
+        );
         let mut all = vec![];
         while src.next_batch(&mut all).await.unwrap() {}
         assert!(all.len() > 100_000, "{}", all.len());

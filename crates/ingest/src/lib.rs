@@ -12,6 +12,7 @@ pub mod spool;
 use anyhow::Context;
 use sim::{SimConfig, SimSource, default_symbols};
 use source::TickSource;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -157,6 +158,9 @@ pub struct FileArgs {
     /// Dukascopy: root directory holding SYMBOL/YYYY/MM/DD/HHh_ticks.bi5 (zero-based months).
     #[arg(long, env = "TICKFLOW_DUKASCOPY_DIR")]
     pub dukascopy_dir: Option<std::path::PathBuf>,
+    /// Dukascopy: base URL of the same layout to download from instead of a directory.
+    #[arg(long, env = "TICKFLOW_DUKASCOPY_URL", conflicts_with = "dukascopy_dir")]
+    pub dukascopy_url: Option<String>,
     /// Dukascopy: start of the range (RFC 3339).
     #[arg(long, env = "TICKFLOW_FROM")]
     pub from: Option<String>,
@@ -206,17 +210,18 @@ impl FileArgs {
                 anyhow::bail!("{kind:?} is not a file source")
             }
             SourceKind::Dukascopy => {
-                let dir = self
-                    .dukascopy_dir
-                    .clone()
-                    .context("--dukascopy-dir is required")?;
+                let location = match (&self.dukascopy_dir, &self.dukascopy_url) {
+                    (Some(d), _) => dukascopy::Location::Dir(d.clone()),
+                    (None, Some(u)) => dukascopy::Location::Url(u.clone()),
+                    (None, None) => anyhow::bail!("--dukascopy-dir or --dukascopy-url is required"),
+                };
                 anyhow::ensure!(!symbols.is_empty(), "--symbols is required for dukascopy");
                 for s in symbols {
                     dukascopy::point_scale(s)
                         .with_context(|| format!("no Dukascopy point factor for {s}"))?;
                 }
                 Box::new(dukascopy::DukascopySource::new(
-                    dir,
+                    location,
                     symbols.to_vec(),
                     rfc3339_ns("from", &self.from)?,
                     rfc3339_ns("to", &self.to)?,
@@ -394,6 +399,7 @@ pub async fn run_source(
     let mut pending: std::collections::VecDeque<Pending> = Default::default();
     let mut spooling = spooler.as_ref().is_some_and(|s| s.spool.depth() > 0);
     let mut emitted = 0u64;
+    let mut feed = FeedWatch::new(source.name());
     let mut next_probe = tokio::time::Instant::now();
     loop {
         batch.clear();
@@ -403,11 +409,22 @@ pub async fn run_source(
             r = source.next_batch(&mut batch) => r?,
             // Wake up to take confirmations even when the source is quiet, so durability
             // (and MT5 acknowledgements) advance without waiting for the next tick.
-            _ = tokio::time::sleep(Duration::from_millis(20)), if !pending.is_empty() || spooling => true,
+            _ = tokio::time::sleep(if pending.is_empty() && !spooling {
+                Duration::from_millis(250)
+            } else {
+                Duration::from_millis(20)
+            }) => true,
         };
         stats
             .received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        feed.saw(&batch);
+        feed.report(
+            spooler
+                .as_ref()
+                .filter(|_| spooling)
+                .map(|s| s.spool.depth()),
+        );
         metrics::counter!("tickflow_ingest_ticks_received_total", "source" => source.name().to_string())
             .increment(batch.len() as u64);
         match (&mut spooler, spooling) {
@@ -530,6 +547,71 @@ fn raw_key(symbol: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Borrowed(symbol)
     } else {
         std::borrow::Cow::Owned(tick_core::instrument::canonical(symbol))
+    }
+}
+
+/// Watches the feed per symbol: the age of its last tick (a metric) and a log line when a
+/// symbol goes stale or comes back, plus a reminder while ticks are being spooled.
+struct FeedWatch {
+    source: String,
+    last: HashMap<String, i64>,
+    stale: std::collections::HashSet<String>,
+    next_report: tokio::time::Instant,
+    next_spool_log: tokio::time::Instant,
+}
+
+/// A symbol without a tick for this long is reported stale.
+const STALE_AFTER_NS: i64 = 60_000_000_000;
+
+impl FeedWatch {
+    fn new(source: &str) -> Self {
+        Self {
+            source: source.to_string(),
+            last: HashMap::new(),
+            stale: Default::default(),
+            next_report: tokio::time::Instant::now(),
+            next_spool_log: tokio::time::Instant::now(),
+        }
+    }
+
+    fn saw(&mut self, batch: &[tick_core::Tick]) {
+        for t in batch {
+            match self.last.get_mut(&t.symbol) {
+                Some(v) => *v = t.ts_recv_ns,
+                None => {
+                    self.last.insert(t.symbol.clone(), t.ts_recv_ns);
+                }
+            }
+        }
+    }
+
+    fn report(&mut self, spool_depth: Option<u64>) {
+        let now = tokio::time::Instant::now();
+        if let Some(depth) = spool_depth
+            && now >= self.next_spool_log
+        {
+            tracing::error!(
+                depth,
+                "kafka still not confirming: ticks are being spooled to disk"
+            );
+            self.next_spool_log = now + Duration::from_secs(10);
+        }
+        if now < self.next_report {
+            return;
+        }
+        self.next_report = now + Duration::from_secs(1);
+        let wall = tick_core::clock::now_ns();
+        for (symbol, at) in &self.last {
+            let age = wall.saturating_sub(*at);
+            metrics::gauge!("tickflow_ingest_last_tick_age_seconds", "source" => self.source.clone(), "symbol" => symbol.clone())
+                .set(age as f64 / 1e9);
+            let stale = age > STALE_AFTER_NS;
+            if stale && self.stale.insert(symbol.clone()) {
+                tracing::warn!(source = %self.source, %symbol, age_s = age / 1_000_000_000, "feed is stale: no tick for a minute");
+            } else if !stale && self.stale.remove(symbol) {
+                tracing::info!(source = %self.source, %symbol, "feed is live again");
+            }
+        }
     }
 }
 
