@@ -8,6 +8,7 @@ cd "$(dirname "$0")/../fuzz"
 secs=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 # Seed the .bi5 corpus with the real fixture files when they are beside the checkout.
+mkdir -p corpus/bi5_decoder corpus/mt5_line corpus/oanda_line
 fixtures=../../shared/fixtures/dukascopy
 if [ -d "$fixtures" ]; then
   find "$fixtures" -name '*.bi5' -size -30k | head -n 5 | xargs -r -I{} cp {} corpus/bi5_decoder/

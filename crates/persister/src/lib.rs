@@ -183,6 +183,17 @@ impl<T> Batch<T> {
     fn is_pending(&self) -> bool {
         self.started.is_some()
     }
+
+    /// Acknowledges everything the batch read (its rows are stored) and empties it.
+    fn acknowledge(&mut self, consumer: &mut dyn Consumer) -> anyhow::Result<()> {
+        for id in self.last.values() {
+            consumer.ack(*id)?;
+        }
+        self.rows.clear();
+        self.last.clear();
+        self.started = None;
+        Ok(())
+    }
 }
 
 /// Retries a store write with exponential backoff while the database is unavailable; gives up
@@ -318,13 +329,7 @@ async fn flush_ticks(
         stats.dead_letters.fetch_add(n, Ordering::Relaxed);
         bad.clear();
     }
-    for id in batch.last.values() {
-        consumer.ack(*id)?;
-    }
-    batch.rows.clear();
-    batch.last.clear();
-    batch.started = None;
-    Ok(())
+    batch.acknowledge(consumer)
 }
 
 /// Stores a batch the database refused row by row, so only the offending rows become dead
@@ -438,11 +443,5 @@ async fn flush_dead_letters(
     })
     .await?;
     stats.dead_letters.fetch_add(n, Ordering::Relaxed);
-    for id in batch.last.values() {
-        consumer.ack(*id)?;
-    }
-    batch.rows.clear();
-    batch.last.clear();
-    batch.started = None;
-    Ok(())
+    batch.acknowledge(consumer)
 }
