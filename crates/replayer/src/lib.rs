@@ -24,6 +24,106 @@ pub fn parse_time_ns(s: &str) -> Result<i64, String> {
     Ok(d.as_nanos() as i64)
 }
 
+/// Options of `replayer kafka`: disaster recovery from Kafka's retention.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaReplayArgs {
+    /// Topic to read back.
+    #[arg(long, default_value = tick_core::bus::topics::CLEAN)]
+    pub topic: String,
+    /// Start: an RFC 3339 time (resolved to an offset per partition) or an offset.
+    #[arg(long)]
+    pub from: tick_core::kafka::Bound,
+    /// End (exclusive): an RFC 3339 time or an offset.
+    #[arg(long)]
+    pub to: tick_core::kafka::Bound,
+    /// Destination: `postgres` (idempotent: rows already stored are skipped) or `topic:NAME`.
+    #[arg(long, default_value = "postgres")]
+    pub into: String,
+    /// PostgreSQL URL, for `--into postgres`.
+    #[arg(long, env = "TICKFLOW_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Storage batching.
+    #[command(flatten)]
+    pub batch: persister::BatchArgs,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// What `replayer kafka` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KafkaReplayReport {
+    /// Messages read from the range.
+    pub read: u64,
+    /// Rows newly stored (`--into postgres`) or messages published (`--into topic:`).
+    pub written: u64,
+    /// Rows that were already stored.
+    pub already_stored: u64,
+}
+
+/// Runs `replayer kafka`: reads a range of a topic back into storage or another topic.
+pub async fn run_kafka(
+    args: KafkaReplayArgs,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+) -> anyhow::Result<KafkaReplayReport> {
+    let mut consumer = args
+        .kafka
+        .range_consumer(&args.topic, args.from, args.to, shutdown.clone())
+        .await?;
+    health.set_ready(true);
+    let report = if args.into == "postgres" {
+        let url = args
+            .database_url
+            .as_deref()
+            .context("--into postgres needs --database-url")?;
+        let store = persister::postgres::PgStore::connect(url, 2)?;
+        store
+            .migrate()
+            .await
+            .context("failed to migrate the database")?;
+        let stats = Arc::new(persister::PersisterStats::default());
+        persister::run_persister(
+            Box::new(consumer),
+            Arc::new(store),
+            args.batch.to_config(),
+            stats.clone(),
+            shutdown,
+        )
+        .await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        KafkaReplayReport {
+            read: stats.received.load(Relaxed),
+            written: stats.stored.load(Relaxed),
+            already_stored: stats.duplicates.load(Relaxed),
+        }
+    } else {
+        let topic = args
+            .into
+            .strip_prefix("topic:")
+            .with_context(|| format!("--into {:?} must be postgres or topic:NAME", args.into))?;
+        let producer = args.kafka.producer(false)?;
+        let mut report = KafkaReplayReport::default();
+        let mut receipts = Vec::new();
+        while let Some(d) = tick_core::bus::Consumer::recv(&mut consumer).await? {
+            report.read += 1;
+            receipts.push(producer.send(topic, &d.key, d.payload).await?);
+        }
+        for r in receipts {
+            r.await?;
+            report.written += 1;
+        }
+        producer.flush().await?;
+        report
+    };
+    tracing::info!(?report, "kafka replay finished");
+    println!(
+        "read {} messages of {}; {} written, {} already stored",
+        report.read, args.topic, report.written, report.already_stored
+    );
+    Ok(report)
+}
+
 /// Options of `replayer store`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {

@@ -3,9 +3,11 @@
 use clap::{Parser, Subcommand};
 use tick_core::ops::ProcessArgs;
 
-/// tickflow replayer: plays history back. `store` replays ticks stored in PostgreSQL (or an
-/// embedded SQLite file) into a Kafka topic, flagged as replays, in event-time order with the
-/// original spacing scaled by --speed: backtests through the live pipeline.
+/// tickflow replayer: plays history back. `kafka` reads a time or offset range of a topic back
+/// into PostgreSQL (idempotently: disaster recovery) or another topic. `store` replays ticks
+/// stored in PostgreSQL (or an embedded SQLite file) into a Kafka topic, flagged as replays, in
+/// event-time order with the original spacing scaled by --speed: backtests through the live
+/// pipeline.
 #[derive(Debug, Parser)]
 #[command(name = "replayer", version)]
 struct Args {
@@ -19,6 +21,8 @@ struct Args {
 enum Command {
     /// Replays stored ticks into a topic.
     Store(replayer::StoreArgs),
+    /// Reads a range of a Kafka topic back into PostgreSQL or another topic (disaster recovery).
+    Kafka(replayer::KafkaReplayArgs),
 }
 
 #[tokio::main]
@@ -27,6 +31,9 @@ async fn main() -> anyhow::Result<()> {
     let p = args.process.start("replayer", 9105)?;
     let result = match args.command {
         Command::Store(a) => replayer::run_store(a, p.shutdown.clone(), p.health.clone()).await,
+        Command::Kafka(a) => replayer::run_kafka(a, p.shutdown.clone(), p.health.clone())
+            .await
+            .map(|_| ()),
     };
     p.finish(result).await
 }

@@ -339,3 +339,173 @@ impl Consumer for KafkaConsumer {
         }
     }
 }
+
+/// Where a replayed range of a topic starts or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// A time, in ms since the epoch (Kafka message timestamps).
+    TimeMs(i64),
+    /// An offset, the same in every partition.
+    Offset(i64),
+}
+
+impl std::str::FromStr for Bound {
+    type Err = String;
+
+    /// Parses an offset (`12345`) or an RFC 3339 time.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(o) = s.parse::<i64>() {
+            return Ok(Bound::Offset(o));
+        }
+        let t = humantime::parse_rfc3339_weak(s)
+            .map_err(|e| format!("{s:?} is neither an offset nor an RFC 3339 time: {e}"))?;
+        let ms = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| format!("{s:?} is before 1970"))?
+            .as_millis();
+        Ok(Bound::TimeMs(ms as i64))
+    }
+}
+
+/// Reads a fixed range of a topic, every partition from `from` up to (not including) `to`,
+/// then ends. It joins no consumer group and commits nothing: a replay never moves the
+/// position of the live consumers.
+pub struct RangeConsumer {
+    inner: StreamConsumer,
+    topic: Arc<str>,
+    ends: std::collections::HashMap<i32, i64>,
+    shutdown: CancellationToken,
+}
+
+impl KafkaArgs {
+    /// Returns a consumer of `topic` over `[from, to)`.
+    pub async fn range_consumer(
+        &self,
+        topic: &str,
+        from: Bound,
+        to: Bound,
+        shutdown: CancellationToken,
+    ) -> Result<RangeConsumer, BusError> {
+        let group = format!("replayer-{}-{}", std::process::id(), crate::clock::now_ns());
+        let consumer: StreamConsumer = self
+            .config(&[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+            ])?
+            .create()
+            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?;
+        let topic_s = topic.to_string();
+        let (consumer, ends) = tokio::task::spawn_blocking(move || {
+            let err = |e: KafkaError| BusError::Broker(e.to_string());
+            let t = Duration::from_secs(30);
+            let md = consumer.fetch_metadata(Some(&topic_s), t).map_err(err)?;
+            let parts: Vec<i32> = md
+                .topics()
+                .iter()
+                .flat_map(|m| m.partitions().iter().map(|p| p.id()))
+                .collect();
+            let resolve =
+                |b: Bound, what: &str| -> Result<std::collections::HashMap<i32, i64>, BusError> {
+                    let mut out = std::collections::HashMap::new();
+                    match b {
+                        Bound::Offset(o) => {
+                            for p in &parts {
+                                out.insert(*p, o);
+                            }
+                        }
+                        Bound::TimeMs(ms) => {
+                            let mut tpl = rdkafka::TopicPartitionList::new();
+                            for p in &parts {
+                                tpl.add_partition_offset(&topic_s, *p, rdkafka::Offset::Offset(ms))
+                                    .map_err(err)?;
+                            }
+                            for e in consumer.offsets_for_times(tpl, t).map_err(err)?.elements() {
+                                let (_, high) = consumer
+                                    .fetch_watermarks(&topic_s, e.partition(), t)
+                                    .map_err(err)?;
+                                // No message at or after the time: the range ends at the end.
+                                let o = match e.offset() {
+                                    rdkafka::Offset::Offset(o) => o,
+                                    _ => high,
+                                };
+                                out.insert(e.partition(), o);
+                            }
+                        }
+                    }
+                    tracing::debug!(what, ?out, "resolved replay bound");
+                    Ok(out)
+                };
+            let starts = resolve(from, "from")?;
+            let mut ends = resolve(to, "to")?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in &parts {
+                let (low, high) = consumer.fetch_watermarks(&topic_s, *p, t).map_err(err)?;
+                let start = starts[p].clamp(low, high);
+                let end = ends[p].clamp(low, high);
+                if start < end {
+                    tpl.add_partition_offset(&topic_s, *p, rdkafka::Offset::Offset(start))
+                        .map_err(err)?;
+                    ends.insert(*p, end);
+                } else {
+                    ends.remove(p);
+                }
+            }
+            consumer.assign(&tpl).map_err(err)?;
+            Ok::<_, BusError>((consumer, ends))
+        })
+        .await
+        .map_err(|e| BusError::Broker(e.to_string()))??;
+        Ok(RangeConsumer {
+            inner: consumer,
+            topic: Arc::from(topic),
+            ends,
+            shutdown,
+        })
+    }
+}
+
+#[async_trait]
+impl Consumer for RangeConsumer {
+    async fn recv(&mut self) -> Result<Option<Delivery>, BusError> {
+        while !self.ends.is_empty() {
+            let m = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(None),
+                m = self.inner.recv() => m,
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    continue;
+                }
+            };
+            let Some(end) = self.ends.get(&m.partition()).copied() else {
+                continue;
+            };
+            if m.offset() + 1 >= end {
+                self.ends.remove(&m.partition());
+            }
+            if m.offset() >= end {
+                continue;
+            }
+            return Ok(Some(Delivery {
+                topic: self.topic.clone(),
+                id: DeliveryId {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                },
+                key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            }));
+        }
+        Ok(None)
+    }
+
+    fn ack(&mut self, _id: DeliveryId) -> Result<(), BusError> {
+        // A replay commits nothing: re-running it is harmless (storage is idempotent).
+        Ok(())
+    }
+}
