@@ -55,6 +55,12 @@ pub async fn check_store(store: &dyn TickStore) {
     let from = a[0].ts_event_ns;
     let to = a[9].ts_event_ns + 1;
     let all = store.ticks_between(&[], from, to, None, 100).await.unwrap();
+    let mut keys = store.keys_between(from, to).await.unwrap();
+    keys.sort();
+    let mut want: Vec<String> = all.iter().map(|t| t.key.clone()).collect();
+    want.sort();
+    assert_eq!(keys, want, "keys_between agrees with ticks_between");
+    assert!(store.keys_between(to, to + 1).await.unwrap().is_empty());
     assert_eq!(all.len(), 15);
     assert!(
         all.windows(2)

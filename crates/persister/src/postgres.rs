@@ -251,6 +251,18 @@ impl TickStore for PgStore {
         Ok(n as u64)
     }
 
+    async fn keys_between(&self, from_ns: i64, to_ns: i64) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT idempotency_key FROM ticks WHERE ts_event_ns >= $1 AND ts_event_ns < $2",
+                &[&from_ns, &to_ns],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn ticks_between(
         &self,
         symbols: &[String],

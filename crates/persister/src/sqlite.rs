@@ -198,6 +198,19 @@ impl TickStore for SqliteStore {
         .await
     }
 
+    async fn keys_between(&self, from_ns: i64, to_ns: i64) -> Result<Vec<String>, StoreError> {
+        self.with_conn(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT idempotency_key FROM ticks WHERE ts_event_ns >= ?1 AND ts_event_ns < ?2")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![from_ns, to_ns], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
     async fn ticks_between(
         &self,
         symbols: &[String],

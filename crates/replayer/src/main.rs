@@ -23,6 +23,9 @@ enum Command {
     Store(replayer::StoreArgs),
     /// Reads a range of a Kafka topic back into PostgreSQL or another topic (disaster recovery).
     Kafka(replayer::KafkaReplayArgs),
+    /// Compares the idempotency keys of an event-time range in Kafka and in PostgreSQL; exits
+    /// with status 1 when they differ.
+    Audit(replayer::AuditArgs),
 }
 
 #[tokio::main]
@@ -34,6 +37,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Kafka(a) => replayer::run_kafka(a, p.shutdown.clone(), p.health.clone())
             .await
             .map(|_| ()),
+        Command::Audit(a) => {
+            match replayer::run_audit(a, p.shutdown.clone(), p.health.clone()).await {
+                Ok(r) if r.missing.is_empty() && r.extra.is_empty() => Ok(()),
+                Ok(r) => Err(anyhow::anyhow!(
+                    "audit found {} missing and {} extra keys",
+                    r.missing.len(),
+                    r.extra.len()
+                )),
+                Err(e) => Err(e),
+            }
+        }
     };
     p.finish(result).await
 }

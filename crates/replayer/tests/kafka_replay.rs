@@ -14,6 +14,12 @@ struct Cli {
     a: replayer::KafkaReplayArgs,
 }
 
+#[derive(Parser)]
+struct AuditCli {
+    #[command(flatten)]
+    a: replayer::AuditArgs,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_a_range_restores_exactly_the_missing_rows() {
     let (Some(brokers), Some(base_url)) = (
@@ -132,12 +138,46 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
         .await
         .unwrap();
     assert_eq!(deleted, 100);
-    let second = replayer::run_kafka(args(), CancellationToken::new(), health)
+    let audit = || {
+        AuditCli::parse_from([
+            "replayer",
+            "--from",
+            &rfc(from),
+            "--to",
+            &rfc(to),
+            "--margin",
+            "10s",
+            "--database-url",
+            &url,
+            "--kafka-brokers",
+            &brokers,
+        ])
+        .a
+    };
+    let before = replayer::run_audit(audit(), CancellationToken::new(), health.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (before.missing.len(), before.extra.len()),
+        (100, 0),
+        "the audit sees the loss"
+    );
+    assert_ne!(before.kafka_checksum, before.storage_checksum);
+    let second = replayer::run_kafka(args(), CancellationToken::new(), health.clone())
         .await
         .unwrap();
     assert_eq!(second.written, 100, "{second:?}");
     assert_eq!(second.already_stored, second.read - 100);
     assert_eq!(ours(c).await, 300);
+    let after = replayer::run_audit(audit(), CancellationToken::new(), health)
+        .await
+        .unwrap();
+    assert!(
+        after.missing.is_empty() && after.extra.is_empty(),
+        "{after:?}"
+    );
+    assert_eq!(after.kafka_checksum, after.storage_checksum);
+    assert!(after.in_kafka >= 300);
     admin
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .await

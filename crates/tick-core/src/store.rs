@@ -55,6 +55,10 @@ pub trait TickStore: Send + Sync {
     /// Returns the number of stored ticks.
     async fn count_ticks(&self) -> Result<u64, StoreError>;
 
+    /// Returns the idempotency keys of the ticks with event time in `[from_ns, to_ns)`, in
+    /// no particular order (for audits).
+    async fn keys_between(&self, from_ns: i64, to_ns: i64) -> Result<Vec<String>, StoreError>;
+
     /// Returns stored ticks of `symbols` (all when empty) with event time in `[from_ns, to_ns)`,
     /// ordered by event time then key, at most `limit` of them, starting after `after`
     /// (event time, key) when given: pages for replays.
