@@ -122,7 +122,22 @@ async fn the_ea_protocol_delivers_every_tick_once_across_a_dropped_connection() 
     .c;
     let ingest_health = tick_core::ops::Health::new();
     let ingest_task = tokio::spawn(ingest::run(i, stop.clone(), ingest_health.clone()));
+    let ready_by = Instant::now() + Duration::from_secs(60);
     while !(router_health.is_ready() && ingest_health.is_ready()) {
+        assert!(
+            !router_task.is_finished(),
+            "router stopped: {:?}",
+            router_task.await
+        );
+        assert!(
+            !ingest_task.is_finished(),
+            "ingest stopped: {:?}",
+            ingest_task.await
+        );
+        assert!(
+            Instant::now() < ready_by,
+            "router and ingest not ready within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let since = Instant::now();

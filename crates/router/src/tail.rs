@@ -39,34 +39,48 @@ pub async fn follow_clean(
         .context("failed to create the clean-tail consumer")?;
     let consumer = Arc::new(consumer);
     let since_ms = (tick_core::clock::now_ns() / 1_000_000) - window.as_millis() as i64;
-    let c = consumer.clone();
-    let ends: HashMap<i32, i64> =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<i32, i64>> {
-            let md = c.fetch_metadata(Some(topics::CLEAN), Duration::from_secs(30))?;
-            let partitions: Vec<i32> = md
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            let mut tpl = TopicPartitionList::new();
-            for p in &partitions {
-                tpl.add_partition_offset(topics::CLEAN, *p, Offset::Offset(since_ms))?;
-            }
-            let starts = c.offsets_for_times(tpl, Duration::from_secs(30))?;
-            let mut ends = HashMap::new();
-            for e in starts.elements() {
-                let (_, high) =
-                    c.fetch_watermarks(topics::CLEAN, e.partition(), Duration::from_secs(30))?;
-                if let Offset::Offset(o) = e.offset()
-                    && o < high
-                {
-                    ends.insert(e.partition(), high);
+    // Right after the topic was created (a fresh cluster) its partitions may have no leader
+    // yet: retry the positioning for a while instead of failing the router.
+    let mut attempt = 0;
+    let ends: HashMap<i32, i64> = loop {
+        let c = consumer.clone();
+        let positioned =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<i32, i64>> {
+                let md = c.fetch_metadata(Some(topics::CLEAN), Duration::from_secs(30))?;
+                let partitions: Vec<i32> = md
+                    .topics()
+                    .iter()
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                let mut tpl = TopicPartitionList::new();
+                for p in &partitions {
+                    tpl.add_partition_offset(topics::CLEAN, *p, Offset::Offset(since_ms))?;
                 }
+                let starts = c.offsets_for_times(tpl, Duration::from_secs(30))?;
+                let mut ends = HashMap::new();
+                for e in starts.elements() {
+                    let (_, high) =
+                        c.fetch_watermarks(topics::CLEAN, e.partition(), Duration::from_secs(30))?;
+                    if let Offset::Offset(o) = e.offset()
+                        && o < high
+                    {
+                        ends.insert(e.partition(), high);
+                    }
+                }
+                c.assign(&starts)?;
+                Ok(ends)
+            })
+            .await?;
+        match positioned {
+            Ok(ends) => break ends,
+            Err(e) if attempt < 30 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "cannot position on ticks.clean yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            c.assign(&starts)?;
-            Ok(ends)
-        })
-        .await??;
+            Err(e) => return Err(e.context("failed to position on ticks.clean")),
+        }
+    };
 
     let mut initial = Vec::new();
     let mut pending = ends;

@@ -132,7 +132,10 @@ async fn fails_over_to_the_backup_source_and_back() {
     };
     let health = tick_core::ops::Health::new();
     let task = tokio::spawn(router::run(args, shutdown.clone(), health.clone()));
+    let ready_by = Instant::now() + Duration::from_secs(60);
     while !health.is_ready() {
+        assert!(!task.is_finished(), "router stopped: {:?}", task.await);
+        assert!(Instant::now() < ready_by, "router not ready within 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
