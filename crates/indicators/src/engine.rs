@@ -67,7 +67,6 @@ struct SymbolState {
     bars: Vec<BarBuilder>,
     last_bars: Vec<Option<pb::Bar>>,
     last_tick: Option<Tick>,
-    last_update: Option<pb::IndicatorUpdate>,
     dirty: bool,
 }
 
@@ -127,7 +126,6 @@ impl Engine {
                     .collect(),
                 last_bars: vec![None; self.cfg.timeframes.len()],
                 last_tick: None,
-                last_update: None,
                 dirty: false,
             };
             self.symbols.insert(symbol.to_string(), st);
@@ -194,7 +192,6 @@ impl Engine {
             price: mid,
             values,
         };
-        st.last_update = Some(update.clone());
         st.last_tick = Some(tick);
         st.dirty = true;
         out.update = Some(update);
@@ -224,7 +221,25 @@ impl Engine {
         Some(pb::Snapshot {
             symbol: symbol.to_string(),
             last_tick: st.last_tick.as_ref().map(pb::Tick::from),
-            latest: st.last_update.clone(),
+            // Derived from the last tick and the indicators' current values, so the hot path
+            // never keeps a copy of every update.
+            latest: st.last_tick.as_ref().map(|t| pb::IndicatorUpdate {
+                symbol: t.symbol.clone(),
+                timeframe: "tick".into(),
+                ts_event_ns: t.ts_event_ns,
+                ts_recv_ns: t.ts_recv_ns,
+                price: t.mid_f64(),
+                values: self
+                    .names
+                    .iter()
+                    .zip(&st.prev)
+                    .map(|(name, v)| pb::IndicatorValue {
+                        name: name.clone(),
+                        value: v.unwrap_or(0.0),
+                        warm: v.is_some(),
+                    })
+                    .collect(),
+            }),
             bars: st.last_bars.iter().flatten().cloned().collect(),
         })
     }

@@ -29,6 +29,29 @@ fn tick(i: i64, symbol: &str) -> Tick {
     }
 }
 
+/// Creates an empty database named `name` next to the one `base_url` names (dropping an old
+/// one of that name) and returns its URL: integration tests run in databases of their own.
+pub async fn fresh_database(base_url: &str, name: &str) -> String {
+    let (admin, conn) = tokio_postgres::connect(base_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to DATABASE_URL");
+    tokio::spawn(conn);
+    // Two statements: CREATE DATABASE may not share an (implicit) transaction.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .expect("create the test database");
+    }
+    let (base, _) = base_url
+        .rsplit_once('/')
+        .expect("DATABASE_URL names a database");
+    format!("{base}/{name}")
+}
+
 /// Runs every check against an empty, migrated store; panics with a message on failure.
 pub async fn check_store(store: &dyn TickStore) {
     store.migrate().await.expect("migrate twice is harmless");

@@ -10,20 +10,9 @@ async fn postgres_store_conforms() {
         return;
     };
     let db = format!("tickflow_test_{}", std::process::id());
+    let test_url = persister::conformance::fresh_database(&url, &db).await;
     let (admin, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let test_url = match url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{db}"),
-        None => panic!("DATABASE_URL has no database name: {url}"),
-    };
     {
         let store = PgStore::connect(&test_url, 2).unwrap();
         persister::conformance::check_store(&store).await;

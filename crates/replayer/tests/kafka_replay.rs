@@ -29,17 +29,9 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
         return;
     };
     let db = format!("tickflow_replay_{}", std::process::id());
+    let url = persister::conformance::fresh_database(&base_url, &db).await;
     let (admin, conn) = tokio_postgres::connect(&base_url, NoTls).await.unwrap();
     tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let url = format!("{}/{db}", base_url.rsplit_once('/').unwrap().0);
 
     let kafka = tick_core::kafka::KafkaArgs {
         brokers: brokers.clone(),
