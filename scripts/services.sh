@@ -390,6 +390,20 @@ cmd_kafka_start() {
   timed "kafka: start" start_kafka
 }
 
+# Stops our PostgreSQL but keeps its data (failure tests); `pg-start` brings it back.
+cmd_pg_stop() {
+  pg_external && die "postgres is external ($DATABASE_URL); not stopping it"
+  pg_running || { log "postgres: not running"; return; }
+  as_pg "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -m fast -w stop </dev/null >/dev/null 2>&1 || die "postgres did not stop"
+  log "postgres: stopped"
+}
+cmd_pg_start() {
+  pg_external && die "postgres is external ($DATABASE_URL); not starting it"
+  pg_running && { log "postgres: already running"; return; }
+  [[ -f $PG_DIR/data/PG_VERSION ]] || die "no postgres state in $PG_DIR: run up first"
+  timed "postgres: start" start_pg
+}
+
 cmd_down() {
   stop_kafka
   if pg_running; then
@@ -451,5 +465,7 @@ case ${1:-} in
   kafka-run) shift; cmd_kafka_run "$@" ;;
   kafka-stop) cmd_kafka_stop ;;
   kafka-start) cmd_kafka_start ;;
-  *) echo "usage: $0 up|down|status|env|kafka-stop|kafka-start|kafka-run <class> [args...]" >&2; exit 2 ;;
+  pg-stop) cmd_pg_stop ;;
+  pg-start) cmd_pg_start ;;
+  *) echo "usage: $0 up|down|status|env|kafka-stop|kafka-start|pg-stop|pg-start|kafka-run <class> [args...]" >&2; exit 2 ;;
 esac

@@ -1,10 +1,13 @@
 """End to end in distributed mode: the real binaries as child processes against a real Apache
 Kafka, PostgreSQL and Redis. Every tick lands in PostgreSQL exactly once even though the
-persister is killed with SIGKILL mid-run; a gRPC subscriber gets updates for every symbol; the
-Kafka topics hold protobuf payloads that the standard client (confluent-kafka) reads and the
-Python protobuf runtime decodes with the files in proto/."""
+persister is killed with SIGKILL at five random moments, or PostgreSQL is stopped for 20 s
+mid-run; a gRPC subscriber gets updates for every symbol; the Kafka topics hold protobuf
+payloads that the standard client (confluent-kafka) reads and the Python protobuf runtime
+decodes with the files in proto/."""
 
+import hashlib
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -13,9 +16,10 @@ import urllib.request
 
 import grpc
 import pytest
-from conftest import free_port, read_topic_keys
+from conftest import ROOT, free_port, read_topic_keys
 
-TICKS = 6000
+TICKS = 12000
+BREAKER_TICKS = 'tickflow_persister_breaker_state{stream="ticks"}'
 RATE = 1000
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCAD", "USDCHF", "NZDUSD", "EURGBP",
            "EURJPY", "XAUUSD"]
@@ -74,40 +78,96 @@ def database():
     psql(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def test_distributed_pipeline_stores_every_tick_once_across_a_persister_kill(bins, pb, database, tmp_path):
-    brokers = service("KAFKA_BROKERS")
-    redis_url = service("REDIS_URL")
-    env = dict(os.environ, TICKFLOW_KAFKA_BROKERS=brokers, TICKFLOW_DATABASE_URL=database,
-               TICKFLOW_REDIS_URL=redis_url, RUST_LOG="info")
-    ports = {c: free_port() for c in ["ingest", "router", "indicators", "persister", "grpc"]}
-    logs = {}
+class Pipeline:
+    """The four binaries as child processes, each with its metrics port and log file."""
 
-    def start(name, *args):
-        log = open(tmp_path / f"{name}.log", "a")
-        logs[name] = tmp_path / f"{name}.log"
-        return subprocess.Popen(
-            [bins(name), "--metrics-addr", f"127.0.0.1:{ports[name]}", *args],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+    def __init__(self, bins, database, tmp_path):
+        self.brokers = service("KAFKA_BROKERS")
+        self.redis_url = service("REDIS_URL")
+        self.database = database
+        self.bins = bins
+        self.tmp_path = tmp_path
+        self.env = dict(os.environ, TICKFLOW_KAFKA_BROKERS=self.brokers,
+                        TICKFLOW_DATABASE_URL=database, TICKFLOW_REDIS_URL=self.redis_url,
+                        RUST_LOG="info")
+        self.ports = {c: free_port() for c in ["ingest", "router", "indicators", "persister", "grpc"]}
+        self.procs = {}
+        self.logs = {}
+        self.t_start_ms = int(time.time() * 1000)
 
-    t_start_ms = int(time.time() * 1000)
-    procs = {}
-    try:
-        procs["router"] = start("router")
-        procs["indicators"] = start("indicators", "--grpc-addr", f"127.0.0.1:{ports['grpc']}")
-        procs["persister"] = start("persister")
+    def start(self, name, *args):
+        log = open(self.tmp_path / f"{name}.log", "a")
+        self.logs[name] = self.tmp_path / f"{name}.log"
+        self.procs[name] = subprocess.Popen(
+            [self.bins(name), "--metrics-addr", f"127.0.0.1:{self.ports[name]}", *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self.procs[name]
+
+    def wait_ready(self, name):
+        wait_ready(self.ports[name], self.procs[name])
+
+    def kill_persister(self):
+        self.procs["persister"].send_signal(signal.SIGKILL)
+        self.procs["persister"].wait()
+
+    def metrics(self, name):
+        return http_get(self.ports[name], "/metrics")[1]
+
+    def this_run(self):
+        return f"ts_recv_ns >= {self.t_start_ms * 1_000_000}"
+
+    def wait_stored(self, n, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if int(psql(self.database, f"SELECT count(*) FROM ticks WHERE {self.this_run()}")) >= n:
+                break
+            time.sleep(0.5)
+        time.sleep(2)  # anything late would show up as an excess
+
+    def check_exactly_once(self, pb):
+        """The ticks of this run on ticks.clean (read by confluent-kafka) are in PostgreSQL, each
+        once: same count, same checksum of the idempotency keys, no duplicate in the table."""
+        sent = read_topic_keys(self.brokers, "ticks.clean", self.t_start_ms, pb)
+        assert len(sent) == TICKS and len(set(sent)) == TICKS, (len(sent), len(set(sent)))
+        stored = psql(self.database,
+                      f"SELECT idempotency_key FROM ticks WHERE {self.this_run()}").splitlines()
+        duplicates = int(psql(self.database,
+                              "SELECT count(*) - count(DISTINCT idempotency_key) FROM ticks"))
+        digest = lambda keys: hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+        assert (len(stored), duplicates) == (TICKS, 0)
+        assert digest(stored) == digest(sent), "the stored keys are exactly the keys sent"
+
+    def stop(self):
         for name in ["router", "indicators", "persister"]:
-            wait_ready(ports[name], procs[name])
+            self.procs[name].send_signal(signal.SIGTERM)
+        for name in ["router", "indicators", "persister"]:
+            assert self.procs[name].wait(timeout=30) == 0, self.logs[name].read_text()[-3000:]
+
+    def cleanup(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+
+
+def test_distributed_pipeline_stores_every_tick_once_across_five_persister_kills(bins, pb, database, tmp_path):
+    pipe = Pipeline(bins, database, tmp_path)
+    try:
+        pipe.start("router")
+        pipe.start("indicators", "--grpc-addr", f"127.0.0.1:{pipe.ports['grpc']}")
+        pipe.start("persister")
+        for name in ["router", "indicators", "persister"]:
+            pipe.wait_ready(name)
 
         seen = {}
 
         def subscribe():
-            with grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}") as ch:
+            with grpc.insecure_channel(f"127.0.0.1:{pipe.ports['grpc']}") as ch:
                 stub = pb.signal_service_pb2_grpc.SignalServiceStub(ch)
                 req = pb.signal_service_pb2.SubscribeRequest(
                     kinds=[pb.signal_service_pb2.EVENT_KIND_UPDATE])
                 try:
                     for ev in stub.Subscribe(req):
-                        if ev.update.ts_recv_ns >= t_start_ms * 1_000_000:
+                        if ev.update.ts_recv_ns >= pipe.t_start_ms * 1_000_000:
                             seen[ev.update.symbol] = seen.get(ev.update.symbol, 0) + 1
                 except grpc.RpcError:
                     pass
@@ -116,62 +176,87 @@ def test_distributed_pipeline_stores_every_tick_once_across_a_persister_kill(bin
         sub.start()
         time.sleep(0.5)
 
-        procs["ingest"] = start("ingest", "--max-ticks", str(TICKS), "--rate", str(RATE))
-        time.sleep(2.5)
-        # Crash the persister mid-stream, then bring it back: it resumes from committed offsets.
-        procs["persister"].send_signal(signal.SIGKILL)
-        procs["persister"].wait()
-        time.sleep(1.0)
-        procs["persister"] = start("persister")
-        wait_ready(ports["persister"], procs["persister"])
-        assert procs["ingest"].wait(timeout=60) == 0
+        pipe.start("ingest", "--max-ticks", str(TICKS), "--rate", str(RATE))
+        # Crash the persister at five random moments of the run (a seed is printed to replay a
+        # failure); each time it comes back and resumes from the committed offsets.
+        seed = int(os.environ.get("TICKFLOW_KILL_SEED", time.time_ns()))
+        print(f"kill seed {seed}")
+        rng = random.Random(seed)
+        for _ in range(5):
+            time.sleep(rng.uniform(0.2, 2.0))
+            pipe.kill_persister()
+            pipe.start("persister")
+            pipe.wait_ready("persister")
+        assert pipe.procs["ingest"].wait(timeout=60) == 0
 
-        # The topics may hold ticks of earlier tests (the persister group reads them too): count
-        # this run's ticks by receipt time, and duplicates over the whole table.
-        this_run = f"ts_recv_ns >= {t_start_ms * 1_000_000}"
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if int(psql(database, f"SELECT count(*) FROM ticks WHERE {this_run}")) >= TICKS:
-                break
-            time.sleep(0.5)
-        time.sleep(2)  # anything late would show up as an excess
-        ours, ours_distinct, duplicates = psql(
-            database,
-            f"SELECT count(*) FILTER (WHERE {this_run}), "
-            f"count(DISTINCT idempotency_key) FILTER (WHERE {this_run}), "
-            "count(*) - count(DISTINCT idempotency_key) FROM ticks").split("|")
-        assert (int(ours), int(ours_distinct), int(duplicates)) == (TICKS, TICKS, 0)
+        pipe.wait_stored(TICKS)
+        pipe.check_exactly_once(pb)
 
         # Every symbol reached the bot.
         assert set(seen) == set(SYMBOLS), seen
 
         # Each component's counters moved.
-        _, router_metrics = http_get(ports["router"], "/metrics")
-        assert metric(router_metrics, 'tickflow_router_ticks_total{outcome="clean"}') >= TICKS
-        _, ind_metrics = http_get(ports["indicators"], "/metrics")
+        assert metric(pipe.metrics("router"), 'tickflow_router_ticks_total{outcome="clean"}') >= TICKS
+        ind_metrics = pipe.metrics("indicators")
         assert metric(ind_metrics, "tickflow_indicators_ticks_total") >= TICKS
         assert "tickflow_indicators_tick_to_update_seconds_bucket" in ind_metrics
-        _, pers_metrics = http_get(ports["persister"], "/metrics")
-        assert metric(pers_metrics, "tickflow_persister_rows_stored_total") > 0
+        assert metric(pipe.metrics("persister"), "tickflow_persister_rows_stored_total") > 0
 
         # Redis holds a decodable snapshot per symbol.
         import redis
-        r = redis.Redis.from_url(redis_url)
+        r = redis.Redis.from_url(pipe.redis_url)
         snap = pb.signal_service_pb2.Snapshot.FromString(r.get("tickflow:snapshot:EURUSD"))
         assert snap.symbol == "EURUSD" and snap.last_tick.bid > 0
 
         # SIGTERM drains and exits cleanly.
-        for name in ["router", "indicators", "persister"]:
-            procs[name].send_signal(signal.SIGTERM)
-        for name in ["router", "indicators", "persister"]:
-            assert procs[name].wait(timeout=30) == 0, logs[name].read_text()[-3000:]
+        pipe.stop()
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
+        pipe.cleanup()
 
-    # The topics, read by the standard client and decoded from proto/ by Python protobuf.
-    for topic in ["ticks.raw", "ticks.clean"]:
-        keys = read_topic_keys(brokers, topic, t_start_ms, pb)
-        assert len(keys) == TICKS, (topic, len(keys))
-        assert len(set(keys)) == TICKS, topic
+    # ticks.raw too, read by the standard client and decoded from proto/ by Python protobuf.
+    keys = read_topic_keys(pipe.brokers, "ticks.raw", pipe.t_start_ms, pb)
+    assert len(keys) == TICKS and len(set(keys)) == TICKS
+
+
+def test_postgres_outage_of_20s_loses_and_duplicates_nothing(bins, pb, database, tmp_path):
+    if service("DATABASE_URL") != "postgres://postgres@127.0.0.1:15432/tickflow":
+        pytest.skip("PostgreSQL is not the one scripts/services.sh runs: not ours to stop")
+    services = [str(ROOT / "scripts/services.sh")]
+    pipe = Pipeline(bins, database, tmp_path)
+    try:
+        pipe.start("router")
+        pipe.start("indicators", "--grpc-addr", f"127.0.0.1:{pipe.ports['grpc']}")
+        pipe.start("persister", "--breaker-failures", "3", "--breaker-max-delay", "4s")
+        for name in ["router", "indicators", "persister"]:
+            pipe.wait_ready(name)
+        pipe.start("ingest", "--max-ticks", str(TICKS), "--rate", str(RATE))
+        time.sleep(3)
+        subprocess.run(services + ["pg-stop"], check=True)
+        outage_start = time.time()
+        # The breaker opens: the persister stops reading (lag grows) and says so.
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if metric(pipe.metrics("persister"), BREAKER_TICKS) == 2:
+                break
+            time.sleep(0.2)
+        assert metric(pipe.metrics("persister"), BREAKER_TICKS) == 2, \
+            pipe.logs["persister"].read_text()[-3000:]
+        time.sleep(max(0.0, 20 - (time.time() - outage_start)))
+        subprocess.run(services + ["pg-start"], check=True)
+
+        assert pipe.procs["ingest"].wait(timeout=60) == 0
+        pipe.wait_stored(TICKS)
+        pipe.check_exactly_once(pb)
+
+        # It closed again, and said so in the log and the metrics.
+        m = pipe.metrics("persister")
+        assert metric(m, BREAKER_TICKS) == 0
+        assert metric(m, "tickflow_persister_breaker_opened_total") >= 1
+        assert "tickflow_persister_commit_seconds_bucket" in m
+        log = pipe.logs["persister"].read_text()
+        assert "circuit breaker open" in log and "circuit breaker closed" in log, log[-3000:]
+        assert pipe.procs["persister"].poll() is None, "the persister rode the outage out"
+        pipe.stop()
+    finally:
+        subprocess.run(services + ["pg-start"], check=False)
+        pipe.cleanup()

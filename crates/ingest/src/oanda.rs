@@ -10,7 +10,6 @@
 use crate::source::{Rejected, SourceError, TickSource};
 use async_trait::async_trait;
 use futures::StreamExt;
-use rand::Rng;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -150,7 +149,7 @@ async fn run(client: reqwest::Client, cfg: OandaConfig, tx: mpsc::Sender<Event>)
         cfg.instruments.join(",")
     );
     let mut last_ts: HashMap<String, i64> = HashMap::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = tick_core::backoff::Backoff::new(Duration::from_millis(100), cfg.max_backoff);
     loop {
         let outcome = stream_once(&client, &url, &cfg, &tx, &mut last_ts).await;
         if tx.is_closed() {
@@ -161,13 +160,13 @@ async fn run(client: reqwest::Client, cfg: OandaConfig, tx: mpsc::Sender<Event>)
             // The stream was up: start the backoff again from the bottom.
             Ok(reason) => {
                 tracing::warn!(%reason, "oanda stream ended; reconnecting");
-                backoff = Duration::from_millis(100);
+                backoff.reset();
             }
-            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "oanda stream failed"),
+            Err(e) => tracing::warn!(error = %e, "oanda stream failed"),
         }
-        let jitter = rand::rng().random_range(0.5..1.5);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(cfg.max_backoff);
+        let delay = backoff.next_delay();
+        tracing::debug!(retry_in = ?delay, "oanda reconnect backoff");
+        tokio::time::sleep(delay).await;
     }
 }
 

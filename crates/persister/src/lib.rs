@@ -2,17 +2,20 @@
 //! flushed by size or time; a message is acknowledged only after the batch holding it is
 //! committed. It also stores `ticks.dlq` records so no reject is lost.
 
+pub mod breaker;
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
 use anyhow::Context;
+use breaker::{Breaker, BreakerArgs, BreakerState};
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tick_core::bus::{Consumer, DeliveryId, topics};
+use tick_core::backoff::Backoff;
+use tick_core::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, topics};
 use tick_core::kafka::KafkaArgs;
 use tick_core::ops::Health;
 use tick_core::shutdown::CancellationToken;
@@ -71,6 +74,9 @@ pub struct PersisterArgs {
     /// Batching.
     #[command(flatten)]
     pub batch: BatchArgs,
+    /// Circuit breaker.
+    #[command(flatten)]
+    pub breaker: BreakerArgs,
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -85,14 +91,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = postgres::PgStore::connect(&cfg.database_url, cfg.pool_size)?;
     // Wait for the database at start as the breaker would later: data waits in Kafka.
-    with_retry(
-        "database migration",
-        &shutdown,
-        &PersisterStats::default(),
-        || store.migrate(),
-    )
-    .await
-    .context("failed to migrate the database")?;
+    with_retry("database migration", &shutdown, || store.migrate())
+        .await
+        .context("failed to migrate the database")?;
     let store: Arc<dyn TickStore> = Arc::new(store);
     if cfg.kafka.create_topics {
         cfg.kafka
@@ -120,15 +121,26 @@ pub async fn run(
         a.cancel();
     });
     // If one branch fails the process must fail (and be restarted), not limp on half-working.
+    // Rows the database refuses go to ticks.dlq like every other reject.
+    let dead_letters = DeadLetters::Topic(Arc::new(cfg.kafka.producer(false)?));
     tokio::try_join!(
         run_persister(
             Box::new(clean),
             store.clone(),
             batch,
+            cfg.breaker,
+            dead_letters,
             stats.clone(),
             abort.clone()
         ),
-        run_dead_letters(Box::new(dlq), store, batch, stats.clone(), abort),
+        run_dead_letters(
+            Box::new(dlq),
+            store,
+            batch,
+            cfg.breaker,
+            stats.clone(),
+            abort
+        ),
     )?;
     Ok(())
 }
@@ -148,8 +160,10 @@ pub struct PersisterStats {
     pub batches: AtomicU64,
     /// Write attempts that failed and were retried.
     pub retries: AtomicU64,
-    /// Dead letters stored.
+    /// Rows refused by the database and payloads that were not ticks, sent to the dead letters.
     pub dead_letters: AtomicU64,
+    /// Records of `ticks.dlq` stored.
+    pub dead_letters_stored: AtomicU64,
 }
 
 struct Batch<T> {
@@ -196,59 +210,203 @@ impl<T> Batch<T> {
     }
 }
 
-/// Retries a store write with exponential backoff while the database is unavailable; gives up
-/// only when `abort` fires (the messages then stay unacknowledged, to be read again).
+/// Retries a store operation while the database is unavailable (at start, before there is any
+/// intake to pause); gives up only when `abort` fires.
 async fn with_retry<T, F, Fut>(
     what: &str,
     abort: &CancellationToken,
-    stats: &PersisterStats,
     mut op: F,
 ) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         match op().await {
             Err(e) if e.is_transient() => {
-                stats.retries.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "{what} failed, retrying");
                 tokio::select! {
                     _ = abort.cancelled() => return Err(e),
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
             other => return other,
         }
     }
 }
 
+/// One consumed stream and the breaker guarding its writes: messages received while the
+/// breaker held intake paused wait in `held` and come first afterwards.
+struct Intake {
+    consumer: Box<dyn Consumer>,
+    breaker: Breaker,
+    held: VecDeque<Delivery>,
+    ended: bool,
+    stream: &'static str,
+}
+
+impl Intake {
+    fn new(consumer: Box<dyn Consumer>, breaker: BreakerArgs, stream: &'static str) -> Self {
+        metrics::gauge!("tickflow_persister_breaker_state", "stream" => stream).set(0.0);
+        Self {
+            consumer,
+            breaker: Breaker::new(breaker),
+            held: VecDeque::new(),
+            ended: false,
+            stream,
+        }
+    }
+
+    /// The next message: held ones first, then the consumer; `None` once the stream ended.
+    async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
+        if let Some(d) = self.held.pop_front() {
+            return Ok(Some(d));
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        self.consumer.recv().await
+    }
+
+    fn breaker_changed(&self) {
+        metrics::gauge!("tickflow_persister_breaker_state", "stream" => self.stream)
+            .set(self.breaker.state().gauge());
+    }
+
+    /// Runs a store write through the breaker: connection failures are retried, and after the
+    /// threshold the consumer is paused and the database probed with backoff until it answers.
+    /// A data error is returned at once; so is the last error when `abort` fires.
+    async fn write<T, F, Fut>(
+        &mut self,
+        what: &str,
+        abort: &CancellationToken,
+        stats: &PersisterStats,
+        mut op: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let stream = self.stream;
+        loop {
+            let started = Instant::now();
+            match op().await {
+                Ok(v) => {
+                    metrics::histogram!("tickflow_persister_commit_seconds", "stream" => stream)
+                        .record(started.elapsed().as_secs_f64());
+                    if let Some(was) = self.breaker.on_success() {
+                        tracing::info!(
+                            stream,
+                            from = was.as_str(),
+                            "circuit breaker closed: the database answers again; resuming intake"
+                        );
+                        self.breaker_changed();
+                        if let Err(e) = self.consumer.resume() {
+                            tracing::warn!(error = %e, stream, "failed to resume the consumer");
+                        }
+                    }
+                    return Ok(v);
+                }
+                Err(e) if e.is_transient() => {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    let probing = self.breaker.state() == BreakerState::HalfOpen;
+                    let (wait, opened) = self.breaker.on_failure();
+                    if probing {
+                        tracing::warn!(error = %e, stream, next_probe_in = ?wait, "circuit breaker probe failed; open again");
+                        self.breaker_changed();
+                    } else if opened {
+                        tracing::error!(error = %e, stream, next_probe_in = ?wait, "circuit breaker open: {what} keeps failing; pausing intake (the data waits in Kafka)");
+                        metrics::counter!("tickflow_persister_breaker_opened_total", "stream" => stream).increment(1);
+                        self.breaker_changed();
+                        if let Err(e) = self.consumer.pause() {
+                            tracing::warn!(error = %e, stream, "failed to pause the consumer");
+                        }
+                    } else {
+                        tracing::warn!(error = %e, stream, retry_in = ?wait, state = self.breaker.state().as_str(), "{what} failed");
+                    }
+                    if self.wait(wait, abort).await {
+                        return Err(e);
+                    }
+                    if self.breaker.before_attempt() {
+                        tracing::info!(stream, "circuit breaker half-open: probing the database");
+                        self.breaker_changed();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits `d` while still polling the consumer (so it stays in its group); returns whether
+    /// `abort` fired.
+    async fn wait(&mut self, d: Duration, abort: &CancellationToken) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            tokio::select! {
+                biased;
+                _ = abort.cancelled() => return true,
+                _ = tokio::time::sleep_until(until) => return false,
+                r = self.consumer.recv(), if !self.ended => match r {
+                    Ok(Some(m)) => self.held.push_back(m),
+                    Ok(None) => self.ended = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, stream = self.stream, "consumer error while waiting for the database");
+                        tokio::select! {
+                            _ = abort.cancelled() => return true,
+                            _ = tokio::time::sleep_until(until) => return false,
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Where the persister sends rows the database refused and payloads that are not ticks.
+#[derive(Clone, Default)]
+pub enum DeadLetters {
+    /// Publish them to `ticks.dlq` (from where the dead-letter stream stores them).
+    Topic(Arc<dyn Producer>),
+    /// Store them directly.
+    #[default]
+    Store,
+}
+
 /// Stores every tick of `consumer` until its stream ends. `abort` stops retries of a failing
 /// database (the unacknowledged messages stay on the bus).
 pub async fn run_persister(
-    mut consumer: Box<dyn Consumer>,
+    consumer: Box<dyn Consumer>,
     store: Arc<dyn TickStore>,
     cfg: BatchConfig,
+    breaker: BreakerArgs,
+    dead_letters: DeadLetters,
     stats: Arc<PersisterStats>,
     abort: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut intake = Intake::new(consumer, breaker, "ticks");
     let mut batch: Batch<Tick> = Batch::new(cfg.max_rows);
     let mut bad: Vec<DeadLetterRecord> = Vec::new();
+    let sink = TickSink {
+        store: store.as_ref(),
+        dead_letters: &dead_letters,
+        stats: &stats,
+        abort: &abort,
+    };
     loop {
         let deadline = batch.deadline(&cfg);
         let flush = tokio::select! {
             biased;
             _ = tokio::time::sleep_until(deadline), if batch.is_pending() => true,
-            next = consumer.recv() => {
+            next = intake.next() => {
                 let Some(d) = next? else { break };
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 match Tick::decode(&d.payload) {
                     Ok(t) => batch.rows.push(t),
                     Err(e) => {
                         stats.malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "payload on {} is not a tick; storing it as a dead letter", d.topic);
+                        tracing::warn!(error = %e, "payload on {} is not a tick; sending it to the dead letters", d.topic);
                         bad.push(DeadLetterRecord {
                             reason: "malformed_payload".into(),
                             detail: e.to_string(),
@@ -264,132 +422,135 @@ pub async fn run_persister(
             }
         };
         if flush {
-            flush_ticks(
-                &mut batch,
-                &mut bad,
-                consumer.as_mut(),
-                store.as_ref(),
-                &stats,
-                &abort,
-            )
-            .await?;
+            sink.flush(&mut batch, &mut bad, &mut intake).await?;
         }
     }
-    flush_ticks(
-        &mut batch,
-        &mut bad,
-        consumer.as_mut(),
-        store.as_ref(),
-        &stats,
-        &abort,
-    )
-    .await?;
-    consumer.commit().await?;
+    sink.flush(&mut batch, &mut bad, &mut intake).await?;
+    intake.consumer.commit().await?;
     Ok(())
 }
 
-async fn flush_ticks(
-    batch: &mut Batch<Tick>,
-    bad: &mut Vec<DeadLetterRecord>,
-    consumer: &mut dyn Consumer,
-    store: &dyn TickStore,
-    stats: &PersisterStats,
-    abort: &CancellationToken,
-) -> anyhow::Result<()> {
-    if !batch.is_pending() {
-        return Ok(());
-    }
-    if !batch.rows.is_empty() {
-        let rows = &batch.rows;
-        let new = match with_retry("tick batch write", abort, stats, || {
-            store.insert_ticks(rows)
-        })
-        .await
-        {
-            Ok(n) => n,
-            Err(StoreError::Data(e)) => isolate_bad_rows(rows, e, bad, store, stats, abort).await?,
-            Err(e) => return Err(e.into()),
-        };
-        stats.stored.fetch_add(new, Ordering::Relaxed);
-        metrics::counter!("tickflow_persister_rows_stored_total").increment(new);
-        metrics::counter!("tickflow_persister_duplicates_total")
-            .increment(rows.len() as u64 - new.min(rows.len() as u64));
-        metrics::histogram!("tickflow_persister_batch_rows").record(rows.len() as f64);
-        stats.duplicates.fetch_add(
-            rows.len() as u64 - new.min(rows.len() as u64),
-            Ordering::Relaxed,
-        );
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-    }
-    if !bad.is_empty() {
-        let n = with_retry("dead-letter write", abort, stats, || {
-            store.insert_dead_letters(bad)
-        })
-        .await?;
-        stats.dead_letters.fetch_add(n, Ordering::Relaxed);
-        bad.clear();
-    }
-    batch.acknowledge(consumer)
+struct TickSink<'a> {
+    store: &'a dyn TickStore,
+    dead_letters: &'a DeadLetters,
+    stats: &'a PersisterStats,
+    abort: &'a CancellationToken,
 }
 
-/// Stores a batch the database refused row by row, so only the offending rows become dead
-/// letters (with the database's error) and the rest is stored.
-async fn isolate_bad_rows(
-    rows: &[Tick],
-    error: String,
-    bad: &mut Vec<DeadLetterRecord>,
-    store: &dyn TickStore,
-    stats: &PersisterStats,
-    abort: &CancellationToken,
-) -> Result<u64, StoreError> {
-    tracing::warn!(%error, rows = rows.len(), "batch refused by the database; isolating the bad rows");
-    let mut new = 0;
-    for t in rows {
-        match with_retry("single-row write", abort, stats, || {
-            store.insert_ticks(std::slice::from_ref(t))
-        })
-        .await
-        {
-            Ok(n) => new += n,
-            Err(StoreError::Data(e)) => bad.push(DeadLetterRecord {
-                reason: "store_rejected".into(),
-                detail: e,
-                payload: pb::Tick::from(t).encode_to_vec(),
-                origin: tick_core::bus::topics::CLEAN.into(),
-                component: "persister".into(),
-                ts_rejected_ns: tick_core::clock::now_ns(),
-            }),
-            Err(e) => return Err(e),
+impl TickSink<'_> {
+    async fn flush(
+        &self,
+        batch: &mut Batch<Tick>,
+        bad: &mut Vec<DeadLetterRecord>,
+        intake: &mut Intake,
+    ) -> anyhow::Result<()> {
+        if !batch.is_pending() {
+            return Ok(());
         }
+        let stats = self.stats;
+        if !batch.rows.is_empty() {
+            let rows = &batch.rows;
+            let new = match intake
+                .write("tick batch write", self.abort, stats, || {
+                    self.store.insert_ticks(rows)
+                })
+                .await
+            {
+                Ok(n) => n,
+                Err(StoreError::Data(e)) => self.isolate_bad_rows(rows, e, bad, intake).await?,
+                Err(e) => return Err(e.into()),
+            };
+            let dup = rows.len() as u64 - new.min(rows.len() as u64);
+            stats.stored.fetch_add(new, Ordering::Relaxed);
+            stats.duplicates.fetch_add(dup, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("tickflow_persister_rows_stored_total").increment(new);
+            metrics::counter!("tickflow_persister_duplicates_total").increment(dup);
+            metrics::histogram!("tickflow_persister_batch_rows").record(rows.len() as f64);
+        }
+        if !bad.is_empty() {
+            let n = bad.len() as u64;
+            match self.dead_letters {
+                DeadLetters::Topic(producer) => {
+                    let mut receipts = Vec::with_capacity(bad.len());
+                    for r in bad.drain(..) {
+                        let key = r.reason.clone();
+                        let payload = pb::DeadLetter::from(r).encode_to_vec();
+                        receipts.push(producer.send(topics::DLQ, key.as_bytes(), payload).await?);
+                    }
+                    for r in receipts {
+                        r.await.context("failed to publish a dead letter")?;
+                    }
+                }
+                DeadLetters::Store => {
+                    intake
+                        .write("dead-letter write", self.abort, stats, || {
+                            self.store.insert_dead_letters(bad)
+                        })
+                        .await?;
+                    bad.clear();
+                }
+            }
+            stats.dead_letters.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("tickflow_persister_dead_letters_total").increment(n);
+        }
+        batch.acknowledge(intake.consumer.as_mut())
     }
-    Ok(new)
+
+    /// Stores a batch the database refused row by row, so only the offending rows become dead
+    /// letters (with the database's error) and the rest is stored.
+    async fn isolate_bad_rows(
+        &self,
+        rows: &[Tick],
+        error: String,
+        bad: &mut Vec<DeadLetterRecord>,
+        intake: &mut Intake,
+    ) -> Result<u64, StoreError> {
+        tracing::warn!(%error, rows = rows.len(), "batch refused by the database; isolating the bad rows");
+        let mut new = 0;
+        for t in rows {
+            match intake
+                .write("single-row write", self.abort, self.stats, || {
+                    self.store.insert_ticks(std::slice::from_ref(t))
+                })
+                .await
+            {
+                Ok(n) => new += n,
+                Err(StoreError::Data(e)) => bad.push(DeadLetterRecord {
+                    reason: "store_rejected".into(),
+                    detail: e,
+                    payload: pb::Tick::from(t).encode_to_vec(),
+                    origin: topics::CLEAN.into(),
+                    component: "persister".into(),
+                    ts_rejected_ns: tick_core::clock::now_ns(),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(new)
+    }
 }
 
 /// Stores every record of a `ticks.dlq` consumer until its stream ends.
 pub async fn run_dead_letters(
-    mut consumer: Box<dyn Consumer>,
+    consumer: Box<dyn Consumer>,
     store: Arc<dyn TickStore>,
     cfg: BatchConfig,
+    breaker: BreakerArgs,
     stats: Arc<PersisterStats>,
     abort: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut intake = Intake::new(consumer, breaker, "dead_letters");
     let mut batch: Batch<DeadLetterRecord> = Batch::new(cfg.max_rows);
     loop {
         let deadline = batch.deadline(&cfg);
         let flush = tokio::select! {
             biased;
             _ = tokio::time::sleep_until(deadline), if batch.is_pending() => true,
-            next = consumer.recv() => {
+            next = intake.next() => {
                 let Some(d) = next? else { break };
                 let record = match pb::DeadLetter::decode(d.payload.as_slice()) {
-                    Ok(r) => DeadLetterRecord {
-                        reason: r.reason,
-                        detail: r.detail,
-                        payload: r.payload,
-                        origin: r.origin,
-                        component: r.component,
-                        ts_rejected_ns: r.ts_rejected_ns,
-                    },
+                    Ok(r) => DeadLetterRecord::from(r),
                     Err(e) => DeadLetterRecord {
                         reason: "malformed_dead_letter".into(),
                         detail: e.to_string(),
@@ -405,31 +566,17 @@ pub async fn run_dead_letters(
             }
         };
         if flush {
-            flush_dead_letters(
-                &mut batch,
-                consumer.as_mut(),
-                store.as_ref(),
-                &stats,
-                &abort,
-            )
-            .await?;
+            flush_dead_letters(&mut batch, &mut intake, store.as_ref(), &stats, &abort).await?;
         }
     }
-    flush_dead_letters(
-        &mut batch,
-        consumer.as_mut(),
-        store.as_ref(),
-        &stats,
-        &abort,
-    )
-    .await?;
-    consumer.commit().await?;
+    flush_dead_letters(&mut batch, &mut intake, store.as_ref(), &stats, &abort).await?;
+    intake.consumer.commit().await?;
     Ok(())
 }
 
 async fn flush_dead_letters(
     batch: &mut Batch<DeadLetterRecord>,
-    consumer: &mut dyn Consumer,
+    intake: &mut Intake,
     store: &dyn TickStore,
     stats: &PersisterStats,
     abort: &CancellationToken,
@@ -438,10 +585,11 @@ async fn flush_dead_letters(
         return Ok(());
     }
     let rows = &batch.rows;
-    let n = with_retry("dead-letter write", abort, stats, || {
-        store.insert_dead_letters(rows)
-    })
-    .await?;
-    stats.dead_letters.fetch_add(n, Ordering::Relaxed);
-    batch.acknowledge(consumer)
+    let n = intake
+        .write("dead-letter write", abort, stats, || {
+            store.insert_dead_letters(rows)
+        })
+        .await?;
+    stats.dead_letters_stored.fetch_add(n, Ordering::Relaxed);
+    batch.acknowledge(intake.consumer.as_mut())
 }

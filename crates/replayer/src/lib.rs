@@ -87,6 +87,8 @@ pub async fn run_kafka(
             Box::new(consumer),
             Arc::new(store),
             args.batch.to_config(),
+            persister::breaker::BreakerArgs::default(),
+            persister::DeadLetters::Store,
             stats.clone(),
             shutdown,
         )

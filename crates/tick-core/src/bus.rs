@@ -80,6 +80,18 @@ pub trait Consumer: Send {
     /// the work the message caused is durably finished.
     fn ack(&mut self, id: DeliveryId) -> Result<(), BusError>;
 
+    /// Stops fetching from the bus while the stage cannot make progress (the data waits on the
+    /// bus); keep calling `recv` meanwhile so the consumer stays in its group. A message that
+    /// was already fetched may still be returned. A no-op where the bus has nothing to pause.
+    fn pause(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// Fetches again after [`Consumer::pause`].
+    fn resume(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+
     /// Commits acknowledged positions now (on shutdown); a no-op where acks are immediate.
     async fn commit(&mut self) -> Result<(), BusError> {
         Ok(())

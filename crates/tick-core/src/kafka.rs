@@ -328,6 +328,26 @@ impl Consumer for KafkaConsumer {
         Ok(())
     }
 
+    fn pause(&mut self) -> Result<(), BusError> {
+        let parts = self
+            .inner
+            .assignment()
+            .map_err(|e| BusError::Broker(e.to_string()))?;
+        self.inner
+            .pause(&parts)
+            .map_err(|e| BusError::Broker(format!("pause failed: {e}")))
+    }
+
+    fn resume(&mut self) -> Result<(), BusError> {
+        let parts = self
+            .inner
+            .assignment()
+            .map_err(|e| BusError::Broker(e.to_string()))?;
+        self.inner
+            .resume(&parts)
+            .map_err(|e| BusError::Broker(format!("resume failed: {e}")))
+    }
+
     async fn commit(&mut self) -> Result<(), BusError> {
         let c = self.inner.clone();
         let r = tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync))

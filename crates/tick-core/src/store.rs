@@ -21,6 +21,32 @@ pub struct DeadLetterRecord {
     pub ts_rejected_ns: i64,
 }
 
+impl From<DeadLetterRecord> for crate::pb::DeadLetter {
+    fn from(r: DeadLetterRecord) -> Self {
+        Self {
+            reason: r.reason,
+            detail: r.detail,
+            payload: r.payload,
+            origin: r.origin,
+            component: r.component,
+            ts_rejected_ns: r.ts_rejected_ns,
+        }
+    }
+}
+
+impl From<crate::pb::DeadLetter> for DeadLetterRecord {
+    fn from(r: crate::pb::DeadLetter) -> Self {
+        Self {
+            reason: r.reason,
+            detail: r.detail,
+            payload: r.payload,
+            origin: r.origin,
+            component: r.component,
+            ts_rejected_ns: r.ts_rejected_ns,
+        }
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

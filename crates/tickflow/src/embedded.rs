@@ -172,6 +172,8 @@ pub async fn run(
         Box::new(clean_store),
         store.clone(),
         batch,
+        persister::breaker::BreakerArgs::default(),
+        persister::DeadLetters::Topic(Arc::new(bus.producer())),
         pers_stats.clone(),
         abort.clone(),
     ));
@@ -179,6 +181,7 @@ pub async fn run(
         Box::new(dlq),
         store.clone(),
         batch,
+        persister::breaker::BreakerArgs::default(),
         pers_stats.clone(),
         abort.clone(),
     ));
@@ -237,7 +240,7 @@ pub async fn run(
         rejected: router_stats.rejected_total(),
         stored: pers_stats.stored.load(Ordering::Relaxed),
         rows_in_db: store.count_ticks().await?,
-        dead_letters: pers_stats.dead_letters.load(Ordering::Relaxed),
+        dead_letters: pers_stats.dead_letters_stored.load(Ordering::Relaxed),
         updates: ind_stats.updates.load(Ordering::Relaxed),
         bars: ind_stats.bars.load(Ordering::Relaxed),
         signals: ind_stats.signals.load(Ordering::Relaxed),
