@@ -102,3 +102,29 @@ def read_topic_keys(brokers, topic, since_ms, pb):
         return keys
     finally:
         c.close()
+
+
+def read_topic(brokers, topic, timeout=60):
+    """Returns every message of `topic` as (partition, offset, key, value), read from the start
+    to the topic's current end with confluent-kafka, in offset order within each partition."""
+    c = Consumer({"bootstrap.servers": brokers, "group.id": f"e2e-read-{os.getpid()}-{topic}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                for p in md.topics[topic].partitions}
+        todo = {p for p, (low, high) in ends.items() if high > low}
+        c.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
+        out = []
+        deadline = time.time() + timeout
+        while todo and time.time() < deadline:
+            m = c.poll(1.0)
+            if m is None or m.error():
+                continue
+            out.append((m.partition(), m.offset(), m.key(), m.value()))
+            if m.offset() + 1 >= ends[m.partition()][1]:
+                todo.discard(m.partition())
+        assert not todo, f"could not read {topic} to its end"
+        return out
+    finally:
+        c.close()

@@ -96,10 +96,12 @@ class Pipeline:
         self.t_start_ms = int(time.time() * 1000)
 
     def start(self, name, *args):
+        """Starts binary `name` (or `indicators` for `replay-indicators`, a second instance)."""
         log = open(self.tmp_path / f"{name}.log", "a")
         self.logs[name] = self.tmp_path / f"{name}.log"
+        binary = name.removeprefix("replay-")
         self.procs[name] = subprocess.Popen(
-            [self.bins(name), "--metrics-addr", f"127.0.0.1:{self.ports[name]}", *args],
+            [self.bins(binary), "--metrics-addr", f"127.0.0.1:{self.ports[name]}", *args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self.procs[name]
 

@@ -68,6 +68,13 @@ pub struct IndicatorsArgs {
     /// Lifetime of a snapshot in Redis.
     #[arg(long, env = "TICKFLOW_SNAPSHOT_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
     pub snapshot_ttl: Duration,
+    /// Topic of clean ticks to compute from (another topic, e.g. one a `replayer store` writes,
+    /// runs a backtest through a separate instance).
+    #[arg(long, env = "TICKFLOW_INPUT_TOPIC", default_value = tick_core::bus::topics::CLEAN)]
+    pub input_topic: String,
+    /// Topic the signals are published to.
+    #[arg(long, env = "TICKFLOW_SIGNALS_TOPIC", default_value = tick_core::bus::topics::SIGNALS)]
+    pub signals_topic: String,
     /// Consumer group; pods of one group share the partitions (and so the symbols).
     #[arg(long, env = "TICKFLOW_GROUP", default_value = "indicators")]
     pub group: String,

@@ -50,8 +50,10 @@ pub struct IndicatorStats {
 /// Where the indicators stage sends what it computes besides the gRPC hub.
 #[derive(Default)]
 pub struct Outputs {
-    /// Producer for the `signals` topic.
+    /// Producer for the signals topic, and the topic (`signals` when `None`).
     pub signals: Option<Arc<dyn Producer>>,
+    /// Topic the signals go to; `signals` when `None`.
+    pub signals_topic: Option<String>,
     /// Queue of the Redis snapshot writer.
     pub snapshots: Option<mpsc::Sender<Vec<pb::Snapshot>>>,
 }
@@ -73,7 +75,7 @@ pub async fn run(
     }
     let consumer = cfg
         .kafka
-        .consumer(&cfg.group, topics::CLEAN, shutdown.clone())
+        .consumer(&cfg.group, &cfg.input_topic, shutdown.clone())
         .context("failed to create the consumer")?;
     let producer = cfg
         .kafka
@@ -103,6 +105,7 @@ pub async fn run(
     health.set_ready(true);
     let outputs = Outputs {
         signals: Some(Arc::new(producer)),
+        signals_topic: Some(cfg.signals_topic.clone()),
         snapshots: snap_tx,
     };
     let stats = Arc::new(IndicatorStats::default());
@@ -125,7 +128,12 @@ pub async fn run_indicators(
     outputs: Outputs,
     stats: Arc<IndicatorStats>,
 ) -> anyhow::Result<()> {
-    let Outputs { signals, snapshots } = outputs;
+    let Outputs {
+        signals,
+        signals_topic,
+        snapshots,
+    } = outputs;
+    let signals_topic = signals_topic.unwrap_or_else(|| topics::SIGNALS.to_string());
     let mut in_flight = InFlight::default();
     let mut clock_timer = tokio::time::interval(Duration::from_millis(50));
     clock_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -184,7 +192,7 @@ pub async fn run_indicators(
                     for s in updates.signals {
                         stats.signals.fetch_add(1, Ordering::Relaxed);
                         if let Some(p) = &signals {
-                            receipts.push(p.send(topics::SIGNALS, s.symbol.as_bytes(), s.encode_to_vec()).await?);
+                            receipts.push(p.send(&signals_topic, s.symbol.as_bytes(), s.encode_to_vec()).await?);
                         }
                         hub.publish(Kind::Signal(s));
                     }
