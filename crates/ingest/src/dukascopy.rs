@@ -270,7 +270,10 @@ pub enum Location {
 }
 
 impl Location {
-    async fn hour(
+    /// Returns the records of one hour of `symbol` (`hour_start_ns` is its UTC start): read
+    /// from the directory or downloaded with `client`; a missing file or a 404 is an empty
+    /// hour, a damaged one an error naming it.
+    pub async fn hour(
         &self,
         client: &reqwest::Client,
         symbol: &str,

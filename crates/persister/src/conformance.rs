@@ -118,6 +118,94 @@ pub async fn check_store(store: &dyn TickStore) {
         store.insert_dead_letters(&[dl.clone(), dl]).await.unwrap(),
         2
     );
+
+    check_hours_with_ticks(store).await;
+    check_import_progress(store).await;
+}
+
+/// `hours_with_ticks`: hours with at least one tick of the symbol, from the hour holding the
+/// start up to the (exclusive) end, other symbols ignored.
+async fn check_hours_with_ticks(store: &dyn TickStore) {
+    use tick_core::store::HOUR_NS;
+    // A whole hour, far from the other checks' ticks.
+    let base = 1_600_000_000_000_000_000 - 1_600_000_000_000_000_000 % HOUR_NS;
+    let at = |hour: i64, ms: i64, symbol: &str| {
+        let mut t = tick(0, symbol);
+        t.ts_event_ns = base + hour * HOUR_NS + ms * 1_000_000;
+        t.key = tick_core::idempotency_key("hours", symbol, t.ts_event_ns, 0);
+        t
+    };
+    let ticks = vec![
+        at(0, 0, "EURUSD"),
+        at(0, 3_599_999, "EURUSD"),
+        at(2, 10, "EURUSD"),
+        at(3, 3_599_999, "EURUSD"),
+        at(1, 5, "USDJPY"),
+        at(5, 0, "EURUSD"),
+    ];
+    store.insert_ticks(&ticks).await.unwrap();
+    let hours = |from: i64, to: i64| store.hours_with_ticks("EURUSD", from, to);
+    let h = |n: i64| base + n * HOUR_NS;
+    assert_eq!(
+        hours(h(0), h(5)).await.unwrap(),
+        vec![h(0), h(2), h(3)],
+        "hours with ticks of the symbol only, the end excluded"
+    );
+    assert_eq!(
+        hours(h(0) + 1_000, h(3) + 1).await.unwrap(),
+        vec![h(0), h(2), h(3)],
+        "the start is rounded down to its hour; an end inside an hour includes it"
+    );
+    assert_eq!(hours(h(1), h(2)).await.unwrap(), Vec::<i64>::new());
+    assert_eq!(hours(h(5), h(5)).await.unwrap(), Vec::<i64>::new());
+    assert_eq!(
+        store.hours_with_ticks("USDJPY", h(0), h(6)).await.unwrap(),
+        vec![h(1)]
+    );
+    assert!(
+        store
+            .hours_with_ticks("GBPUSD", h(0), h(6))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Import checkpoints: recorded per source, re-recording updates, sources independent.
+async fn check_import_progress(store: &dyn TickStore) {
+    assert!(
+        store
+            .finished_import_units("dukascopy")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .finish_import_unit("dukascopy", "EURUSD 2019-02-04T00", 3733)
+        .await
+        .unwrap();
+    store
+        .finish_import_unit("dukascopy", "EURUSD 2019-02-04T01", 0)
+        .await
+        .unwrap();
+    store
+        .finish_import_unit("csv:EURUSD:/x.csv", "lines 1-100", 99)
+        .await
+        .unwrap();
+    store
+        .finish_import_unit("dukascopy", "EURUSD 2019-02-04T01", 12)
+        .await
+        .unwrap();
+    let done = store.finished_import_units("dukascopy").await.unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert_eq!(done["EURUSD 2019-02-04T00"], 3733);
+    assert_eq!(done["EURUSD 2019-02-04T01"], 12, "recording again updates");
+    let csv = store
+        .finished_import_units("csv:EURUSD:/x.csv")
+        .await
+        .unwrap();
+    assert_eq!(csv.len(), 1);
+    assert_eq!(csv["lines 1-100"], 99);
 }
 
 #[cfg(test)]

@@ -8,11 +8,20 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use tick_core::Tick;
 use tick_core::store::{DeadLetterRecord, StoreError, TickStore};
 use tokio_postgres::NoTls;
 
 const DAY_NS: i64 = 86_400_000_000_000;
+const INSERT_TICKS: &str = "INSERT INTO ticks (idempotency_key, symbol, source, ts_event_ns,
+    ts_recv_ns, price_scale, bid, ask, last, bid_size, ask_size, volume, flags, replay)";
+const FROM_UNNEST: &str = "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[],
+    $4::bigint[], $5::bigint[], $6::smallint[], $7::bigint[], $8::bigint[], $9::bigint[],
+    $10::float8[], $11::float8[], $12::float8[], $13::bigint[], $14::bool[])";
+/// Batches written with ON CONFLICT DO NOTHING after one hit a stored key.
+const CAREFUL_AFTER_CONFLICT: u32 = 16;
+
 /// Advisory lock key for migrations and partition creation ("tickflow" in ASCII).
 const LOCK_KEY: i64 = 0x7469_636b_666c_6f77;
 
@@ -48,12 +57,22 @@ const MIGRATIONS: &[&str] = &[
         ts_rejected_ns BIGINT NOT NULL,
         stored_at TIMESTAMPTZ NOT NULL DEFAULT now()
     );",
+    // 2: checkpoints of bulk imports (`replayer import`): one row per finished unit of work.
+    "CREATE TABLE import_progress (
+        source TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        rows BIGINT NOT NULL,
+        finished_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (source, unit)
+    );",
 ];
 
 /// A [`TickStore`] on PostgreSQL.
 pub struct PgStore {
     pool: Pool,
     partitions: Mutex<HashSet<i64>>,
+    /// Batches still to write on the careful path (see `insert_ticks`).
+    careful_batches: AtomicU32,
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
@@ -98,6 +117,7 @@ impl PgStore {
         Ok(Self {
             pool,
             partitions: Mutex::new(HashSet::new()),
+            careful_batches: AtomicU32::new(0),
         })
     }
 
@@ -196,28 +216,39 @@ impl TickStore for PgStore {
         let volume: Vec<f64> = ticks.iter().map(|t| t.volume).collect();
         let flags: Vec<i64> = ticks.iter().map(|t| i64::from(t.flags)).collect();
         let replay: Vec<bool> = ticks.iter().map(|t| t.replay).collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
+            &keys, &symbols, &sources, &ts_event, &ts_recv, &scale, &bid, &ask, &last, &bid_size,
+            &ask_size, &volume, &flags, &replay,
+        ];
         let client = self.pool.get().await.map_err(pool_err)?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO ticks (idempotency_key, symbol, source, ts_event_ns, ts_recv_ns,
-                    price_scale, bid, ask, last, bid_size, ask_size, volume, flags, replay)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[],
-                    $5::bigint[], $6::smallint[], $7::bigint[], $8::bigint[], $9::bigint[],
-                    $10::float8[], $11::float8[], $12::float8[], $13::bigint[], $14::bool[])
-                 ON CONFLICT DO NOTHING",
-            )
+        // Fast path: a plain insert, which PostgreSQL runs much faster than one with
+        // ON CONFLICT (no speculative insertion). A batch holding an already stored key fails
+        // whole on the unique key (nothing is written) and is written again with
+        // ON CONFLICT DO NOTHING; after that the next batches take the careful path for a while,
+        // as a replay or a resend usually brings many stored keys in a row.
+        if self.careful_batches.load(Ordering::Relaxed) == 0 {
+            let plain = client
+                .prepare_cached(&format!("{INSERT_TICKS} {FROM_UNNEST}"))
+                .await
+                .map_err(pg_err)?;
+            match client.execute(&plain, &params).await {
+                Ok(n) => return Ok(n),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    self.careful_batches
+                        .store(CAREFUL_AFTER_CONFLICT, Ordering::Relaxed);
+                }
+                Err(e) => return Err(pg_err(e)),
+            }
+        } else {
+            self.careful_batches.fetch_sub(1, Ordering::Relaxed);
+        }
+        let careful = client
+            .prepare_cached(&format!(
+                "{INSERT_TICKS} {FROM_UNNEST} ON CONFLICT DO NOTHING"
+            ))
             .await
             .map_err(pg_err)?;
-        client
-            .execute(
-                &stmt,
-                &[
-                    &keys, &symbols, &sources, &ts_event, &ts_recv, &scale, &bid, &ask, &last,
-                    &bid_size, &ask_size, &volume, &flags, &replay,
-                ],
-            )
-            .await
-            .map_err(pg_err)
+        client.execute(&careful, &params).await.map_err(pg_err)
     }
 
     async fn insert_dead_letters(&self, records: &[DeadLetterRecord]) -> Result<u64, StoreError> {
@@ -314,5 +345,67 @@ impl TickStore for PgStore {
                 replay: r.get(13),
             })
             .collect())
+    }
+
+    async fn hours_with_ticks(
+        &self,
+        symbol: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let from = tick_core::store::hour_floor(from_ns);
+        if to_ns <= from {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await.map_err(pool_err)?;
+        // One index probe per hour rather than a scan of every tick in the range.
+        let rows = client
+            .query(
+                "SELECT h FROM generate_series($2::bigint, $3::bigint - 1, $4::bigint) AS h
+                 WHERE EXISTS (SELECT 1 FROM ticks
+                               WHERE symbol = $1 AND ts_event_ns >= h AND ts_event_ns < h + $4)
+                 ORDER BY h",
+                &[&symbol, &from, &to_ns, &tick_core::store::HOUR_NS],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn finished_import_units(
+        &self,
+        source: &str,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT unit, rows FROM import_progress WHERE source = $1",
+                &[&source],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    async fn finish_import_unit(
+        &self,
+        source: &str,
+        unit: &str,
+        rows: u64,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO import_progress (source, unit, rows) VALUES ($1, $2, $3)
+                 ON CONFLICT (source, unit)
+                 DO UPDATE SET rows = EXCLUDED.rows, finished_at = now()",
+                &[&source, &unit, &(rows as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
     }
 }

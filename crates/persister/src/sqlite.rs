@@ -36,6 +36,14 @@ const MIGRATIONS: &[&str] = &[
         component TEXT NOT NULL,
         ts_rejected_ns INTEGER NOT NULL
     );",
+    // 2: checkpoints of bulk imports (`replayer import`): one row per finished unit of work.
+    "CREATE TABLE import_progress (
+        source TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        rows INTEGER NOT NULL,
+        finished_at_ns INTEGER NOT NULL,
+        PRIMARY KEY (source, unit)
+    ) WITHOUT ROWID;",
 ];
 
 /// A [`TickStore`] in one SQLite file.
@@ -263,6 +271,78 @@ impl TickStore for SqliteStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn hours_with_ticks(
+        &self,
+        symbol: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        use tick_core::store::{HOUR_NS, hour_floor};
+        let symbol = symbol.to_string();
+        self.with_conn(move |c| {
+            // One index probe per hour rather than a scan of every tick in the range.
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM ticks
+                                    WHERE symbol = ?1 AND ts_event_ns >= ?2 AND ts_event_ns < ?3)",
+                )
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            let mut h = hour_floor(from_ns);
+            while h < to_ns {
+                let any: bool = stmt
+                    .query_row(params![symbol, h, h + HOUR_NS], |r| r.get(0))
+                    .map_err(db_err)?;
+                if any {
+                    out.push(h);
+                }
+                h += HOUR_NS;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn finished_import_units(
+        &self,
+        source: &str,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let source = source.to_string();
+        self.with_conn(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT unit, rows FROM import_progress WHERE source = ?1")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![source], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn finish_import_unit(
+        &self,
+        source: &str,
+        unit: &str,
+        rows: u64,
+    ) -> Result<(), StoreError> {
+        let (source, unit) = (source.to_string(), unit.to_string());
+        self.with_conn(move |c| {
+            c.execute(
+                "INSERT INTO import_progress (source, unit, rows, finished_at_ns)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (source, unit)
+                 DO UPDATE SET rows = excluded.rows, finished_at_ns = excluded.finished_at_ns",
+                params![source, unit, rows as i64, tick_core::clock::now_ns()],
+            )
+            .map_err(db_err)?;
+            Ok(())
         })
         .await
     }

@@ -7,7 +7,8 @@ use tick_core::ops::ProcessArgs;
 /// into PostgreSQL (idempotently: disaster recovery) or another topic. `store` replays ticks
 /// stored in PostgreSQL (or an embedded SQLite file) into a Kafka topic, flagged as replays, in
 /// event-time order with the original spacing scaled by --speed: backtests through the live
-/// pipeline.
+/// pipeline. `import` bulk loads Dukascopy or CSV history straight into storage, resumably.
+/// `gaps` lists the open-market hours storage lacks and whether Kafka still holds them.
 #[derive(Debug, Parser)]
 #[command(name = "replayer", version)]
 struct Args {
@@ -26,13 +27,41 @@ enum Command {
     /// Compares the idempotency keys of an event-time range in Kafka and in PostgreSQL; exits
     /// with status 1 when they differ.
     Audit(replayer::AuditArgs),
+    /// Bulk loads history (Dukascopy hours, CSV files) into storage at full speed; resumable:
+    /// finished units are recorded and skipped by a restarted run (--restart redoes them).
+    /// Exits non-zero on a corrupt input file or when interrupted.
+    Import(replayer::import::ImportArgs),
+    /// Lists the hours in which the market was open but storage holds no tick, and whether
+    /// Kafka still holds them. Exit status: 0 no gaps, 1 gaps found, 2 the check failed.
+    Gaps(replayer::gaps::GapsArgs),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
     let args = Args::parse();
     let p = args.process.start("replayer", 9105)?;
+    if let Command::Gaps(a) = args.command {
+        let result = replayer::gaps::run_gaps(a).await;
+        let code = match &result {
+            Ok(r) if r.gaps.is_empty() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(_) => ExitCode::from(2),
+        };
+        // The error is logged by finish; the exit status tells it apart from "gaps found".
+        let _ = p.finish(result.map(|_| ())).await;
+        return Ok(code);
+    }
     let result = match args.command {
+        Command::Gaps(_) => unreachable!("handled above"),
+        Command::Import(a) => match replayer::import::run_import(a, p.shutdown.clone()).await {
+            Ok(r) if r.interrupted => Err(anyhow::anyhow!(
+                "import interrupted after {} units; run the same command again to resume",
+                r.units_done
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        },
         Command::Store(a) => replayer::run_store(a, p.shutdown.clone(), p.health.clone()).await,
         Command::Kafka(a) => replayer::run_kafka(a, p.shutdown.clone(), p.health.clone())
             .await
@@ -49,5 +78,5 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     };
-    p.finish(result).await
+    p.finish(result).await.map(|()| ExitCode::SUCCESS)
 }

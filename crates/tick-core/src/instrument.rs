@@ -56,7 +56,64 @@ pub fn canonical(raw: &str) -> String {
         .collect()
 }
 
+/// Returns whether `symbol` trades around the clock, weekends included: crypto (`BTC*`,
+/// `ETH*`).
+pub fn trades_24_7(symbol: &str) -> bool {
+    symbol.starts_with("BTC") || symbol.starts_with("ETH")
+}
+
+/// Returns whether the market of `symbol` is open at `ts_ns` (UTC ns): the calendar that
+/// decides whether an hour without ticks is a gap. FX, metals and indices close from Friday
+/// 22:00 UTC to Sunday 22:00 UTC; crypto never closes. Holidays and daylight-saving shifts of
+/// the weekly open are not modelled: an hour next to them may be reported as a gap.
+pub fn market_open(symbol: &str, ts_ns: i64) -> bool {
+    if trades_24_7(symbol) {
+        return true;
+    }
+    let secs = ts_ns.div_euclid(1_000_000_000);
+    // 1970-01-01 was a Thursday: weekday 0 = Monday.
+    let weekday = (secs.div_euclid(86_400) + 3).rem_euclid(7);
+    let hour = secs.rem_euclid(86_400) / 3600;
+    !matches!((weekday, hour), (4, 22..) | (5, _) | (6, ..22))
+}
+
 /// Returns the instrument with this canonical symbol, if known.
 pub fn lookup(symbol: &str) -> Option<&'static Instrument> {
     INSTRUMENTS.iter().find(|i| i.symbol == symbol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fx_closes_from_friday_22_to_sunday_22_utc_and_crypto_never() {
+        const H: i64 = 3_600_000_000_000;
+        // 2019-02-04T00:00:00Z, a Monday.
+        let monday = 1_549_238_400_000_000_000;
+        let at = |day: i64, hour: i64| monday + (day * 24 + hour) * H;
+        let table = [
+            // (day from Monday, hour, FX open)
+            (0, 0, true),
+            (3, 23, true),
+            (4, 21, true),
+            (4, 22, false),
+            (4, 23, false),
+            (5, 0, false),
+            (5, 12, false),
+            (6, 0, false),
+            (6, 21, false),
+            (6, 22, true),
+            (6, 23, true),
+            (7, 0, true),
+            (-1, 21, false),
+            (-1, 22, true),
+        ];
+        for (day, hour, open) in table {
+            let t = at(day, hour);
+            assert_eq!(market_open("EURUSD", t), open, "day {day} hour {hour}");
+            assert_eq!(market_open("XAUUSD", t + H - 1), open, "end of the hour");
+            assert!(market_open("BTCUSD", t) && market_open("ETHUSD", t));
+        }
+    }
 }

@@ -96,4 +96,38 @@ pub trait TickStore: Send + Sync {
         after: Option<(i64, String)>,
         limit: usize,
     ) -> Result<Vec<Tick>, StoreError>;
+
+    /// Returns the starts (UTC ns, ascending) of the hours holding at least one tick of
+    /// `symbol`, among the hours from the one containing `from_ns` up to `to_ns` (exclusive):
+    /// what `replayer gaps` compares with the market calendar.
+    async fn hours_with_ticks(
+        &self,
+        symbol: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// Returns the units of work of a bulk import `source` recorded as finished, with the
+    /// number of ticks each held: the checkpoint a restarted `replayer import` resumes from.
+    async fn finished_import_units(
+        &self,
+        source: &str,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError>;
+
+    /// Records that `unit` of the import `source` is finished (all its `rows` ticks stored);
+    /// recording it again updates the row count and time.
+    async fn finish_import_unit(
+        &self,
+        source: &str,
+        unit: &str,
+        rows: u64,
+    ) -> Result<(), StoreError>;
+}
+
+/// One hour in ns.
+pub const HOUR_NS: i64 = 3_600_000_000_000;
+
+/// Returns the start of the UTC hour containing `ts_ns`.
+pub fn hour_floor(ts_ns: i64) -> i64 {
+    ts_ns - ts_ns.rem_euclid(HOUR_NS)
 }
