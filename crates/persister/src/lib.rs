@@ -30,6 +30,8 @@ pub struct BatchConfig {
     pub max_rows: usize,
     /// Flush when the oldest waiting row is this old.
     pub max_delay: Duration,
+    /// Batches written at once (each on its own database connection).
+    pub writers: usize,
 }
 
 impl Default for BatchConfig {
@@ -37,6 +39,7 @@ impl Default for BatchConfig {
         Self {
             max_rows: 1000,
             max_delay: Duration::from_millis(50),
+            writers: 2,
         }
     }
 }
@@ -50,6 +53,9 @@ pub struct BatchArgs {
     /// Longest a row waits before its batch is written.
     #[arg(long, env = "TICKFLOW_BATCH_DELAY", value_parser = humantime::parse_duration, default_value = "50ms")]
     pub batch_delay: Duration,
+    /// Batches written concurrently, each on its own connection (acknowledged in order).
+    #[arg(long, env = "TICKFLOW_BATCH_WRITERS", default_value_t = 2)]
+    pub batch_writers: usize,
 }
 
 impl BatchArgs {
@@ -58,6 +64,7 @@ impl BatchArgs {
         BatchConfig {
             max_rows: self.batch_rows.max(1),
             max_delay: self.batch_delay,
+            writers: self.batch_writers.max(1),
         }
     }
 }
@@ -394,11 +401,23 @@ pub async fn run_persister(
         stats: &stats,
         abort: &abort,
     };
+    // Up to `cfg.writers` batches are written at once (each on its own connection) while the
+    // next one fills: each write runs as a task, and batches are completed and acknowledged in
+    // the order they were read. A write that fails is redone on the guarded path (retries,
+    // breaker), which holds intake meanwhile.
+    let mut in_flight: VecDeque<(Batch<Tick>, Vec<DeadLetterRecord>, WriteTask)> = VecDeque::new();
     loop {
         let deadline = batch.deadline(&cfg);
-        let flush = tokio::select! {
+        let written = async {
+            match in_flight.front_mut() {
+                Some((_, _, task)) => task.await,
+                None => std::future::pending().await,
+            }
+        };
+        let step = tokio::select! {
             biased;
-            _ = tokio::time::sleep_until(deadline), if batch.is_pending() => true,
+            done = written => Step::Written(done),
+            _ = tokio::time::sleep_until(deadline), if batch.is_pending() => Step::Flush,
             next = intake.next() => {
                 let Some(d) = next? else { break };
                 stats.received.fetch_add(1, Ordering::Relaxed);
@@ -418,16 +437,62 @@ pub async fn run_persister(
                     }
                 }
                 batch.note(d.id);
-                batch.rows.len() + bad.len() >= cfg.max_rows
+                if batch.rows.len() + bad.len() >= cfg.max_rows { Step::Flush } else { Step::Read }
             }
         };
-        if flush {
-            sink.flush(&mut batch, &mut bad, &mut intake).await?;
+        match step {
+            Step::Read => {}
+            Step::Written(done) => {
+                let (mut b, mut bd, _) = in_flight.pop_front().expect("a write was in flight");
+                sink.finish(&mut b, &mut bd, &mut intake, done).await?;
+            }
+            Step::Flush => {
+                while in_flight.len() >= cfg.writers.max(1) {
+                    let (mut b, mut bd, task) = in_flight.pop_front().expect("not empty");
+                    sink.finish(&mut b, &mut bd, &mut intake, task.await)
+                        .await?;
+                }
+                if intake.breaker.state() == BreakerState::Closed && !batch.rows.is_empty() {
+                    let mut full = std::mem::replace(&mut batch, Batch::new(cfg.max_rows));
+                    let rows = std::mem::take(&mut full.rows);
+                    let store = store.clone();
+                    let task = tokio::spawn(async move {
+                        let started = Instant::now();
+                        let r = store.insert_ticks(&rows).await;
+                        if r.is_ok() {
+                            metrics::histogram!("tickflow_persister_commit_seconds", "stream" => "ticks")
+                                .record(started.elapsed().as_secs_f64());
+                        }
+                        (rows, r)
+                    });
+                    in_flight.push_back((full, std::mem::take(&mut bad), task));
+                } else {
+                    // The guarded path: earlier batches complete first, to keep acks in order.
+                    while let Some((mut b, mut bd, task)) = in_flight.pop_front() {
+                        sink.finish(&mut b, &mut bd, &mut intake, task.await)
+                            .await?;
+                    }
+                    sink.flush(&mut batch, &mut bad, &mut intake, None).await?;
+                }
+            }
         }
     }
-    sink.flush(&mut batch, &mut bad, &mut intake).await?;
+    while let Some((mut b, mut bd, task)) = in_flight.pop_front() {
+        sink.finish(&mut b, &mut bd, &mut intake, task.await)
+            .await?;
+    }
+    sink.flush(&mut batch, &mut bad, &mut intake, None).await?;
     intake.consumer.commit().await?;
     Ok(())
+}
+
+/// A batch write running as a task: it hands the rows back with the outcome.
+type WriteTask = tokio::task::JoinHandle<(Vec<Tick>, Result<u64, StoreError>)>;
+
+enum Step {
+    Read,
+    Flush,
+    Written(Result<(Vec<Tick>, Result<u64, StoreError>), tokio::task::JoinError>),
 }
 
 struct TickSink<'a> {
@@ -438,11 +503,31 @@ struct TickSink<'a> {
 }
 
 impl TickSink<'_> {
+    /// Completes a batch whose first write ran as a task.
+    async fn finish(
+        &self,
+        batch: &mut Batch<Tick>,
+        bad: &mut Vec<DeadLetterRecord>,
+        intake: &mut Intake,
+        done: Result<(Vec<Tick>, Result<u64, StoreError>), tokio::task::JoinError>,
+    ) -> anyhow::Result<()> {
+        let (rows, first) = done.context("batch write task failed")?;
+        batch.rows = rows;
+        if let Err(e) = &first {
+            tracing::debug!(error = %e, "batch write failed; redoing it on the guarded path");
+        }
+        self.flush(batch, bad, intake, Some(first)).await
+    }
+
+    /// Writes a batch (unless `first` already did), sends its refused rows and bad payloads to
+    /// the dead letters, and acknowledges it. A connection failure is retried through the
+    /// breaker; a data error isolates the refused rows.
     async fn flush(
         &self,
         batch: &mut Batch<Tick>,
         bad: &mut Vec<DeadLetterRecord>,
         intake: &mut Intake,
+        first: Option<Result<u64, StoreError>>,
     ) -> anyhow::Result<()> {
         if !batch.is_pending() {
             return Ok(());
@@ -450,12 +535,18 @@ impl TickSink<'_> {
         let stats = self.stats;
         if !batch.rows.is_empty() {
             let rows = &batch.rows;
-            let new = match intake
-                .write("tick batch write", self.abort, stats, || {
-                    self.store.insert_ticks(rows)
-                })
-                .await
-            {
+            let attempt = match first {
+                Some(Ok(n)) => Ok(n),
+                Some(Err(StoreError::Data(e))) => Err(StoreError::Data(e)),
+                _ => {
+                    intake
+                        .write("tick batch write", self.abort, stats, || {
+                            self.store.insert_ticks(rows)
+                        })
+                        .await
+                }
+            };
+            let new = match attempt {
                 Ok(n) => n,
                 Err(StoreError::Data(e)) => self.isolate_bad_rows(rows, e, bad, intake).await?,
                 Err(e) => return Err(e.into()),

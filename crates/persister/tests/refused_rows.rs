@@ -83,6 +83,7 @@ async fn refused_rows_go_to_the_dead_letter_topic_and_the_rest_is_stored() {
         BatchConfig {
             max_rows: 100,
             max_delay: Duration::from_millis(200),
+            ..BatchConfig::default()
         },
         BreakerArgs::default(),
         DeadLetters::Topic(Arc::new(kafka.producer(false).unwrap())),
