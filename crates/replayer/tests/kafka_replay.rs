@@ -1,9 +1,10 @@
-//! `replayer kafka` against a real Kafka and PostgreSQL: a time range of `ticks.clean` read
-//! back into storage restores exactly the rows that were missing, and a second run adds nothing.
+//! `replayer kafka` against a real Kafka and PostgreSQL: three hours of ticks are stored, one
+//! hour of them is deleted, and reading that hour back from the topic restores exactly the
+//! missing rows; `replayer audit` sees the loss before and no difference after.
 
 use clap::Parser;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
-use tick_core::bus::{Producer, topics};
 use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock};
 use tokio_postgres::NoTls;
@@ -41,50 +42,56 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
         topic_replication: 1,
     };
     kafka.ensure_topics().await.unwrap();
+    // Three whole hours that ended before this one, 100 ticks each, on a topic of their own
+    // whose message timestamps are the ticks' event times (as for live ticks, where they agree
+    // to within milliseconds).
+    const HOUR: i64 = 3_600_000_000_000;
     let tag = format!("dr{}", clock::now_ns());
-    let from = clock::now_ns() / 1_000_000 - 1_000;
-    let p = kafka.producer(true).unwrap();
-    let mut receipts = vec![];
-    for i in 0..300u32 {
-        let now = clock::now_ns();
+    let topic = format!("test.dr.{tag}");
+    let h0 = (clock::now_ns() / HOUR - 3) * HOUR;
+    let (from, to) = (h0 / 1_000_000, (h0 + 3 * HOUR) / 1_000_000);
+    let (h1, h2) = ((h0 + HOUR) / 1_000_000, (h0 + 2 * HOUR) / 1_000_000);
+    let p: FutureProducer = kafka
+        .config(&[("enable.idempotence", "true")])
+        .unwrap()
+        .create()
+        .unwrap();
+    for i in 0..300i64 {
+        let ts = h0 + i * 36_000_000_000;
         let symbol = ["EURUSD", "USDJPY", "GBPUSD"][(i % 3) as usize];
         let t = Tick {
             symbol: symbol.into(),
             source: tag.clone(),
-            ts_event_ns: now,
-            ts_recv_ns: now,
+            ts_event_ns: ts,
+            ts_recv_ns: ts,
             scale: 5,
-            bid: 110_000,
-            ask: 110_002,
+            bid: 110_000 + i,
+            ask: 110_002 + i,
             last: None,
             bid_size: 1.0,
             ask_size: 1.0,
             volume: 0.0,
             flags: 0,
-            key: tick_core::idempotency_key(&tag, symbol, now, i),
+            key: tick_core::idempotency_key(&tag, symbol, ts, 0),
             route: Default::default(),
             replay: false,
         };
-        receipts.push(
-            p.send(topics::CLEAN, symbol.as_bytes(), t.encode())
-                .await
-                .unwrap(),
-        );
+        let payload = t.encode();
+        let record = FutureRecord::to(&topic)
+            .key(symbol)
+            .payload(&payload)
+            .timestamp(ts / 1_000_000);
+        p.send(record, Duration::from_secs(30)).await.unwrap();
     }
-    for r in receipts {
-        r.await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let to = clock::now_ns() / 1_000_000 + 1_000;
     let rfc = |ms: i64| {
         humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
             .to_string()
     };
-    let args = || {
+    let args = |from: i64, to: i64| {
         Cli::parse_from([
             "replayer",
             "--topic",
-            topics::CLEAN,
+            &topic,
             "--from",
             &rfc(from),
             "--to",
@@ -110,22 +117,21 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
         }
     };
     let health = tick_core::ops::Health::new();
-    let first = replayer::run_kafka(args(), CancellationToken::new(), health.clone())
+    let first = replayer::run_kafka(args(from, to), CancellationToken::new(), health.clone())
         .await
         .unwrap();
     let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(conn);
     assert_eq!(ours(c).await, 300);
-    assert!(first.read >= 300 && first.written >= 300, "{first:?}");
+    assert_eq!((first.read, first.written), (300, 300), "{first:?}");
 
-    // Lose 100 rows, replay the range: exactly those come back.
+    // Lose the middle hour, replay that hour: exactly its rows come back.
     let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(conn);
     let deleted = c
         .execute(
-            "DELETE FROM ticks WHERE idempotency_key IN
-               (SELECT idempotency_key FROM ticks WHERE source = $1 ORDER BY idempotency_key LIMIT 100)",
-            &[&tag],
+            "DELETE FROM ticks WHERE source = $1 AND ts_event_ns >= $2 AND ts_event_ns < $3",
+            &[&tag, &(h1 * 1_000_000), &(h2 * 1_000_000)],
         )
         .await
         .unwrap();
@@ -133,6 +139,8 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
     let audit = || {
         AuditCli::parse_from([
             "replayer",
+            "--topic",
+            &topic,
             "--from",
             &rfc(from),
             "--to",
@@ -155,11 +163,14 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
         "the audit sees the loss"
     );
     assert_ne!(before.kafka_checksum, before.storage_checksum);
-    let second = replayer::run_kafka(args(), CancellationToken::new(), health.clone())
+    let second = replayer::run_kafka(args(h1, h2), CancellationToken::new(), health.clone())
         .await
         .unwrap();
-    assert_eq!(second.written, 100, "{second:?}");
-    assert_eq!(second.already_stored, second.read - 100);
+    assert_eq!(
+        (second.read, second.written, second.already_stored),
+        (100, 100, 0),
+        "exactly the lost hour: {second:?}"
+    );
     assert_eq!(ours(c).await, 300);
     let after = replayer::run_audit(audit(), CancellationToken::new(), health)
         .await
@@ -169,7 +180,7 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
         "{after:?}"
     );
     assert_eq!(after.kafka_checksum, after.storage_checksum);
-    assert!(after.in_kafka >= 300);
+    assert_eq!(after.in_kafka, 300);
     admin
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .await
