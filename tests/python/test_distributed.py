@@ -204,6 +204,11 @@ def test_distributed_pipeline_stores_every_tick_once_across_five_persister_kills
         assert "tickflow_indicators_tick_to_update_seconds_bucket" in ind_metrics
         assert metric(pipe.metrics("persister"), "tickflow_persister_rows_stored_total") > 0
 
+        # Closed bars went through the bars topic into the bars table.
+        bars = int(psql(database, "SELECT count(*) FROM bars WHERE timeframe = '1s' "
+                                  f"AND open_time_ns >= {pipe.t_start_ms * 1_000_000}"))
+        assert bars >= len(SYMBOLS) * 5, bars
+
         # Redis holds a decodable snapshot per symbol.
         import redis
         r = redis.Redis.from_url(pipe.redis_url)

@@ -50,7 +50,7 @@ pub struct IndicatorStats {
 /// Where the indicators stage sends what it computes besides the gRPC hub.
 #[derive(Default)]
 pub struct Outputs {
-    /// Producer for the signals topic, and the topic (`signals` when `None`).
+    /// Producer for the signals topic and the `bars` topic (closed bars, for storage).
     pub signals: Option<Arc<dyn Producer>>,
     /// Topic the signals go to; `signals` when `None`.
     pub signals_topic: Option<String>,
@@ -162,6 +162,16 @@ pub async fn run_indicators(
                 _ = clock_timer.tick() => {
                     for bar in engine.on_clock(clock::now_ns()) {
                         stats.bars.fetch_add(1, Ordering::Relaxed);
+                        // A bar the clock closed answers to no input message: its delivery is
+                        // watched on its own (a crash in between loses it from storage).
+                        if let Some(p) = &signals {
+                            let receipt = p.send(topics::BARS, bar.symbol.as_bytes(), bar.encode_to_vec()).await?;
+                            tokio::spawn(async move {
+                                if let Err(e) = receipt.await {
+                                    tracing::warn!(error = %e, "a closed bar was not published");
+                                }
+                            });
+                        }
                         hub.publish(Kind::Bar(bar));
                     }
                 }
@@ -180,15 +190,18 @@ pub async fn run_indicators(
                     };
                     let ts_recv = tick.ts_recv_ns;
                     let updates = engine.on_tick(tick);
+                    let mut receipts = Vec::new();
                     for bar in updates.bars {
                         stats.bars.fetch_add(1, Ordering::Relaxed);
+                        if let Some(p) = &signals {
+                            receipts.push(p.send(topics::BARS, bar.symbol.as_bytes(), bar.encode_to_vec()).await?);
+                        }
                         hub.publish(Kind::Bar(bar));
                     }
                     if let Some(u) = updates.update {
                         stats.updates.fetch_add(1, Ordering::Relaxed);
                         hub.publish(Kind::Update(u));
                     }
-                    let mut receipts = Vec::new();
                     for s in updates.signals {
                         stats.signals.fetch_add(1, Ordering::Relaxed);
                         if let Some(p) = &signals {

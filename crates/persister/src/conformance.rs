@@ -121,6 +121,46 @@ pub async fn check_store(store: &dyn TickStore) {
 
     check_hours_with_ticks(store).await;
     check_import_progress(store).await;
+    check_bars(store).await;
+}
+
+/// Bars: stored exactly, once per symbol, timeframe, side and open time; read back in order.
+async fn check_bars(store: &dyn TickStore) {
+    let bar = |minute: i64, side: &str| tick_core::pb::Bar {
+        symbol: "EURUSD".into(),
+        timeframe: "1m".into(),
+        price_side: side.into(),
+        open_time_ns: 1_700_000_040_000_000_000 + minute * 60_000_000_000,
+        close_time_ns: 1_700_000_100_000_000_000 + minute * 60_000_000_000,
+        price_scale: 5,
+        open: 108_001 + minute,
+        high: 108_050,
+        low: 107_990,
+        close: 108_020,
+        tick_count: 42,
+        volume: 1.5,
+        ts_recv_ns: 1_700_000_100_000_123_000 + minute,
+        flags: 1,
+    };
+    let bars = vec![bar(1, "bid"), bar(0, "bid"), bar(0, "ask")];
+    assert_eq!(store.insert_bars(&bars).await.unwrap(), 3);
+    assert_eq!(
+        store.insert_bars(&bars[1..]).await.unwrap(),
+        0,
+        "a stored bar is not stored twice"
+    );
+    let got = store
+        .bars_between("EURUSD", "1m", 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![bar(0, "ask"), bar(0, "bid"), bar(1, "bid")]);
+    assert!(
+        store
+            .bars_between("EURUSD", "1s", 0, i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// `hours_with_ticks`: hours with at least one tick of the symbol, from the hour holding the

@@ -114,6 +114,9 @@ pub async fn run(
     let dlq = cfg
         .kafka
         .consumer("persister-dlq", topics::DLQ, shutdown.clone())?;
+    let bars = cfg
+        .kafka
+        .consumer("persister-bars", topics::BARS, shutdown.clone())?;
     health.set_ready(true);
     let stats = Arc::new(PersisterStats::default());
     let batch = cfg.batch.to_config();
@@ -142,6 +145,14 @@ pub async fn run(
         ),
         run_dead_letters(
             Box::new(dlq),
+            store.clone(),
+            batch,
+            cfg.breaker,
+            stats.clone(),
+            abort.clone()
+        ),
+        run_bars(
+            Box::new(bars),
             store,
             batch,
             cfg.breaker,
@@ -171,6 +182,8 @@ pub struct PersisterStats {
     pub dead_letters: AtomicU64,
     /// Records of `ticks.dlq` stored.
     pub dead_letters_stored: AtomicU64,
+    /// Closed bars stored (new rows).
+    pub bars_stored: AtomicU64,
 }
 
 struct Batch<T> {
@@ -622,6 +635,77 @@ impl TickSink<'_> {
     }
 }
 
+/// A record of a secondary stream (dead letters, bars): how it is decoded and stored.
+trait Record: Sized + Send + Sync {
+    /// The stream's name in logs and metrics.
+    const STREAM: &'static str;
+    /// Decodes a message; `None` skips it (logged).
+    fn decode(d: &Delivery) -> Option<Self>;
+    /// Stores rows; returns how many were new.
+    fn write<'a>(
+        store: &'a dyn TickStore,
+        rows: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, Result<u64, StoreError>>;
+    /// Counts stored rows.
+    fn count(stats: &PersisterStats, n: u64);
+}
+
+impl Record for DeadLetterRecord {
+    const STREAM: &'static str = "dead_letters";
+
+    fn decode(d: &Delivery) -> Option<Self> {
+        Some(match pb::DeadLetter::decode(d.payload.as_slice()) {
+            Ok(r) => DeadLetterRecord::from(r),
+            // Not lost either: stored as what it is.
+            Err(e) => DeadLetterRecord {
+                reason: "malformed_dead_letter".into(),
+                detail: e.to_string(),
+                payload: d.payload.clone(),
+                origin: d.topic.to_string(),
+                component: "persister".into(),
+                ts_rejected_ns: tick_core::clock::now_ns(),
+            },
+        })
+    }
+
+    fn write<'a>(
+        store: &'a dyn TickStore,
+        rows: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, Result<u64, StoreError>> {
+        store.insert_dead_letters(rows)
+    }
+
+    fn count(stats: &PersisterStats, n: u64) {
+        stats.dead_letters_stored.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Record for pb::Bar {
+    const STREAM: &'static str = "bars";
+
+    fn decode(d: &Delivery) -> Option<Self> {
+        match <pb::Bar as Message>::decode(d.payload.as_slice()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %d.topic, "skipping a payload that is not a bar");
+                None
+            }
+        }
+    }
+
+    fn write<'a>(
+        store: &'a dyn TickStore,
+        rows: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, Result<u64, StoreError>> {
+        store.insert_bars(rows)
+    }
+
+    fn count(stats: &PersisterStats, n: u64) {
+        stats.bars_stored.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("tickflow_persister_bars_stored_total").increment(n);
+    }
+}
+
 /// Stores every record of a `ticks.dlq` consumer until its stream ends.
 pub async fn run_dead_letters(
     consumer: Box<dyn Consumer>,
@@ -631,8 +715,31 @@ pub async fn run_dead_letters(
     stats: Arc<PersisterStats>,
     abort: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut intake = Intake::new(consumer, breaker, "dead_letters");
-    let mut batch: Batch<DeadLetterRecord> = Batch::new(cfg.max_rows);
+    run_records::<DeadLetterRecord>(consumer, store, cfg, breaker, stats, abort).await
+}
+
+/// Stores every closed bar of a `bars` consumer until its stream ends.
+pub async fn run_bars(
+    consumer: Box<dyn Consumer>,
+    store: Arc<dyn TickStore>,
+    cfg: BatchConfig,
+    breaker: BreakerArgs,
+    stats: Arc<PersisterStats>,
+    abort: CancellationToken,
+) -> anyhow::Result<()> {
+    run_records::<pb::Bar>(consumer, store, cfg, breaker, stats, abort).await
+}
+
+async fn run_records<R: Record>(
+    consumer: Box<dyn Consumer>,
+    store: Arc<dyn TickStore>,
+    cfg: BatchConfig,
+    breaker: BreakerArgs,
+    stats: Arc<PersisterStats>,
+    abort: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut intake = Intake::new(consumer, breaker, R::STREAM);
+    let mut batch: Batch<R> = Batch::new(cfg.max_rows);
     loop {
         let deadline = batch.deadline(&cfg);
         let flush = tokio::select! {
@@ -640,33 +747,24 @@ pub async fn run_dead_letters(
             _ = tokio::time::sleep_until(deadline), if batch.is_pending() => true,
             next = intake.next() => {
                 let Some(d) = next? else { break };
-                let record = match pb::DeadLetter::decode(d.payload.as_slice()) {
-                    Ok(r) => DeadLetterRecord::from(r),
-                    Err(e) => DeadLetterRecord {
-                        reason: "malformed_dead_letter".into(),
-                        detail: e.to_string(),
-                        payload: d.payload.clone(),
-                        origin: d.topic.to_string(),
-                        component: "persister".into(),
-                        ts_rejected_ns: tick_core::clock::now_ns(),
-                    },
-                };
-                batch.rows.push(record);
+                if let Some(r) = R::decode(&d) {
+                    batch.rows.push(r);
+                }
                 batch.note(d.id);
                 batch.rows.len() >= cfg.max_rows
             }
         };
         if flush {
-            flush_dead_letters(&mut batch, &mut intake, store.as_ref(), &stats, &abort).await?;
+            flush_records(&mut batch, &mut intake, store.as_ref(), &stats, &abort).await?;
         }
     }
-    flush_dead_letters(&mut batch, &mut intake, store.as_ref(), &stats, &abort).await?;
+    flush_records(&mut batch, &mut intake, store.as_ref(), &stats, &abort).await?;
     intake.consumer.commit().await?;
     Ok(())
 }
 
-async fn flush_dead_letters(
-    batch: &mut Batch<DeadLetterRecord>,
+async fn flush_records<R: Record>(
+    batch: &mut Batch<R>,
     intake: &mut Intake,
     store: &dyn TickStore,
     stats: &PersisterStats,
@@ -675,12 +773,13 @@ async fn flush_dead_letters(
     if !batch.is_pending() {
         return Ok(());
     }
-    let rows = &batch.rows;
-    let n = intake
-        .write("dead-letter write", abort, stats, || {
-            store.insert_dead_letters(rows)
-        })
-        .await?;
-    stats.dead_letters_stored.fetch_add(n, Ordering::Relaxed);
+    if !batch.rows.is_empty() {
+        let rows = &batch.rows;
+        let what = format!("{} write", R::STREAM);
+        let n = intake
+            .write(&what, abort, stats, || R::write(store, rows))
+            .await?;
+        R::count(stats, n);
+    }
     batch.acknowledge(intake.consumer.as_mut())
 }

@@ -65,6 +65,25 @@ const MIGRATIONS: &[&str] = &[
         finished_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (source, unit)
     );",
+    // 3: closed bars, one row per symbol, timeframe, price side and open time.
+    "CREATE TABLE bars (
+        symbol TEXT NOT NULL,
+        timeframe TEXT NOT NULL,
+        price_side TEXT NOT NULL,
+        open_time_ns BIGINT NOT NULL,
+        close_time_ns BIGINT NOT NULL,
+        price_scale SMALLINT NOT NULL,
+        open BIGINT NOT NULL,
+        high BIGINT NOT NULL,
+        low BIGINT NOT NULL,
+        close BIGINT NOT NULL,
+        tick_count BIGINT NOT NULL,
+        volume DOUBLE PRECISION NOT NULL,
+        ts_recv_ns BIGINT NOT NULL,
+        flags INTEGER NOT NULL,
+        stored_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (symbol, timeframe, price_side, open_time_ns)
+    );",
 ];
 
 /// A [`TickStore`] on PostgreSQL.
@@ -270,6 +289,94 @@ impl TickStore for PgStore {
             )
             .await
             .map_err(pg_err)
+    }
+
+    async fn insert_bars(&self, bars: &[tick_core::pb::Bar]) -> Result<u64, StoreError> {
+        if bars.is_empty() {
+            return Ok(0);
+        }
+        let text = |f: fn(&tick_core::pb::Bar) -> &str| bars.iter().map(f).collect::<Vec<&str>>();
+        let int = |f: fn(&tick_core::pb::Bar) -> i64| bars.iter().map(f).collect::<Vec<i64>>();
+        let (symbol, timeframe, side) = (
+            text(|b| &b.symbol),
+            text(|b| &b.timeframe),
+            text(|b| &b.price_side),
+        );
+        let (open_t, close_t, scale) = (
+            int(|b| b.open_time_ns),
+            int(|b| b.close_time_ns),
+            int(|b| i64::from(b.price_scale)),
+        );
+        let (o, h, l, c) = (
+            int(|b| b.open),
+            int(|b| b.high),
+            int(|b| b.low),
+            int(|b| b.close),
+        );
+        let (count, recv, flags) = (
+            int(|b| b.tick_count as i64),
+            int(|b| b.ts_recv_ns),
+            int(|b| i64::from(b.flags)),
+        );
+        let volume: Vec<f64> = bars.iter().map(|b| b.volume).collect();
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO bars (symbol, timeframe, price_side, open_time_ns, close_time_ns,
+                    price_scale, open, high, low, close, tick_count, volume, ts_recv_ns, flags)
+                 SELECT s, t, p, ot, ct, sc::smallint, o, h, l, c, n, v, r, f::integer
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                    $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
+                    $11::bigint[], $12::float8[], $13::bigint[], $14::bigint[])
+                    AS u(s, t, p, ot, ct, sc, o, h, l, c, n, v, r, f)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &symbol, &timeframe, &side, &open_t, &close_t, &scale, &o, &h, &l, &c, &count,
+                    &volume, &recv, &flags,
+                ],
+            )
+            .await
+            .map_err(pg_err)
+    }
+
+    async fn bars_between(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<tick_core::pb::Bar>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT symbol, timeframe, price_side, open_time_ns, close_time_ns, price_scale,
+                    open, high, low, close, tick_count, volume, ts_recv_ns, flags
+                 FROM bars WHERE symbol = $1 AND timeframe = $2
+                    AND open_time_ns >= $3 AND open_time_ns < $4
+                 ORDER BY open_time_ns, price_side",
+                &[&symbol, &timeframe, &from_ns, &to_ns],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| tick_core::pb::Bar {
+                symbol: r.get(0),
+                timeframe: r.get(1),
+                price_side: r.get(2),
+                open_time_ns: r.get(3),
+                close_time_ns: r.get(4),
+                price_scale: r.get::<_, i16>(5) as u32,
+                open: r.get(6),
+                high: r.get(7),
+                low: r.get(8),
+                close: r.get(9),
+                tick_count: r.get::<_, i64>(10) as u64,
+                volume: r.get(11),
+                ts_recv_ns: r.get(12),
+                flags: r.get::<_, i32>(13) as u32,
+            })
+            .collect())
     }
 
     async fn count_ticks(&self) -> Result<u64, StoreError> {

@@ -44,6 +44,24 @@ const MIGRATIONS: &[&str] = &[
         finished_at_ns INTEGER NOT NULL,
         PRIMARY KEY (source, unit)
     ) WITHOUT ROWID;",
+    // 3: closed bars, one row per symbol, timeframe, price side and open time.
+    "CREATE TABLE bars (
+        symbol TEXT NOT NULL,
+        timeframe TEXT NOT NULL,
+        price_side TEXT NOT NULL,
+        open_time_ns INTEGER NOT NULL,
+        close_time_ns INTEGER NOT NULL,
+        price_scale INTEGER NOT NULL,
+        open INTEGER NOT NULL,
+        high INTEGER NOT NULL,
+        low INTEGER NOT NULL,
+        close INTEGER NOT NULL,
+        tick_count INTEGER NOT NULL,
+        volume REAL NOT NULL,
+        ts_recv_ns INTEGER NOT NULL,
+        flags INTEGER NOT NULL,
+        PRIMARY KEY (symbol, timeframe, price_side, open_time_ns)
+    ) WITHOUT ROWID;",
 ];
 
 /// A [`TickStore`] in one SQLite file.
@@ -193,6 +211,90 @@ impl TickStore for SqliteStore {
             }
             tx.commit().map_err(db_err)?;
             Ok(records.len() as u64)
+        })
+        .await
+    }
+
+    async fn insert_bars(&self, bars: &[tick_core::pb::Bar]) -> Result<u64, StoreError> {
+        let bars = bars.to_vec();
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let mut n = 0;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO bars (symbol, timeframe, price_side, open_time_ns,
+                            close_time_ns, price_scale, open, high, low, close, tick_count,
+                            volume, ts_recv_ns, flags)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    )
+                    .map_err(db_err)?;
+                for b in &bars {
+                    n += stmt
+                        .execute(params![
+                            b.symbol,
+                            b.timeframe,
+                            b.price_side,
+                            b.open_time_ns,
+                            b.close_time_ns,
+                            b.price_scale,
+                            b.open,
+                            b.high,
+                            b.low,
+                            b.close,
+                            b.tick_count as i64,
+                            b.volume,
+                            b.ts_recv_ns,
+                            b.flags
+                        ])
+                        .map_err(db_err)? as u64;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn bars_between(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<tick_core::pb::Bar>, StoreError> {
+        let (symbol, timeframe) = (symbol.to_string(), timeframe.to_string());
+        self.with_conn(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT symbol, timeframe, price_side, open_time_ns, close_time_ns,
+                        price_scale, open, high, low, close, tick_count, volume, ts_recv_ns, flags
+                     FROM bars WHERE symbol = ?1 AND timeframe = ?2
+                        AND open_time_ns >= ?3 AND open_time_ns < ?4
+                     ORDER BY open_time_ns, price_side",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![symbol, timeframe, from_ns, to_ns], |r| {
+                    Ok(tick_core::pb::Bar {
+                        symbol: r.get(0)?,
+                        timeframe: r.get(1)?,
+                        price_side: r.get(2)?,
+                        open_time_ns: r.get(3)?,
+                        close_time_ns: r.get(4)?,
+                        price_scale: r.get(5)?,
+                        open: r.get(6)?,
+                        high: r.get(7)?,
+                        low: r.get(8)?,
+                        close: r.get(9)?,
+                        tick_count: r.get::<_, i64>(10)? as u64,
+                        volume: r.get(11)?,
+                        ts_recv_ns: r.get(12)?,
+                        flags: r.get(13)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
         })
         .await
     }

@@ -20,6 +20,8 @@ pub mod topics {
     pub const DLQ: &str = "ticks.dlq";
     /// Signals emitted by the indicators stage.
     pub const SIGNALS: &str = "signals";
+    /// Closed bars emitted by the indicators stage, stored by the persister.
+    pub const BARS: &str = "bars";
 }
 
 /// Identifies one consumed message, for acknowledgement.

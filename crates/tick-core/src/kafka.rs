@@ -46,11 +46,12 @@ pub struct KafkaArgs {
 }
 
 /// The retention of each topic tickflow provisions, in days.
-const TOPIC_RETENTION_DAYS: [(&str, u64); 4] = [
+const TOPIC_RETENTION_DAYS: [(&str, u64); 5] = [
     (topics::RAW, 7),
     (topics::CLEAN, 7),
     (topics::DLQ, 30),
     (topics::SIGNALS, 30),
+    (topics::BARS, 30),
 ];
 
 impl KafkaArgs {

@@ -81,6 +81,20 @@ pub trait TickStore: Send + Sync {
     /// Returns the number of stored ticks.
     async fn count_ticks(&self) -> Result<u64, StoreError>;
 
+    /// Stores closed bars; a bar already stored (same symbol, timeframe, price side and open
+    /// time) is skipped. Returns how many rows were newly stored.
+    async fn insert_bars(&self, bars: &[crate::pb::Bar]) -> Result<u64, StoreError>;
+
+    /// Returns the stored bars of `symbol` and `timeframe` whose open time is in
+    /// `[from_ns, to_ns)`, oldest first.
+    async fn bars_between(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<crate::pb::Bar>, StoreError>;
+
     /// Returns the idempotency keys of the ticks with event time in `[from_ns, to_ns)`, in
     /// no particular order (for audits).
     async fn keys_between(&self, from_ns: i64, to_ns: i64) -> Result<Vec<String>, StoreError>;
