@@ -158,7 +158,8 @@ pub struct SimSource {
     sim: Simulator,
     rate: f64,
     max_ticks: Option<u64>,
-    start: Option<Instant>,
+    /// When pacing started, monotonic and wall clock (UTC ns).
+    start: Option<(Instant, i64)>,
     sent: u64,
 }
 
@@ -182,7 +183,9 @@ impl TickSource for SimSource {
     }
 
     async fn next_batch(&mut self, out: &mut Vec<Tick>) -> Result<bool, SourceError> {
-        let start = *self.start.get_or_insert_with(Instant::now);
+        let (start, start_ns) = *self
+            .start
+            .get_or_insert_with(|| (Instant::now(), clock::now_ns()));
         loop {
             if self.max_ticks.is_some_and(|m| self.sent >= m) {
                 return Ok(false);
@@ -195,9 +198,13 @@ impl TickSource for SimSource {
             if due > self.sent {
                 // Cap a batch so a long stall does not build one huge allocation.
                 let n = (due - self.sent).min(10_000);
-                for _ in 0..n {
+                // The event time is when the tick was due on the schedule, the receipt time
+                // when it was actually produced: a consumer measuring from the event time sees
+                // any lag of the feed itself (no coordinated omission).
+                for k in self.sent..self.sent + n {
+                    let scheduled = start_ns + (k as f64 * period_ns) as i64;
                     let now = clock::now_ns();
-                    out.push(self.sim.next_tick(now, now));
+                    out.push(self.sim.next_tick(scheduled.min(now), now));
                 }
                 self.sent += n;
                 return Ok(true);

@@ -84,6 +84,9 @@ pub struct PersisterArgs {
     /// Circuit breaker.
     #[command(flatten)]
     pub breaker: BreakerArgs,
+    /// Consumer group of `ticks.clean`; `-dlq` and `-bars` are appended for the other streams.
+    #[arg(long, env = "TICKFLOW_GROUP", default_value = "persister")]
+    pub group: String,
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -110,13 +113,15 @@ pub async fn run(
     }
     let clean = cfg
         .kafka
-        .consumer("persister", topics::CLEAN, shutdown.clone())?;
+        .consumer(&cfg.group, topics::CLEAN, shutdown.clone())?;
     let dlq = cfg
         .kafka
-        .consumer("persister-dlq", topics::DLQ, shutdown.clone())?;
-    let bars = cfg
-        .kafka
-        .consumer("persister-bars", topics::BARS, shutdown.clone())?;
+        .consumer(&format!("{}-dlq", cfg.group), topics::DLQ, shutdown.clone())?;
+    let bars = cfg.kafka.consumer(
+        &format!("{}-bars", cfg.group),
+        topics::BARS,
+        shutdown.clone(),
+    )?;
     health.set_ready(true);
     let stats = Arc::new(PersisterStats::default());
     let batch = cfg.batch.to_config();

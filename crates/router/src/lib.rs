@@ -132,12 +132,15 @@ pub struct RouterArgs {
     /// Routing rules.
     #[command(flatten)]
     pub rules: RulesArgs,
+    /// Consumer group; router pods of one group share the partitions of `ticks.raw`.
+    #[arg(long, env = "TICKFLOW_GROUP", default_value = "router")]
+    pub group: String,
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
 
-/// Runs the router stage on Kafka (group `router`) until `shutdown` fires.
+/// Runs the router stage on Kafka (group `--group`, default `router`) until `shutdown` fires.
 pub async fn run(
     cfg: RouterArgs,
     shutdown: CancellationToken,
@@ -161,7 +164,7 @@ pub async fn run(
         .context("failed to create the producer")?;
     let consumer = cfg
         .kafka
-        .consumer("router", topics::RAW, shutdown)
+        .consumer(&cfg.group, topics::RAW, shutdown)
         .context("failed to create the consumer")?;
     health.set_ready(true);
     let stats = Arc::new(RouterStats::default());

@@ -128,6 +128,7 @@ async fn fails_over_to_the_backup_source_and_back() {
             r.spike_multiple = 0.0;
             r
         },
+        group: "router".into(),
         kafka: k.clone(),
     };
     let health = tick_core::ops::Health::new();

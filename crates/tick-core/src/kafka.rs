@@ -157,9 +157,31 @@ impl KafkaArgs {
                 .set("compression.type", "lz4")
             })
             .collect();
+        self.create_topics(&admin, &new).await
+    }
+
+    /// Creates topic `name` with `partitions` partitions unless it exists (benchmarks, tests).
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .config(&[])?
+            .create()
+            .map_err(|e| BusError::Broker(format!("failed to create admin client: {e}")))?;
+        let new = NewTopic::new(
+            name,
+            partitions,
+            TopicReplication::Fixed(self.topic_replication),
+        );
+        self.create_topics(&admin, &[new]).await
+    }
+
+    async fn create_topics(
+        &self,
+        admin: &AdminClient<DefaultClientContext>,
+        new: &[NewTopic<'_>],
+    ) -> Result<(), BusError> {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = admin
-            .create_topics(&new, &opts)
+            .create_topics(new, &opts)
             .await
             .map_err(|e| BusError::Broker(format!("failed to create topics: {e}")))?;
         for r in results {

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use tick_core::telemetry::{self, LogFormat};
-use tickflow::{embedded, subscribe};
+use tickflow::{bench, embedded, subscribe};
 
 /// Real-time market-data pipeline for trading bots: ticks in, indicators and signals out over
 /// gRPC, every tick stored exactly once.
@@ -29,6 +29,9 @@ enum Command {
     Run(Box<embedded::RunArgs>),
     /// Subscribes to a running SignalService and prints each event with its latency.
     Subscribe(subscribe::SubscribeArgs),
+    /// Measures tick-to-bot latency at a gRPC subscriber under a fixed-schedule feed
+    /// (`embedded`, or `distributed` next to the bare Kafka floor); prints a table, writes JSON.
+    Bench(bench::BenchArgs),
     /// Creates the tickflow Kafka topics that do not exist yet.
     Topics(tick_core::kafka::KafkaArgs),
     /// Prints the current state of one symbol from a running SignalService.
@@ -61,6 +64,7 @@ async fn run(command: Option<Command>) -> anyhow::Result<()> {
         }
         Some(Command::Subscribe(args)) => subscribe::subscribe(args).await,
         Some(Command::Snapshot { symbol, addr }) => subscribe::snapshot(addr, symbol).await,
+        Some(Command::Bench(args)) => bench::run(args).await,
         Some(Command::Topics(kafka)) => {
             kafka.ensure_topics().await?;
             println!("topics ready on {}", kafka.brokers);

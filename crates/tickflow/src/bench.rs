@@ -1,0 +1,692 @@
+//! `tickflow bench embedded|distributed`: tick-to-bot latency measured where it matters, at a
+//! gRPC subscriber on loopback, under a simulated feed paced on a fixed schedule.
+//!
+//! Each run starts the pipeline as child processes (`tickflow run` for embedded; `router`,
+//! `indicators`, `persister` and `ingest` for distributed, from the directory of this binary),
+//! subscribes to every indicator update, and records into HDR histograms, for the updates whose
+//! tick was received inside the measurement window (after the warm-up):
+//! - latency from the tick's `ts_recv_ns` (stamped by ingest when it produced the tick) to the
+//!   moment the subscriber decoded the update: the pipeline's latency;
+//! - latency from the tick's event time, which the simulator sets to the instant the tick was
+//!   due on its fixed schedule: this also counts any lag of the feed itself, so a stalled
+//!   pipeline cannot hide its backlog by slowing the load (no coordinated omission).
+//!
+//! A rate counts as sustained when the subscriber received at least 99 % of the window's ticks,
+//! lost none to a gap, and the median latency of the window's last fifth is at most twice that
+//! of its first fifth plus 1 ms (no growing backlog). Peak RSS is each child's `VmHWM`.
+//!
+//! The distributed scenario also measures, in the same run and at the same rate, the floor: a
+//! bare produce -> consume -> produce -> consume relay over two Kafka topics with the same
+//! client settings (tickflow's Kafka producer and consumer), and reports the pipeline's
+//! percentiles as ratios to it.
+
+use anyhow::{Context, bail};
+use prost::Message;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tick_core::bus::{Consumer, Producer};
+use tick_core::kafka::KafkaArgs;
+use tick_core::latency::{LatencyRecorder, LatencySummary, fmt_ns};
+use tick_core::pb::event::Kind;
+use tick_core::pb::signal_service_client::SignalServiceClient;
+use tick_core::shutdown::CancellationToken;
+use tick_core::{clock, pb};
+use tokio::time::Instant;
+
+/// Options of `tickflow bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The scenario.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The benchmark scenarios.
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// `tickflow run` (one process) -> gRPC subscriber.
+    Embedded(LoadArgs),
+    /// ingest -> Kafka -> router -> Kafka -> indicators -> gRPC subscriber, next to the bare
+    /// two-hop Kafka floor.
+    Distributed(DistributedArgs),
+}
+
+/// The load and how it is measured.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Feed rates to run, ticks per second over all symbols.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub rates: Vec<u64>,
+    /// Symbols in the feed (synthetic instruments SYM000, SYM001, ...).
+    #[arg(long, default_value_t = 100)]
+    pub symbols: usize,
+    /// Measured time per run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Time before the measurement starts (connections, consumer groups, warm caches).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub warmup: Duration,
+    /// Runs per rate; the table shows medians over them.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Directory of the JSON results.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+}
+
+/// Options of the distributed scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DistributedArgs {
+    /// The load.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// PostgreSQL for the persister (it runs, as in production, but is not on the latency path).
+    #[arg(long, env = "TICKFLOW_DATABASE_URL")]
+    pub database_url: String,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Default)]
+struct RunResult {
+    expected: u64,
+    received: u64,
+    gaps: u64,
+    from_recv: LatencySummary,
+    from_schedule: LatencySummary,
+    p50_first: u64,
+    p50_last: u64,
+    peak_rss_kb: u64,
+}
+
+impl RunResult {
+    fn sustained(&self) -> bool {
+        self.received as f64 >= 0.99 * self.expected as f64
+            && self.gaps == 0
+            && self.p50_last <= 2 * self.p50_first + 1_000_000
+    }
+
+    fn json(&self) -> String {
+        let s = |l: &LatencySummary| {
+            format!(
+                "{{\"count\":{},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{}}}",
+                l.count, l.p50, l.p99, l.p999, l.max
+            )
+        };
+        format!(
+            "{{\"expected\":{},\"received\":{},\"gaps\":{},\"sustained\":{},\"from_recv\":{},\"from_schedule\":{},\"p50_first_fifth_ns\":{},\"p50_last_fifth_ns\":{},\"peak_rss_kb\":{}}}",
+            self.expected,
+            self.received,
+            self.gaps,
+            self.sustained(),
+            s(&self.from_recv),
+            s(&self.from_schedule),
+            self.p50_first,
+            self.p50_last,
+            self.peak_rss_kb
+        )
+    }
+}
+
+/// Runs `tickflow bench`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.scenario {
+        Scenario::Embedded(load) => embedded(load).await,
+        Scenario::Distributed(d) => distributed(d).await,
+    }
+}
+
+fn symbols(n: usize) -> (String, String) {
+    let names: Vec<String> = (0..n.max(1)).map(|i| format!("SYM{i:03}")).collect();
+    let instruments: Vec<String> = names.iter().map(|s| format!("{s}:5")).collect();
+    (names.join(","), instruments.join(","))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name(name);
+    if !p.exists() {
+        bail!(
+            "{} not found next to {}: build every binary first (cargo build --release --workspace --bins)",
+            name,
+            me.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Reads the peak resident set size of a process, in KiB.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Samples the peak RSS of `pids` until `stop`; returns the sum of each process's peak.
+fn watch_rss(pids: Vec<u32>, stop: CancellationToken) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peaks = vec![0u64; pids.len()];
+        loop {
+            for (p, peak) in pids.iter().zip(peaks.iter_mut()) {
+                if let Some(kb) = peak_rss_kb(*p) {
+                    *peak = (*peak).max(kb);
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return peaks.iter().sum(),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    })
+}
+
+fn terminate(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+async fn wait_exit(
+    child: &mut Child,
+    timeout: Duration,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("process {} did not exit", child.id());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `GET /readyz` on `port` answers 200.
+async fn wait_ready(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(s) = child.try_wait()? {
+            bail!("{what} exited early: {s}");
+        }
+        if let Ok(mut c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = c
+                .write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = c.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{what} not ready after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the subscriber saw in the window.
+struct Subscription {
+    received: AtomicU64,
+    gaps: AtomicU64,
+    from_recv: LatencyRecorder,
+    from_schedule: LatencyRecorder,
+    first: LatencyRecorder,
+    last: LatencyRecorder,
+}
+
+/// Subscribes to every update at `addr` and measures those received in `[w0, w1)` (UTC ns of
+/// `ts_recv_ns`) until `until`.
+async fn subscribe(
+    addr: String,
+    w0: i64,
+    w1: i64,
+    until: Instant,
+) -> anyhow::Result<Arc<Subscription>> {
+    let sub = Arc::new(Subscription {
+        received: AtomicU64::new(0),
+        gaps: AtomicU64::new(0),
+        from_recv: LatencyRecorder::new(),
+        from_schedule: LatencyRecorder::new(),
+        first: LatencyRecorder::new(),
+        last: LatencyRecorder::new(),
+    });
+    let mut client = loop {
+        match SignalServiceClient::connect(addr.clone()).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() + Duration::from_secs(1) > until => {
+                return Err(e).context("could not connect the subscriber");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let req = pb::SubscribeRequest {
+        kinds: vec![pb::EventKind::Update as i32],
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(req).await?.into_inner();
+    let fifth = (w1 - w0) / 5;
+    let s = sub.clone();
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                m = stream.message() => m,
+            };
+            let Ok(Some(ev)) = msg else { break };
+            let now = clock::now_ns();
+            match ev.kind {
+                Some(Kind::Update(u)) if u.ts_recv_ns >= w0 && u.ts_recv_ns < w1 => {
+                    let lat = now - u.ts_recv_ns;
+                    s.received.fetch_add(1, Ordering::Relaxed);
+                    s.from_recv.record(lat);
+                    s.from_schedule.record(now - u.ts_event_ns);
+                    if u.ts_recv_ns < w0 + fifth {
+                        s.first.record(lat);
+                    } else if u.ts_recv_ns >= w1 - fifth {
+                        s.last.record(lat);
+                    }
+                }
+                Some(Kind::Gap(g)) => {
+                    s.gaps.fetch_add(g.dropped, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    })
+    .await?;
+    Ok(sub)
+}
+
+fn result(sub: &Subscription, rate: u64, window: Duration, peak_rss_kb: u64) -> RunResult {
+    RunResult {
+        expected: (rate as f64 * window.as_secs_f64()) as u64,
+        received: sub.received.load(Ordering::Relaxed),
+        gaps: sub.gaps.load(Ordering::Relaxed),
+        from_recv: sub.from_recv.summary(),
+        from_schedule: sub.from_schedule.summary(),
+        p50_first: sub.first.summary().p50,
+        p50_last: sub.last.summary().p50,
+        peak_rss_kb,
+    }
+}
+
+async fn embedded_run(load: &LoadArgs, rate: u64, dir: &Path) -> anyhow::Result<RunResult> {
+    let (names, instruments) = symbols(load.symbols);
+    let port = free_port()?;
+    let total = load.warmup + load.duration + Duration::from_secs(2);
+    let db = dir.join(format!("bench-{rate}-{}.db", clock::now_ns()));
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["run", "--rate", &rate.to_string(), "--symbols", &names])
+        .args(["--instrument", &instruments])
+        .args(["--duration", &humantime::format_duration(total).to_string()])
+        .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
+        .args(["--status-interval", "1h", "--db"])
+        .arg(&db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("failed to start tickflow run")?;
+    let stop = CancellationToken::new();
+    let rss = watch_rss(vec![child.id()], stop.clone());
+    let start = clock::now_ns();
+    let w0 = start + load.warmup.as_nanos() as i64;
+    let w1 = w0 + load.duration.as_nanos() as i64;
+    let until = Instant::now() + load.warmup + load.duration + Duration::from_secs(1);
+    let sub = subscribe(format!("http://127.0.0.1:{port}"), w0, w1, until).await;
+    let status = wait_exit(&mut child, Duration::from_secs(120)).await;
+    stop.cancel();
+    let peak = rss.await?;
+    let _ = std::fs::remove_file(&db);
+    let sub = sub?;
+    let status = status?;
+    if !status.success() {
+        bail!("tickflow run exited with {status}");
+    }
+    Ok(result(&sub, rate, load.duration, peak))
+}
+
+async fn embedded(load: LoadArgs) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let mut rows = Vec::new();
+    for &rate in &load.rates {
+        let mut runs = Vec::new();
+        for rep in 0..load.repeat.max(1) {
+            let r = embedded_run(&load, rate, &dir).await?;
+            eprintln!(
+                "embedded {rate}/s run {}: received {}/{} p50 {} p99 {} p99.9 {} max {} sustained {} rss {} MiB",
+                rep + 1,
+                r.received,
+                r.expected,
+                fmt_ns(r.from_recv.p50),
+                fmt_ns(r.from_recv.p99),
+                fmt_ns(r.from_recv.p999),
+                fmt_ns(r.from_recv.max),
+                r.sustained(),
+                r.peak_rss_kb / 1024
+            );
+            runs.push(r);
+        }
+        rows.push((rate, runs, Vec::new()));
+    }
+    report("embedded", &load, &rows)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("tickflow-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::Result<RunResult> {
+    let load = &d.load;
+    let (names, instruments) = symbols(load.symbols);
+    let run = format!("bench-{}", clock::now_ns());
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let log = |name: &str| -> anyhow::Result<Stdio> {
+        Ok(std::fs::File::create(dir.join(format!("{run}-{name}.log")))?.into())
+    };
+    let common = |name: &str, port: u16| -> anyhow::Result<Command> {
+        let mut c = Command::new(sibling(name)?);
+        c.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--kafka-brokers", &d.kafka.brokers])
+            .env("TICKFLOW_LOG_FORMAT", "text")
+            .stdout(log(name)?)
+            .stderr(Stdio::null());
+        Ok(c)
+    };
+    // Fresh groups starting at the end of the topics: only this run's ticks are measured.
+    let latest = ["--kafka-property", "auto.offset.reset=latest"];
+    let mut children: Vec<(String, Child, u16)> = Vec::new();
+    let result: anyhow::Result<RunResult> = async {
+        let mut router = common("router", ports[0])?;
+        router
+            .args([
+                "--group",
+                &format!("{run}-router"),
+                "--instrument",
+                &instruments,
+            ])
+            .args(latest);
+        children.push(("router".into(), router.spawn()?, ports[0]));
+        let mut ind = common("indicators", ports[1])?;
+        ind.args(["--group", &format!("{run}-indicators")])
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", ports[4])])
+            .args(latest);
+        children.push(("indicators".into(), ind.spawn()?, ports[1]));
+        let mut pers = common("persister", ports[2])?;
+        pers.args(["--group", &format!("{run}-persister")])
+            .args(["--database-url", &d.database_url])
+            .args(latest);
+        children.push(("persister".into(), pers.spawn()?, ports[2]));
+        for (name, child, port) in children.iter_mut() {
+            wait_ready(*port, child, name).await?;
+        }
+        // Consumer groups join and resolve their positions before the first tick is sent.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let total = load.warmup + load.duration + Duration::from_secs(1);
+        let mut ingest = common("ingest", ports[3])?;
+        ingest
+            .args(["--rate", &rate.to_string(), "--symbols", &names])
+            .args(["--duration", &humantime::format_duration(total).to_string()]);
+        children.push(("ingest".into(), ingest.spawn()?, ports[3]));
+        let stop = CancellationToken::new();
+        let rss = watch_rss(children.iter().map(|c| c.1.id()).collect(), stop.clone());
+        let start = clock::now_ns();
+        let w0 = start + load.warmup.as_nanos() as i64;
+        let w1 = w0 + load.duration.as_nanos() as i64;
+        let until = Instant::now() + load.warmup + load.duration + Duration::from_secs(2);
+        let sub = subscribe(format!("http://127.0.0.1:{}", ports[4]), w0, w1, until).await?;
+        let ingest = &mut children.last_mut().expect("ingest").1;
+        let status = wait_exit(ingest, Duration::from_secs(60)).await?;
+        stop.cancel();
+        let peak = rss.await?;
+        if !status.success() {
+            bail!("ingest exited with {status}");
+        }
+        Ok(result(&sub, rate, load.duration, peak))
+    }
+    .await;
+    for (_, child, _) in children.iter_mut() {
+        terminate(child);
+    }
+    for (name, child, _) in children.iter_mut() {
+        if let Err(e) = wait_exit(child, Duration::from_secs(30)).await {
+            eprintln!("{name}: {e}");
+        }
+    }
+    result
+}
+
+/// The floor: ticks relayed over two Kafka topics by tickflow's own producer and consumer
+/// settings, no pipeline logic, at `rate` on a fixed schedule.
+async fn floor_run(d: &DistributedArgs, rate: u64) -> anyhow::Result<RunResult> {
+    let load = &d.load;
+    let run = format!("bench-floor-{}", clock::now_ns());
+    let (a, b) = (format!("{run}.a"), format!("{run}.b"));
+    d.kafka.create_topic(&a, d.kafka.topic_partitions).await?;
+    d.kafka.create_topic(&b, d.kafka.topic_partitions).await?;
+    let stop = CancellationToken::new();
+    let mut c1 = d.kafka.consumer(&format!("{run}-1"), &a, stop.clone())?;
+    let mut c2 = d.kafka.consumer(&format!("{run}-2"), &b, stop.clone())?;
+    let p1 = d.kafka.producer(true)?;
+    let p2 = d.kafka.producer(true)?;
+    let relay = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = c1.recv().await {
+                if let Ok(r) = p2.send(&b, &m.key, m.payload).await {
+                    tokio::spawn(r);
+                }
+            }
+        })
+    };
+    let sub = Arc::new(Subscription {
+        received: AtomicU64::new(0),
+        gaps: AtomicU64::new(0),
+        from_recv: LatencyRecorder::new(),
+        from_schedule: LatencyRecorder::new(),
+        first: LatencyRecorder::new(),
+        last: LatencyRecorder::new(),
+    });
+    // The same warm-up as the pipeline gets (its groups join before its feed starts).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let start = clock::now_ns();
+    let w0 = start + load.warmup.as_nanos() as i64;
+    let w1 = w0 + load.duration.as_nanos() as i64;
+    let fifth = (w1 - w0) / 5;
+    let sink = {
+        let s = sub.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = c2.recv().await {
+                let now = clock::now_ns();
+                let Ok(t) = pb::Tick::decode(m.payload.as_slice()) else {
+                    continue;
+                };
+                if t.ts_recv_ns >= w0 && t.ts_recv_ns < w1 {
+                    let lat = now - t.ts_recv_ns;
+                    s.received.fetch_add(1, Ordering::Relaxed);
+                    s.from_recv.record(lat);
+                    s.from_schedule.record(now - t.ts_event_ns);
+                    if t.ts_recv_ns < w0 + fifth {
+                        s.first.record(lat);
+                    } else if t.ts_recv_ns >= w1 - fifth {
+                        s.last.record(lat);
+                    }
+                }
+            }
+        })
+    };
+    // The simulated feed, paced exactly as `ingest` paces it.
+    let (names, _) = symbols(load.symbols);
+    let mut source = ingest::sim::SimSource::new(&ingest::sim::SimConfig {
+        symbols: names.split(',').map(str::to_string).collect(),
+        rate: rate as f64,
+        max_ticks: Some((rate as f64 * (load.warmup + load.duration).as_secs_f64()) as u64),
+        ..Default::default()
+    });
+    let mut batch = Vec::new();
+    use ingest::source::TickSource;
+    while source.next_batch(&mut batch).await? {
+        for t in batch.drain(..) {
+            let r = p1.send(&a, t.symbol.as_bytes(), t.encode()).await?;
+            tokio::spawn(r);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let _ = relay.await;
+    let _ = sink.await;
+    Ok(result(&sub, rate, load.duration, 0))
+}
+
+async fn distributed(d: DistributedArgs) -> anyhow::Result<()> {
+    d.kafka.ensure_topics().await?;
+    let dir = tempfile_dir()?;
+    let mut rows = Vec::new();
+    for &rate in &d.load.rates {
+        let (mut runs, mut floors) = (Vec::new(), Vec::new());
+        for rep in 0..d.load.repeat.max(1) {
+            let r = distributed_run(&d, rate, &dir).await?;
+            let f = floor_run(&d, rate).await?;
+            eprintln!(
+                "distributed {rate}/s run {}: received {}/{} p50 {} p99 {} p99.9 {} (floor p50 {} p99 {}) sustained {} rss {} MiB; logs in {}",
+                rep + 1,
+                r.received,
+                r.expected,
+                fmt_ns(r.from_recv.p50),
+                fmt_ns(r.from_recv.p99),
+                fmt_ns(r.from_recv.p999),
+                fmt_ns(f.from_recv.p50),
+                fmt_ns(f.from_recv.p99),
+                r.sustained(),
+                r.peak_rss_kb / 1024,
+                dir.display()
+            );
+            runs.push(r);
+            floors.push(f);
+        }
+        rows.push((rate, runs, floors));
+    }
+    report("distributed", &d.load, &rows)
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+type Row = (u64, Vec<RunResult>, Vec<RunResult>);
+
+fn report(scenario: &str, load: &LoadArgs, rows: &[Row]) -> anyhow::Result<()> {
+    let m = |runs: &[RunResult], f: fn(&RunResult) -> u64| median(runs.iter().map(f).collect());
+    println!(
+        "\n{scenario}: {} symbols, {} s measured after {} s warm-up, median of {} runs per rate",
+        load.symbols,
+        load.duration.as_secs(),
+        load.warmup.as_secs(),
+        load.repeat.max(1)
+    );
+    let floor = rows.iter().any(|r| !r.2.is_empty());
+    if floor {
+        println!(
+            "| ticks/s | received | p50 | p99 | p99.9 | max | p50 from schedule | floor p50 / p99 | pipeline / floor (p50, p99) | sustained | peak RSS, all processes |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    } else {
+        println!(
+            "| ticks/s | received | p50 | p99 | p99.9 | max | p50 from schedule | sustained | peak RSS |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    }
+    let mut best = None;
+    for (rate, runs, floors) in rows {
+        let sustained = runs.iter().filter(|r| r.sustained()).count();
+        let all = sustained == runs.len();
+        if all {
+            best = Some(*rate);
+        }
+        let recv = format!(
+            "{:.1} %",
+            100.0 * m(runs, |r| r.received) as f64 / m(runs, |r| r.expected).max(1) as f64
+        );
+        let (p50, p99) = (m(runs, |r| r.from_recv.p50), m(runs, |r| r.from_recv.p99));
+        let common = format!(
+            "| {rate} | {recv} | {} | {} | {} | {} | {} |",
+            fmt_ns(p50),
+            fmt_ns(p99),
+            fmt_ns(m(runs, |r| r.from_recv.p999)),
+            fmt_ns(m(runs, |r| r.from_recv.max)),
+            fmt_ns(m(runs, |r| r.from_schedule.p50)),
+        );
+        let rss = format!("{} MiB", m(runs, |r| r.peak_rss_kb) / 1024);
+        if floor {
+            let (f50, f99) = (
+                m(floors, |r| r.from_recv.p50),
+                m(floors, |r| r.from_recv.p99),
+            );
+            println!(
+                "{common} {} / {} | {:.1}x, {:.1}x | {sustained}/{} | {rss} |",
+                fmt_ns(f50),
+                fmt_ns(f99),
+                p50 as f64 / f50.max(1) as f64,
+                p99 as f64 / f99.max(1) as f64,
+                runs.len()
+            );
+        } else {
+            println!("{common} {sustained}/{} | {rss} |", runs.len());
+        }
+    }
+    match best {
+        Some(r) => println!("highest rate sustained in every run: {r} ticks/s"),
+        None => println!("no rate was sustained in every run"),
+    }
+    std::fs::create_dir_all(&load.out)?;
+    let runs_json: Vec<String> = rows
+        .iter()
+        .map(|(rate, runs, floors)| {
+            let list =
+                |v: &[RunResult]| v.iter().map(RunResult::json).collect::<Vec<_>>().join(",");
+            format!(
+                "{{\"rate\":{rate},\"runs\":[{}],\"floor\":[{}]}}",
+                list(runs),
+                list(floors)
+            )
+        })
+        .collect();
+    let json = format!(
+        "{{\"scenario\":\"{scenario}\",\"symbols\":{},\"duration_s\":{},\"warmup_s\":{},\"highest_sustained\":{},\"rates\":[{}]}}\n",
+        load.symbols,
+        load.duration.as_secs_f64(),
+        load.warmup.as_secs_f64(),
+        best.map_or("null".to_string(), |b| b.to_string()),
+        runs_json.join(",")
+    );
+    let path = load.out.join(format!("{scenario}.json"));
+    std::fs::write(&path, json)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
