@@ -9,6 +9,7 @@ pub mod indicator;
 pub mod rules;
 pub mod service;
 pub mod snapshots;
+pub mod warm;
 
 use anyhow::Context;
 use config::IndicatorsArgs;
@@ -65,13 +66,33 @@ pub async fn run(
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
-    let engine =
+    let mut engine =
         Engine::new(cfg.engine.engine_config()).context("invalid indicator configuration")?;
     if cfg.kafka.create_topics {
         cfg.kafka
             .ensure_topics()
             .await
             .context("failed to provision topics")?;
+    }
+    // Rebuild the indicators from the history this group already consumed, before serving.
+    if !cfg.warm_start.is_zero() {
+        let started = std::time::Instant::now();
+        let r = warm::from_kafka(
+            &cfg.kafka,
+            &cfg.input_topic,
+            &cfg.group,
+            cfg.warm_start,
+            &mut engine,
+            shutdown.clone(),
+        )
+        .await
+        .context("warm start failed")?;
+        tracing::info!(
+            ticks = r.ticks,
+            partitions = r.partitions,
+            elapsed = ?started.elapsed(),
+            "warm start: indicators rebuilt from recent history"
+        );
     }
     let consumer = cfg
         .kafka
@@ -90,16 +111,23 @@ pub async fn run(
         }
         None => (None, None),
     };
+    let serve_options = cfg.engine.grpc.serve_options()?;
     let listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
         .await
         .with_context(|| format!("failed to listen on {}", cfg.grpc_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "gRPC SignalService listening");
-    let hub = Hub::new(cfg.engine.subscriber_queue);
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        tls = serve_options.tls.is_some(),
+        auth = serve_options.auth_token.is_some(),
+        "gRPC SignalService listening"
+    );
+    let hub = cfg.engine.hub();
     let (query_tx, query_rx) = mpsc::channel(64);
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(service::serve(
+    let server = tokio::spawn(service::serve_with(
         listener,
         Service::new(hub.clone(), query_tx),
+        serve_options,
         server_stop.clone(),
     ));
     health.set_ready(true);
@@ -160,7 +188,8 @@ pub async fn run_indicators(
                     }
                 }
                 _ = clock_timer.tick() => {
-                    for bar in engine.on_clock(clock::now_ns()) {
+                    let closed = engine.on_clock(clock::now_ns());
+                    for bar in closed.bars {
                         stats.bars.fetch_add(1, Ordering::Relaxed);
                         // A bar the clock closed answers to no input message: its delivery is
                         // watched on its own (a crash in between loses it from storage).
@@ -173,6 +202,23 @@ pub async fn run_indicators(
                             });
                         }
                         hub.publish(Kind::Bar(bar));
+                    }
+                    // Bar-fed indicators and their rules, on bars the clock closed.
+                    for u in closed.bar_updates {
+                        stats.updates.fetch_add(1, Ordering::Relaxed);
+                        hub.publish(Kind::Update(u));
+                    }
+                    for s in closed.signals {
+                        stats.signals.fetch_add(1, Ordering::Relaxed);
+                        if let Some(p) = &signals {
+                            let receipt = p.send(&signals_topic, s.symbol.as_bytes(), s.encode_to_vec()).await?;
+                            tokio::spawn(async move {
+                                if let Err(e) = receipt.await {
+                                    tracing::warn!(error = %e, "a signal of a clock-closed bar was not published");
+                                }
+                            });
+                        }
+                        hub.publish(Kind::Signal(s));
                     }
                 }
                 next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
@@ -198,7 +244,7 @@ pub async fn run_indicators(
                         }
                         hub.publish(Kind::Bar(bar));
                     }
-                    if let Some(u) = updates.update {
+                    for u in updates.bar_updates.into_iter().chain(updates.update) {
                         stats.updates.fetch_add(1, Ordering::Relaxed);
                         hub.publish(Kind::Update(u));
                     }

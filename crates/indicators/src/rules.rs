@@ -1,10 +1,80 @@
-//! Signal rules written as text, such as `rsi(14) crosses_below 30` or
-//! `ema(12) crosses_above ema(26)`, evaluated on each new set of indicator values. A rule fires
-//! on the input where its condition becomes true, not on every input while it stays true.
+//! Signal rules written as text, such as `rsi(14) crosses_below 30`,
+//! `ema(12) crosses_above ema(26)` or `macd(12,26,9).hist crosses_above 0`, evaluated on each new
+//! set of indicator values. A rule fires on the input where its condition becomes true, not on
+//! every input while it stays true.
+//!
+//! Indicators may name a timeframe: `rsi(14)@1m crosses_below 30`,
+//! `ema(12)@1m crosses_above ema(26)@1m`, `macd(12,26,9).hist@1m crosses_above 0`,
+//! `zscore(50)@tick > 3` (`@tick`, like no suffix, is per tick). Both sides of a rule must be on
+//! the same timeframe; the rule is evaluated when that timeframe's input arrives: each tick, or
+//! each close of one of its bars.
 
-use crate::indicator::{IndicatorSpec, SpecError};
+use crate::bars::Timeframe;
+use crate::indicator::{IndicatorSpec, SpecError, parse_timeframe};
 use std::fmt;
 use std::str::FromStr;
+
+/// One value of an indicator: `sma(20)`, or one output of a multi-output indicator,
+/// `macd(12,26,9).hist` (a multi-output indicator named alone means its first output).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueRef {
+    /// The indicator.
+    pub spec: IndicatorSpec,
+    /// Which of its outputs.
+    pub output: usize,
+}
+
+impl FromStr for ValueRef {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The timeframe goes last (`macd(12,26,9).hist@1m`), or right after the specification
+        // (`macd(12,26,9)@1m.hist`).
+        let (t, timeframe) = match s.trim().split_once('@') {
+            Some((body, rest)) => {
+                let (tf, output) = match rest.find('.') {
+                    Some(i) => rest.split_at(i),
+                    None => (rest, ""),
+                };
+                (format!("{body}{output}"), parse_timeframe(s, tf)?)
+            }
+            None => (s.trim().to_string(), None),
+        };
+        let t = t.trim();
+        let (spec, output) = match t.rfind(')') {
+            Some(i) => (&t[..=i], t[i + 1..].trim()),
+            None => match t.split_once('.') {
+                Some((spec, out)) => (spec, out),
+                None => (t, ""),
+            },
+        };
+        let mut spec: IndicatorSpec = spec.parse()?;
+        spec.timeframe = timeframe;
+        let output = match output.strip_prefix('.').unwrap_or(output) {
+            "" if output.is_empty() => 0,
+            name => {
+                let name = name.trim().to_ascii_lowercase();
+                spec.outputs()
+                    .iter()
+                    .position(|o| *o == name)
+                    .ok_or_else(|| SpecError {
+                        spec: s.to_string(),
+                        why: format!(
+                            "{spec} has no output {name:?} ({})",
+                            spec.outputs().join(", ")
+                        ),
+                    })?
+            }
+        };
+        Ok(ValueRef { spec, output })
+    }
+}
+
+impl fmt::Display for ValueRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.spec.value_name(self.output))
+    }
+}
 
 /// How the two sides of a rule are compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,8 +92,8 @@ pub enum Op {
 /// The right-hand side of a rule.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operand {
-    /// Another indicator.
-    Indicator(IndicatorSpec),
+    /// A value of another indicator.
+    Indicator(ValueRef),
     /// A constant.
     Const(f64),
 }
@@ -33,8 +103,8 @@ pub enum Operand {
 pub struct Rule {
     /// The rule as written (canonical form), used as the signal's rule id.
     pub id: String,
-    /// The indicator on the left.
-    pub lhs: IndicatorSpec,
+    /// The indicator value on the left.
+    pub lhs: ValueRef,
     /// The comparison.
     pub op: Op,
     /// What it is compared with.
@@ -47,6 +117,27 @@ impl Rule {
         match self.op {
             Op::CrossesAbove | Op::Above => 1,
             Op::CrossesBelow | Op::Below => -1,
+        }
+    }
+
+    /// The timeframe the rule is evaluated on (its left side's): `None` per tick.
+    pub fn timeframe(&self) -> Option<&Timeframe> {
+        self.lhs.spec.timeframe.as_ref()
+    }
+
+    /// Checks that both sides are on the same timeframe (a rule is evaluated when its
+    /// timeframe's input arrives: a tick, or the close of a bar).
+    pub fn check(&self) -> Result<(), String> {
+        match &self.rhs {
+            Operand::Indicator(r) if !self.lhs.spec.same_input(&r.spec) => Err(format!(
+                "both sides of a rule must be on the same timeframe: {} is on {}, {} on {} \
+                 (write the same @timeframe on both, e.g. ema(12)@1m crosses_above ema(26)@1m)",
+                self.lhs,
+                self.lhs.spec.timeframe_name(),
+                r,
+                r.spec.timeframe_name()
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -81,7 +172,7 @@ impl FromStr for Rule {
             "<" => Op::Below,
             _ => return Err(err("operator must be crosses_above, crosses_below, > or <")),
         };
-        let lhs: IndicatorSpec = lhs.parse()?;
+        let lhs: ValueRef = lhs.parse()?;
         let rhs = match rhs.parse::<f64>() {
             Ok(v) if v.is_finite() => Operand::Const(v),
             Ok(_) => return Err(err("constant must be finite")),
@@ -93,6 +184,7 @@ impl FromStr for Rule {
             op,
             rhs,
         };
+        rule.check().map_err(|why| err(&why))?;
         rule.id = rule.to_string();
         Ok(rule)
     }
@@ -125,7 +217,45 @@ mod tests {
         assert_eq!(r.direction(), -1);
         let r: Rule = "EMA(12)  crosses_above ema(26)".parse().unwrap();
         assert_eq!(r.id, "ema(12) crosses_above ema(26)");
+        let r: Rule = "MACD(12,26,9).hist crosses_above 0".parse().unwrap();
+        assert_eq!(r.id, "macd(12,26,9).hist crosses_above 0");
+        assert_eq!(r.lhs.output, 2);
+        let r: Rule = "bbands(20,2).lower > sma(20)".parse().unwrap();
+        assert_eq!(r.lhs.output, 2);
+        assert_eq!(r.rhs, Operand::Indicator("sma(20)".parse().unwrap()));
+        let r: Rule = "macd crosses_above macd.signal".parse().unwrap();
+        assert_eq!(
+            r.id,
+            "macd(12,26,9).macd crosses_above macd(12,26,9).signal"
+        );
+        assert_eq!(
+            r.lhs.spec,
+            "macd(12,26,9)".parse::<IndicatorSpec>().unwrap()
+        );
+        let r: Rule = "rsi(14)@1m crosses_below 30".parse().unwrap();
+        assert_eq!(r.id, "rsi(14)@1m crosses_below 30");
+        assert_eq!(r.timeframe().unwrap().name, "1m");
+        let r: Rule = "ema(12)@1m crosses_above ema(26)@1m".parse().unwrap();
+        assert_eq!(r.id, "ema(12)@1m crosses_above ema(26)@1m");
+        let r: Rule = "zscore(50)@tick > 3".parse().unwrap();
+        assert_eq!((r.id.as_str(), r.timeframe()), ("zscore(50) > 3", None));
+        let r: Rule = "macd(12,26,9).hist@1m crosses_above 0".parse().unwrap();
+        assert_eq!(
+            (r.lhs.output, r.id.as_str()),
+            (2, "macd(12,26,9).hist@1m crosses_above 0")
+        );
+        let r2: Rule = "macd(12,26,9)@1m.hist crosses_above 0".parse().unwrap();
+        assert_eq!(r, r2);
+        let r: Rule = "atr(14)@100t > 0.5".parse().unwrap();
+        assert_eq!(r.id, "atr(14)@100t > 0.5");
         for bad in [
+            "ema(12)@1m crosses_above ema(26)",
+            "ema(12) crosses_above ema(26)@1m",
+            "ema(12)@1m crosses_above ema(26)@5m",
+            "rsi(14)@1x < 30",
+            "rsi(14)@ < 30",
+            "macd(12,26,9).foo > 0",
+            "sma(20).sma.x > 0",
             "rsi(14) crosses 30",
             "rsi(14) > ",
             "foo(3) > 1",

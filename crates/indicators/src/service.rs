@@ -1,21 +1,30 @@
 //! The gRPC `SignalService` bots subscribe to, plus health and reflection services.
 //!
 //! Events fan out through a broadcast ring: publishing never waits for a subscriber. Each
-//! subscriber reads at its own pace; one that falls more than the ring's capacity behind loses
-//! the oldest events and receives a `Gap` event with their count instead (drop-oldest policy),
-//! so a stalled bot never slows the pipeline or other bots.
+//! subscriber reads at its own pace; one that falls more than the ring's capacity
+//! (`--subscriber-queue`) behind is handled by the slow-subscriber policy: it loses the oldest
+//! events and receives a `Gap` event with their count (drop-oldest), or its stream ends with
+//! `RESOURCE_EXHAUSTED` (disconnect). Either way a stalled bot never slows the pipeline or other
+//! bots.
+//!
+//! Next to the broadcast ring the hub retains the last `--resume-window` events. Every event a
+//! subscriber receives carries a resume token (`<instance>:<seq>`, the instance id being drawn
+//! at start); a subscriber that comes back with its last token first receives the retained
+//! events after it that match its filter, then live ones, without duplicate or gap: the
+//! broadcast receiver is taken under the same lock as the retained ring is read, so the replay
+//! ends exactly where the live stream begins.
 
 use futures::{Stream, StreamExt};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tick_core::shutdown::CancellationToken;
 use tick_core::{clock, pb};
 use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::{Request, Response, Status};
 
 use pb::event::Kind;
@@ -24,37 +33,144 @@ use pb::signal_service_server::{SignalService, SignalServiceServer};
 /// A snapshot request sent to the task that owns the engine.
 pub type SnapshotQuery = (String, oneshot::Sender<Option<pb::Snapshot>>);
 
+/// Gap reason: the subscriber fell more than its queue behind and lost the oldest events.
+pub const GAP_QUEUE_FULL: &str = "subscriber_queue_full";
+/// Gap reason: the resume token is older than the retained window; `dropped` events are lost.
+pub const GAP_WINDOW_EXCEEDED: &str = "resume_window_exceeded";
+/// Gap reason: the resume token names another server instance (or an earlier process).
+pub const GAP_FOREIGN_TOKEN: &str = "resume_token_from_another_instance";
+/// Gap reason: the resume token is malformed or names a position this instance never reached.
+pub const GAP_INVALID_TOKEN: &str = "resume_token_invalid";
+
+/// What happens to a subscriber that falls more than its queue behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SlowSubscriber {
+    /// It loses the oldest events and receives a `Gap` event with their count.
+    #[default]
+    DropOldest,
+    /// Its stream ends with `RESOURCE_EXHAUSTED`; it may reconnect with its last resume token.
+    Disconnect,
+}
+
+/// How a [`Hub`] serves its subscribers.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Events a subscriber may fall behind before the slow-subscriber policy applies.
+    pub queue: usize,
+    /// Events retained for subscribers that resume with a token (0: none).
+    pub resume_window: usize,
+    /// The slow-subscriber policy.
+    pub slow_subscriber: SlowSubscriber,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            queue: 8192,
+            resume_window: 100_000,
+            slow_subscriber: SlowSubscriber::DropOldest,
+        }
+    }
+}
+
+/// The retained events, newest last, and the sequence number of the last event published.
+struct Retained {
+    events: VecDeque<Arc<pb::Event>>,
+    head: u64,
+}
+
+impl Retained {
+    /// Returns the sequence number of the oldest retained event (`head + 1` when none is).
+    fn oldest(&self) -> u64 {
+        self.events.front().map_or(self.head + 1, |e| e.seq)
+    }
+}
+
 /// The fan-out point between the engine and every subscriber.
 pub struct Hub {
     tx: broadcast::Sender<Arc<pb::Event>>,
-    seq: AtomicU64,
+    retained: Arc<Mutex<Retained>>,
+    window: usize,
+    policy: SlowSubscriber,
+    queue: usize,
+    instance: Arc<str>,
     subscribers: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     closed: CancellationToken,
 }
 
+fn lock(m: &Mutex<Retained>) -> MutexGuard<'_, Retained> {
+    // Nothing that holds the lock can leave the ring inconsistent: a poisoned lock is usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Hub {
-    /// Returns a hub whose subscribers may fall `capacity` events behind before losing any.
+    /// Returns a hub whose subscribers may fall `capacity` events behind before losing any,
+    /// with the default resume window and the drop-oldest policy.
     pub fn new(capacity: usize) -> Arc<Self> {
-        let (tx, _) = broadcast::channel(capacity.max(1));
+        Self::with_options(HubOptions {
+            queue: capacity,
+            ..HubOptions::default()
+        })
+    }
+
+    /// Returns a hub serving subscribers as `options` say.
+    pub fn with_options(options: HubOptions) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(options.queue.max(1));
+        // 64 random bits (std's hasher keys are drawn from the OS) name this process's stream.
+        let instance = format!(
+            "{:016x}",
+            std::collections::hash_map::RandomState::new().hash_one(clock::now_ns())
+        );
         Arc::new(Self {
             tx,
-            seq: AtomicU64::new(0),
+            retained: Arc::new(Mutex::new(Retained {
+                events: VecDeque::with_capacity(options.resume_window.min(1 << 16)),
+                head: 0,
+            })),
+            window: options.resume_window,
+            policy: options.slow_subscriber,
+            queue: options.queue.max(1),
+            instance: instance.into(),
             subscribers: Arc::new(AtomicUsize::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
             closed: CancellationToken::new(),
         })
     }
 
-    /// Sends an event to every current subscriber; never waits.
+    /// Returns the id of this hub's event stream, the first part of its resume tokens.
+    pub fn instance_id(&self) -> &str {
+        &self.instance
+    }
+
+    /// Returns the sequence number of the last event published (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.retained).head
+    }
+
+    /// Sends an event to every current subscriber and retains it for resumes; never waits
+    /// (beyond a short lock shared with other publishers and with resuming subscribers).
     pub fn publish(&self, kind: Kind) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        // No subscriber is not an error: the event simply has no reader.
-        let _ = self.tx.send(Arc::new(pb::Event {
-            seq,
+        let mut r = lock(&self.retained);
+        r.head += 1;
+        let ev = Arc::new(pb::Event {
+            seq: r.head,
             ts_sent_ns: 0,
+            resume_token: String::new(),
             kind: Some(kind),
-        }));
+        });
+        let evicted = if self.window > 0 {
+            let old = (r.events.len() >= self.window).then(|| r.events.pop_front());
+            r.events.push_back(ev.clone());
+            old.flatten()
+        } else {
+            None
+        };
+        // No subscriber is not an error: the event simply has no reader.
+        let _ = self.tx.send(ev);
+        drop(r);
+        // The evicted event may be the last reference: free it outside the lock.
+        drop(evicted);
     }
 
     /// Returns how many subscribers are connected.
@@ -73,36 +189,208 @@ impl Hub {
         self.closed.cancel();
     }
 
-    /// Returns a stream of the events matching `filter`, with gap events where some were lost.
+    /// Returns a live stream of the events matching `filter`, with gap events where some were
+    /// lost; under the disconnect policy it simply ends where the subscriber fell behind.
     pub fn subscribe(&self, filter: Filter) -> impl Stream<Item = pb::Event> + Send + 'static {
-        let guard = SubscriberGuard::new(self.subscribers.clone());
-        let dropped = self.dropped.clone();
-        BroadcastStream::new(self.tx.subscribe())
-            .filter_map(move |r| {
-                let _keep = &guard;
-                let out = match r {
-                    Ok(ev) if filter.matches(&ev) => {
-                        let mut ev = (*ev).clone();
-                        ev.ts_sent_ns = clock::now_ns();
-                        Some(ev)
+        self.subscribe_from(filter, "")
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(|r| futures::future::ready(r.ok()))
+    }
+
+    /// Returns the stream of the events matching `filter` after the position `resume_token`
+    /// names (live from now on when it is empty): first the retained events after it, then
+    /// live ones. An error item (`RESOURCE_EXHAUSTED`, disconnect policy) ends the stream.
+    pub fn subscribe_from(
+        &self,
+        filter: Filter,
+        resume_token: &str,
+    ) -> impl Stream<Item = Result<pb::Event, Status>> + Send + 'static {
+        let (rx, head) = {
+            let r = lock(&self.retained);
+            // Taken under the lock: the receiver gets exactly the events after `head`.
+            (self.tx.subscribe(), r.head)
+        };
+        let mut cursor = Cursor {
+            filter,
+            rx,
+            retained: self.retained.clone(),
+            instance: self.instance.clone(),
+            policy: self.policy,
+            queue: self.queue,
+            dropped: self.dropped.clone(),
+            pending: VecDeque::new(),
+            replay_next: head + 1,
+            replay_end: head,
+            last: head,
+            done: false,
+            _guard: SubscriberGuard::new(self.subscribers.clone()),
+        };
+        let token = resume_token.trim();
+        if !token.is_empty() {
+            match parse_token(token) {
+                Some((instance, _)) if instance != &*self.instance => {
+                    cursor.gap(0, GAP_FOREIGN_TOKEN);
+                }
+                Some((_, seq)) if seq <= head => {
+                    cursor.last = seq;
+                    cursor.replay_next = seq + 1;
+                }
+                _ => cursor.gap(0, GAP_INVALID_TOKEN),
+            }
+        }
+        futures::stream::unfold(cursor, |mut c| async move {
+            let item = c.next().await?;
+            Some((item, c))
+        })
+        .take_until(self.closed.clone().cancelled_owned())
+    }
+}
+
+/// Returns the instance and sequence number a resume token names.
+fn parse_token(token: &str) -> Option<(&str, u64)> {
+    let (instance, seq) = token.rsplit_once(':')?;
+    Some((instance, seq.parse().ok()?))
+}
+
+/// Events copied from the retained ring per lock while a resumed subscriber catches up.
+const REPLAY_CHUNK: usize = 1024;
+
+/// One subscriber's position: what it still has to replay, its live receiver, and the events
+/// ready to go out.
+struct Cursor {
+    filter: Filter,
+    rx: broadcast::Receiver<Arc<pb::Event>>,
+    retained: Arc<Mutex<Retained>>,
+    instance: Arc<str>,
+    policy: SlowSubscriber,
+    queue: usize,
+    dropped: Arc<AtomicU64>,
+    /// Events ready to be sent, already filtered and stamped.
+    pending: VecDeque<pb::Event>,
+    /// Next retained event to replay, up to `replay_end` (the last event published before the
+    /// live receiver was taken).
+    replay_next: u64,
+    replay_end: u64,
+    /// Sequence number of the last event this stream went past (sent or filtered out).
+    last: u64,
+    done: bool,
+    _guard: SubscriberGuard,
+}
+
+impl Cursor {
+    fn token(&self, seq: u64) -> String {
+        format!("{}:{seq}", self.instance)
+    }
+
+    /// Queues a gap event; its token is the current position.
+    fn gap(&mut self, dropped: u64, reason: &str) {
+        self.pending.push_back(pb::Event {
+            seq: 0,
+            ts_sent_ns: clock::now_ns(),
+            resume_token: self.token(self.last),
+            kind: Some(Kind::Gap(pb::Gap {
+                dropped,
+                reason: reason.into(),
+            })),
+        });
+    }
+
+    /// Returns the event to send if `ev` is new to this stream and passes its filter.
+    fn accept(&mut self, ev: &pb::Event) -> Option<pb::Event> {
+        if ev.seq <= self.last {
+            return None;
+        }
+        self.last = ev.seq;
+        if !self.filter.matches(ev) {
+            return None;
+        }
+        let mut out = ev.clone();
+        out.ts_sent_ns = clock::now_ns();
+        out.resume_token = self.token(ev.seq);
+        Some(out)
+    }
+
+    /// Copies the next chunk of retained events to replay into `pending`.
+    fn replay_chunk(&mut self) {
+        let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+        let lost = {
+            let r = lock(&self.retained);
+            let oldest = r.oldest();
+            let lost = oldest.saturating_sub(self.replay_next);
+            let from = self.replay_next.max(oldest);
+            let start = (from - oldest) as usize;
+            chunk.extend(
+                r.events
+                    .range(start.min(r.events.len())..)
+                    .take_while(|e| e.seq <= self.replay_end)
+                    .take(REPLAY_CHUNK)
+                    .cloned(),
+            );
+            lost.min(self.replay_end + 1 - self.replay_next)
+        };
+        if lost > 0 {
+            // Older than the window (or evicted while this subscriber caught up): these events
+            // are gone for good, so the gap's token is the position after them.
+            self.last = self.replay_next + lost - 1;
+            self.replay_next += lost;
+            metrics::counter!("tickflow_indicators_resume_lost_total").increment(lost);
+            self.gap(lost, GAP_WINDOW_EXCEEDED);
+        }
+        match chunk.last() {
+            Some(e) => self.replay_next = e.seq + 1,
+            None => self.replay_next = self.replay_end + 1,
+        }
+        for ev in &chunk {
+            if let Some(out) = self.accept(ev) {
+                self.pending.push_back(out);
+            }
+        }
+    }
+
+    /// Returns the next item of the stream, or `None` when it ends.
+    async fn next(&mut self) -> Option<Result<pb::Event, Status>> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            if self.replay_next <= self.replay_end {
+                self.replay_chunk();
+                continue;
+            }
+            match self.rx.recv().await {
+                Ok(ev) => {
+                    if let Some(out) = self.accept(&ev) {
+                        return Some(Ok(out));
                     }
-                    Ok(_) => None,
-                    Err(BroadcastStreamRecvError::Lagged(n)) => {
-                        dropped.fetch_add(n, Ordering::Relaxed);
-                        metrics::counter!("tickflow_indicators_events_dropped_total").increment(n);
-                        Some(pb::Event {
-                            seq: 0,
-                            ts_sent_ns: clock::now_ns(),
-                            kind: Some(Kind::Gap(pb::Gap {
-                                dropped: n,
-                                reason: "subscriber_queue_full".into(),
-                            })),
-                        })
+                }
+                Err(RecvError::Lagged(n)) => {
+                    self.dropped.fetch_add(n, Ordering::Relaxed);
+                    metrics::counter!("tickflow_indicators_events_dropped_total").increment(n);
+                    match self.policy {
+                        SlowSubscriber::DropOldest => {
+                            // The token stays before the lost events: resuming from it replays
+                            // them if they are still retained.
+                            self.gap(n, GAP_QUEUE_FULL);
+                        }
+                        SlowSubscriber::Disconnect => {
+                            self.done = true;
+                            metrics::counter!("tickflow_indicators_subscribers_disconnected_total")
+                                .increment(1);
+                            return Some(Err(Status::resource_exhausted(format!(
+                                "subscriber fell more than {} events behind and was disconnected; \
+                                 resubscribe with the resume token of the last event received ({})",
+                                self.queue,
+                                self.token(self.last)
+                            ))));
+                        }
                     }
-                };
-                futures::future::ready(out)
-            })
-            .take_until(self.closed.clone().cancelled_owned())
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
     }
 }
 
@@ -151,7 +439,7 @@ impl Filter {
         let (kind, symbol, tf) = match &ev.kind {
             Some(Kind::Update(u)) => (pb::EventKind::Update, &u.symbol, u.timeframe.as_str()),
             Some(Kind::Bar(b)) => (pb::EventKind::Bar, &b.symbol, b.timeframe.as_str()),
-            Some(Kind::Signal(s)) => (pb::EventKind::Signal, &s.symbol, "tick"),
+            Some(Kind::Signal(s)) => (pb::EventKind::Signal, &s.symbol, s.timeframe.as_str()),
             Some(Kind::Gap(_)) => return true,
             None => return false,
         };
@@ -184,9 +472,16 @@ impl SignalService for Service {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let filter = Filter::from_request(request.get_ref());
-        tracing::info!(request = ?request.get_ref(), "subscriber joined");
-        let stream = self.hub.subscribe(filter).map(Ok);
+        let r = request.get_ref();
+        let filter = Filter::from_request(r);
+        tracing::info!(
+            symbols = ?r.symbols,
+            kinds = ?r.kinds,
+            timeframes = ?r.timeframes,
+            resume_token = %r.resume_token,
+            "subscriber joined"
+        );
+        let stream = self.hub.subscribe_from(filter, &r.resume_token);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -208,11 +503,68 @@ impl SignalService for Service {
     }
 }
 
-/// Serves `SignalService`, gRPC health and reflection on `listener` until `shutdown` fires
-/// and every stream has ended.
+/// Transport options of the gRPC server.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// When set, `Subscribe` and `GetSnapshot` require the metadata
+    /// `authorization: Bearer <token>` (health and reflection stay open).
+    pub auth_token: Option<String>,
+    /// PEM certificate chain and private key: serve TLS instead of plaintext.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Returns whether two byte strings are equal, in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Returns the interceptor that checks the bearer token, if one is required.
+fn authorize(
+    token: Option<String>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    let expected: Option<Arc<str>> = token.map(|t| format!("Bearer {t}").into());
+    move |req: Request<()>| {
+        let Some(expected) = &expected else {
+            return Ok(req);
+        };
+        match req.metadata().get("authorization").map(|v| v.as_bytes()) {
+            Some(got) if constant_time_eq(got, expected.as_bytes()) => Ok(req),
+            Some(_) => Err(Status::unauthenticated("invalid bearer token")),
+            None => Err(Status::unauthenticated(
+                "missing metadata `authorization: Bearer <token>`",
+            )),
+        }
+    }
+}
+
+/// Serves `SignalService`, gRPC health and reflection on `listener` (plaintext, no auth) until
+/// `shutdown` fires and every stream has ended.
 pub async fn serve(
     listener: TcpListener,
     service: Service,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_with(listener, service, ServeOptions::default(), shutdown).await
+}
+
+/// Serves `SignalService`, gRPC health and reflection on `listener` with `options` (bearer
+/// token, TLS) until `shutdown` fires and every stream has ended.
+pub async fn serve_with(
+    listener: TcpListener,
+    service: Service,
+    options: ServeOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -221,11 +573,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some((cert, key)) = &options.tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let auth = authorize(options.auth_token.filter(|t| !t.is_empty()));
+    builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(SignalServiceServer::new(service))
+        .add_service(SignalServiceServer::with_interceptor(service, auth))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())

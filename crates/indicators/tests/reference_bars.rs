@@ -1,7 +1,7 @@
 //! One-second bid bars built from real Dukascopy BTCUSD ticks equal the independent reference
 //! bars of `../shared/fixtures/dukascopy/expected` exactly.
 
-use indicators::bars::{BarBuilder, PriceSide};
+use indicators::bars::{BarBuilder, FLAG_GAP, FLAG_PARTIAL_FIRST, PriceSide};
 use ingest::dukascopy::{read_hour, to_ticks};
 use std::path::Path;
 use tick_core::{KeyOrdinals, Price};
@@ -15,6 +15,14 @@ fn btcusd_one_second_bid_bars_match_the_reference() {
     let mut b = BarBuilder::new("1s".parse().unwrap(), PriceSide::Bid);
     let mut bars: Vec<_> = ticks.iter().filter_map(|t| b.on_tick(t)).collect();
     bars.extend(b.take_open());
+    // The reference has no flags; check them against the bars themselves: none late (the
+    // fixture is in order), the first partial, a gap exactly after an empty second.
+    assert_eq!(b.late_ticks(), 0);
+    assert_eq!(bars[0].flags, FLAG_PARTIAL_FIRST);
+    for w in bars.windows(2) {
+        let gap = w[1].open_time_ns - w[0].open_time_ns > 1_000_000_000;
+        assert_eq!(w[1].flags, if gap { FLAG_GAP } else { 0 }, "{:?}", w[1]);
+    }
 
     let text = std::fs::read_to_string(root.join("expected/BTCUSD-2023-02-20T12-s1-bid-bars.json"))
         .unwrap();

@@ -410,6 +410,12 @@ impl std::str::FromStr for Bound {
     }
 }
 
+/// Where a range ends: the same bound in every partition, or an offset per partition.
+enum RangeEnd {
+    Bound(Bound),
+    Offsets(std::collections::HashMap<i32, i64>),
+}
+
 /// Reads a fixed range of a topic, every partition from `from` up to (not including) `to`,
 /// then ends. It joins no consumer group and commits nothing: a replay never moves the
 /// position of the live consumers.
@@ -427,6 +433,65 @@ impl KafkaArgs {
         topic: &str,
         from: Bound,
         to: Bound,
+        shutdown: CancellationToken,
+    ) -> Result<RangeConsumer, BusError> {
+        self.range(topic, from, RangeEnd::Bound(to), shutdown).await
+    }
+
+    /// Returns a consumer of `topic` from `from` up to (not including) the offset `ends` gives
+    /// each partition; a partition missing from `ends` is not read.
+    pub async fn range_consumer_to_offsets(
+        &self,
+        topic: &str,
+        from: Bound,
+        ends: std::collections::HashMap<i32, i64>,
+        shutdown: CancellationToken,
+    ) -> Result<RangeConsumer, BusError> {
+        self.range(topic, from, RangeEnd::Offsets(ends), shutdown)
+            .await
+    }
+
+    /// Returns the offsets consumer group `group` has committed on `topic`, per partition
+    /// (partitions without a committed offset are left out).
+    pub async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<std::collections::HashMap<i32, i64>, BusError> {
+        let consumer: rdkafka::consumer::BaseConsumer = self
+            .config(&[("group.id", group), ("enable.auto.commit", "false")])?
+            .create()
+            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?;
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let err = |e: KafkaError| BusError::Broker(e.to_string());
+            let t = Duration::from_secs(30);
+            let md = consumer.fetch_metadata(Some(&topic), t).map_err(err)?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for m in md.topics() {
+                for p in m.partitions() {
+                    tpl.add_partition(&topic, p.id());
+                }
+            }
+            let committed = consumer.committed_offsets(tpl, t).map_err(err)?;
+            Ok(committed
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| BusError::Broker(e.to_string()))?
+    }
+
+    async fn range(
+        &self,
+        topic: &str,
+        from: Bound,
+        to: RangeEnd,
         shutdown: CancellationToken,
     ) -> Result<RangeConsumer, BusError> {
         let group = format!("replayer-{}-{}", std::process::id(), crate::clock::now_ns());
@@ -481,7 +546,16 @@ impl KafkaArgs {
                     Ok(out)
                 };
             let starts = resolve(from, "from")?;
-            let mut ends = resolve(to, "to")?;
+            let mut ends = match to {
+                RangeEnd::Bound(b) => resolve(b, "to")?,
+                RangeEnd::Offsets(mut m) => {
+                    // A partition without an end is not read: its range is empty.
+                    for p in &parts {
+                        m.entry(*p).or_insert(i64::MIN);
+                    }
+                    m
+                }
+            };
             let mut tpl = rdkafka::TopicPartitionList::new();
             for p in &parts {
                 let (low, high) = consumer.fetch_watermarks(&topic_s, *p, t).map_err(err)?;

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use indicators::config::EngineArgs;
 use indicators::engine::Engine;
-use indicators::service::{Hub, Service};
+use indicators::service::Service;
 use ingest::SimArgs;
 use ingest::sim::SimSource;
 use persister::BatchArgs;
@@ -130,20 +130,26 @@ pub async fn run(
     let clean_store = bus.subscribe(topics::CLEAN, 1 << 20);
     let dlq = bus.subscribe(topics::DLQ, 65_536);
 
+    let serve_options = args.engine.grpc.serve_options()?;
+    let (tls, auth) = (
+        serve_options.tls.is_some(),
+        serve_options.auth_token.is_some(),
+    );
     let listener = tokio::net::TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("failed to listen on {}", args.grpc_addr))?;
     let addr = listener.local_addr()?;
     on_listen(addr);
-    let hub = Hub::new(args.engine.subscriber_queue);
+    let hub = args.engine.hub();
     let (snap_tx, snap_rx) = tokio::sync::mpsc::channel(64);
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(indicators::service::serve(
+    let server = tokio::spawn(indicators::service::serve_with(
         listener,
         Service::new(hub.clone(), snap_tx),
+        serve_options,
         server_stop.clone(),
     ));
-    tracing::info!(%addr, db = %args.db.display(), "tickflow embedded: gRPC SignalService listening");
+    tracing::info!(%addr, tls, auth, db = %args.db.display(), "tickflow embedded: gRPC SignalService listening");
 
     let ingest_stats = Arc::new(ingest::IngestStats::default());
     let router_stats = Arc::new(router::RouterStats::default());

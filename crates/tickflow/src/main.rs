@@ -41,6 +41,9 @@ enum Command {
         /// Server address.
         #[arg(long, env = "TICKFLOW_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
+        /// Token and TLS.
+        #[command(flatten)]
+        connect: subscribe::ConnectArgs,
     },
 }
 
@@ -63,7 +66,11 @@ async fn run(command: Option<Command>) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Subscribe(args)) => subscribe::subscribe(args).await,
-        Some(Command::Snapshot { symbol, addr }) => subscribe::snapshot(addr, symbol).await,
+        Some(Command::Snapshot {
+            symbol,
+            addr,
+            connect,
+        }) => subscribe::snapshot(addr, symbol, connect).await,
         Some(Command::Bench(args)) => bench::run(args).await,
         Some(Command::Topics(kafka)) => {
             kafka.ensure_topics().await?;

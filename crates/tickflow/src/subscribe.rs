@@ -2,10 +2,77 @@
 //! one event per line with its end-to-end latency (now minus the causing tick's `ts_recv_ns`).
 
 use anyhow::Context;
+use std::path::PathBuf;
+use std::time::Duration;
 use tick_core::latency::fmt_ns;
 use tick_core::pb::event::Kind;
 use tick_core::pb::signal_service_client::SignalServiceClient;
 use tick_core::{Price, clock, pb};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// How the client commands reach a server that requires a token or serves TLS.
+#[derive(Clone, Default, clap::Args)]
+pub struct ConnectArgs {
+    /// Bearer token the server requires (`--auth-token` of the server).
+    #[arg(long, env = "TICKFLOW_GRPC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM certificate of a CA to trust, e.g. a self-signed server's own certificate; implies
+    /// TLS (`https://`). Without it an `https://` address is checked against the system's CAs.
+    #[arg(long, env = "TICKFLOW_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ConnectArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectArgs")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .finish()
+    }
+}
+
+impl ConnectArgs {
+    /// Returns a channel to `addr`, over TLS when it is `https://` or a CA is given.
+    pub async fn connect(&self, addr: &str) -> anyhow::Result<Channel> {
+        let addr = match (&self.ca_cert, addr.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => addr.to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(addr.clone())
+            .with_context(|| format!("invalid server address {addr}"))?;
+        if addr.starts_with("https://") {
+            let tls = match &self.ca_cert {
+                Some(p) => {
+                    let pem = std::fs::read(p)
+                        .with_context(|| format!("failed to read {}", p.display()))?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .context("invalid TLS configuration")?;
+        }
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("failed to connect to {addr}"))
+    }
+
+    /// Returns `message` as a request carrying the bearer token, if any.
+    pub fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut req = tonic::Request::new(message);
+        if let Some(t) = self.token.as_deref().filter(|t| !t.is_empty()) {
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}")
+                    .parse()
+                    .context("the token is not valid header text")?,
+            );
+        }
+        Ok(req)
+    }
+}
 
 /// Options of `tickflow subscribe`.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,6 +92,16 @@ pub struct SubscribeArgs {
     /// Exit after this many events.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Start after the event with this resume token (receive what was missed since).
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// When the stream breaks (server disconnect, network), reconnect with backoff and resume
+    /// after the last event received.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Token and TLS.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 fn values(v: &[pb::IndicatorValue]) -> String {
@@ -88,12 +165,10 @@ fn kind(s: &str) -> anyhow::Result<i32> {
     } as i32)
 }
 
-/// Subscribes and prints events until the server ends the stream or `--count` is reached.
+/// Subscribes and prints events until the server ends the stream or `--count` is reached; with
+/// `--reconnect`, a broken stream is resumed after the last event received.
 pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
-    let mut client = SignalServiceClient::connect(args.addr.clone())
-        .await
-        .with_context(|| format!("failed to connect to {}", args.addr))?;
-    let request = pb::SubscribeRequest {
+    let mut request = pb::SubscribeRequest {
         symbols: args
             .symbols
             .iter()
@@ -105,30 +180,57 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
             .map(|k| kind(k))
             .collect::<Result<_, _>>()?,
         timeframes: args.timeframes.clone(),
+        resume_token: args.resume.clone().unwrap_or_default(),
     };
-    let mut stream = client
-        .subscribe(request)
-        .await
-        .context("subscribe failed")?
-        .into_inner();
     let mut n = 0;
-    while let Some(ev) = stream.message().await.context("stream broke")? {
-        println!("{}", render(&ev, clock::now_ns()));
-        n += 1;
-        if args.count.is_some_and(|c| n >= c) {
-            break;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result: anyhow::Result<()> = async {
+            let mut client = SignalServiceClient::new(args.connect.connect(&args.addr).await?);
+            let mut stream = client
+                .subscribe(args.connect.request(request.clone())?)
+                .await
+                .context("subscribe failed")?
+                .into_inner();
+            while let Some(ev) = stream.message().await.context("stream broke")? {
+                backoff = Duration::from_millis(100);
+                println!("{}", render(&ev, clock::now_ns()));
+                if !ev.resume_token.is_empty() {
+                    request.resume_token = ev.resume_token;
+                }
+                n += 1;
+                if args.count.is_some_and(|c| n >= c) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Err(e) if args.reconnect && args.count.is_none_or(|c| n < c) => {
+                eprintln!(
+                    "{e:#}; reconnecting in {backoff:?} (resume token {:?})",
+                    request.resume_token
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                if !request.resume_token.is_empty() {
+                    eprintln!("resume with: --resume {}", request.resume_token);
+                }
+                return Err(e);
+            }
+            Ok(()) => return Ok(()),
         }
     }
-    Ok(())
 }
 
 /// Prints the snapshot of one symbol.
-pub async fn snapshot(addr: String, symbol: String) -> anyhow::Result<()> {
-    let mut client = SignalServiceClient::connect(addr.clone())
-        .await
-        .with_context(|| format!("failed to connect to {addr}"))?;
+pub async fn snapshot(addr: String, symbol: String, connect: ConnectArgs) -> anyhow::Result<()> {
+    let mut client = SignalServiceClient::new(connect.connect(&addr).await?);
     let s = client
-        .get_snapshot(pb::SnapshotRequest { symbol })
+        .get_snapshot(connect.request(pb::SnapshotRequest { symbol })?)
         .await
         .context("snapshot failed")?
         .into_inner();
@@ -149,6 +251,7 @@ pub async fn snapshot(addr: String, symbol: String) -> anyhow::Result<()> {
                 &pb::Event {
                     seq: 0,
                     ts_sent_ns: 0,
+                    resume_token: String::new(),
                     kind: Some(Kind::Update(u))
                 },
                 now
@@ -162,6 +265,7 @@ pub async fn snapshot(addr: String, symbol: String) -> anyhow::Result<()> {
                 &pb::Event {
                     seq: 0,
                     ts_sent_ns: 0,
+                    resume_token: String::new(),
                     kind: Some(Kind::Bar(b))
                 },
                 now

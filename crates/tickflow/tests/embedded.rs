@@ -56,7 +56,7 @@ async fn every_tick_is_stored_once_and_the_subscriber_gets_only_its_symbol() {
         .subscribe(pb::SubscribeRequest {
             symbols: vec!["EURUSD".into()],
             kinds: vec![pb::EventKind::Update as i32],
-            timeframes: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()
