@@ -572,7 +572,14 @@ pub async fn serve_with(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle's algorithm would hold small event frames back until the client's delayed ACK
+    // (tens of ms at low rates); `Server::tcp_nodelay` only covers listeners tonic binds itself.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|s| {
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    });
     let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some((cert, key)) = &options.tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
