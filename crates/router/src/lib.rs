@@ -153,11 +153,11 @@ pub async fn run(
             .await
             .context("failed to provision topics")?;
     }
-    let (seen, tail) =
-        tail::follow_clean(&cfg.kafka, cfg.rules.dedup_window, shutdown.clone()).await?;
-    for t in &seen {
-        router.remember(t);
-    }
+    let (_, tail) =
+        tail::follow_clean_with(&cfg.kafka, cfg.rules.dedup_window, shutdown.clone(), |t| {
+            router.remember(&t)
+        })
+        .await?;
     let producer = cfg
         .kafka
         .producer(true)

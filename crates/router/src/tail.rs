@@ -23,6 +23,19 @@ pub async fn follow_clean(
     window: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Vec<Tick>, mpsc::Receiver<Tick>)> {
+    let mut initial = Vec::new();
+    let (_, rx) = follow_clean_with(kafka, window, shutdown, |t| initial.push(t)).await?;
+    Ok((initial, rx))
+}
+
+/// Like [`follow_clean`], but hands each tick of the window to `seen` as it is read instead of
+/// collecting them (a busy window holds millions of ticks); returns how many it read.
+pub async fn follow_clean_with(
+    kafka: &KafkaArgs,
+    window: Duration,
+    shutdown: CancellationToken,
+    mut seen: impl FnMut(Tick),
+) -> anyhow::Result<(u64, mpsc::Receiver<Tick>)> {
     let group = format!(
         "router-tail-{}-{}",
         std::process::id(),
@@ -82,7 +95,7 @@ pub async fn follow_clean(
         }
     };
 
-    let mut initial = Vec::new();
+    let mut initial = 0u64;
     let mut pending = ends;
     while !pending.is_empty() {
         let m = tokio::select! {
@@ -97,7 +110,8 @@ pub async fn follow_clean(
             }
         };
         if let Some(t) = m.payload().and_then(|p| Tick::decode(p).ok()) {
-            initial.push(t);
+            seen(t);
+            initial += 1;
         }
         if pending
             .get(&m.partition())
@@ -107,7 +121,7 @@ pub async fn follow_clean(
         }
     }
     tracing::info!(
-        ticks = initial.len(),
+        ticks = initial,
         "rebuilt de-duplication state from ticks.clean"
     );
 

@@ -175,8 +175,8 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Samples the peak RSS of `pids` until `stop`; returns the sum of each process's peak.
-fn watch_rss(pids: Vec<u32>, stop: CancellationToken) -> tokio::task::JoinHandle<u64> {
+/// Samples the peak RSS of `pids` until `stop`; returns each process's peak, in KiB.
+fn watch_rss(pids: Vec<u32>, stop: CancellationToken) -> tokio::task::JoinHandle<Vec<u64>> {
     tokio::spawn(async move {
         let mut peaks = vec![0u64; pids.len()];
         loop {
@@ -186,7 +186,7 @@ fn watch_rss(pids: Vec<u32>, stop: CancellationToken) -> tokio::task::JoinHandle
                 }
             }
             tokio::select! {
-                _ = stop.cancelled() => return peaks.iter().sum(),
+                _ = stop.cancelled() => return peaks,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
@@ -356,7 +356,7 @@ async fn embedded_run(load: &LoadArgs, rate: u64, dir: &Path) -> anyhow::Result<
     let sub = subscribe(format!("http://127.0.0.1:{port}"), w0, w1, until).await;
     let status = wait_exit(&mut child, Duration::from_secs(120)).await;
     stop.cancel();
-    let peak = rss.await?;
+    let peak = rss.await?.iter().sum();
     let _ = std::fs::remove_file(&db);
     let sub = sub?;
     let status = status?;
@@ -411,8 +411,8 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
         c.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(["--kafka-brokers", &d.kafka.brokers])
             .env("TICKFLOW_LOG_FORMAT", "text")
-            .stdout(log(name)?)
-            .stderr(Stdio::null());
+            .stdout(Stdio::null())
+            .stderr(log(name)?);
         Ok(c)
     };
     // Fresh groups starting at the end of the topics: only this run's ticks are measured.
@@ -460,7 +460,14 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
         let ingest = &mut children.last_mut().expect("ingest").1;
         let status = wait_exit(ingest, Duration::from_secs(60)).await?;
         stop.cancel();
-        let peak = rss.await?;
+        let peaks = rss.await?;
+        let per_process: Vec<String> = children
+            .iter()
+            .zip(&peaks)
+            .map(|((name, _, _), kb)| format!("{name} {} MiB", kb / 1024))
+            .collect();
+        eprintln!("peak RSS: {}", per_process.join(", "));
+        let peak = peaks.iter().sum();
         if !status.success() {
             bail!("ingest exited with {status}");
         }
