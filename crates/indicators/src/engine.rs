@@ -215,7 +215,9 @@ pub struct Engine {
     /// Per timeframe, the group its closed bars feed.
     bar_group: Vec<Option<usize>>,
     cfg: EngineConfig,
-    index: HashMap<String, usize>,
+    /// Symbol -> position in `symbols`; foldhash, not SipHash: symbols are not attacker-chosen
+    /// here (the router admits only known instruments) and the lookup runs on every tick.
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
     /// In the order the symbols were first seen, so a clock step's output is deterministic.
     symbols: Vec<(String, SymbolState)>,
 }
@@ -298,7 +300,7 @@ impl Engine {
             timeframes,
             bar_group,
             cfg,
-            index: HashMap::new(),
+            index: HashMap::default(),
             symbols: Vec::new(),
         })
     }
