@@ -113,6 +113,9 @@ async fn fails_over_to_the_backup_source_and_back() {
     let (primary, backup) = (format!("fo{run}-mt5"), format!("fo{run}-oanda"));
     let since = Instant::now();
     let shutdown = CancellationToken::new();
+    // A group of its own, positioned at the end of ticks.raw (no earlier backlog to read).
+    let group = format!("router-failover-test-{run}");
+    k.commit_end_offsets(&group, topics::RAW).await.unwrap();
     let args = router::RouterArgs {
         rules: {
             use clap::Parser;
@@ -128,7 +131,7 @@ async fn fails_over_to_the_backup_source_and_back() {
             r.spike_multiple = 0.0;
             r
         },
-        group: "router".into(),
+        group: group.clone(),
         kafka: k.clone(),
     };
     let health = tick_core::ops::Health::new();

@@ -487,6 +487,33 @@ impl KafkaArgs {
         .map_err(|e| BusError::Broker(e.to_string()))?
     }
 
+    /// Commits, for consumer group `group`, the current end of every partition of `topic`: the
+    /// group then reads only what is produced from now on, however much the topic already
+    /// holds (tests and benchmarks that must not chew through an old backlog).
+    pub async fn commit_end_offsets(&self, group: &str, topic: &str) -> Result<(), BusError> {
+        let consumer: rdkafka::consumer::BaseConsumer = self
+            .config(&[("group.id", group), ("enable.auto.commit", "false")])?
+            .create()
+            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?;
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let err = |e: KafkaError| BusError::Broker(e.to_string());
+            let t = Duration::from_secs(30);
+            let md = consumer.fetch_metadata(Some(&topic), t).map_err(err)?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for m in md.topics() {
+                for p in m.partitions() {
+                    let (_, high) = consumer.fetch_watermarks(&topic, p.id(), t).map_err(err)?;
+                    tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(high))
+                        .map_err(err)?;
+                }
+            }
+            consumer.commit(&tpl, CommitMode::Sync).map_err(err)
+        })
+        .await
+        .map_err(|e| BusError::Broker(e.to_string()))?
+    }
+
     async fn range(
         &self,
         topic: &str,
