@@ -491,27 +491,42 @@ impl KafkaArgs {
     /// group then reads only what is produced from now on, however much the topic already
     /// holds (tests and benchmarks that must not chew through an old backlog).
     pub async fn commit_end_offsets(&self, group: &str, topic: &str) -> Result<(), BusError> {
-        let consumer: rdkafka::consumer::BaseConsumer = self
-            .config(&[("group.id", group), ("enable.auto.commit", "false")])?
-            .create()
-            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?;
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            let err = |e: KafkaError| BusError::Broker(e.to_string());
-            let t = Duration::from_secs(30);
-            let md = consumer.fetch_metadata(Some(&topic), t).map_err(err)?;
-            let mut tpl = rdkafka::TopicPartitionList::new();
-            for m in md.topics() {
-                for p in m.partitions() {
-                    let (_, high) = consumer.fetch_watermarks(&topic, p.id(), t).map_err(err)?;
-                    tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(high))
-                        .map_err(err)?;
+        let consumer: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(
+            self.config(&[("group.id", group), ("enable.auto.commit", "false")])?
+                .create()
+                .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?,
+        );
+        // A topic created a moment ago may have no partition leader yet: retry for a while.
+        let mut attempt = 0;
+        loop {
+            let c = consumer.clone();
+            let topic = topic.to_string();
+            let r = tokio::task::spawn_blocking(move || {
+                let err = |e: KafkaError| BusError::Broker(e.to_string());
+                let t = Duration::from_secs(30);
+                let md = c.fetch_metadata(Some(&topic), t).map_err(err)?;
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                for m in md.topics() {
+                    for p in m.partitions() {
+                        let (_, high) = c.fetch_watermarks(&topic, p.id(), t).map_err(err)?;
+                        tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(high))
+                            .map_err(err)?;
+                    }
                 }
+                c.commit(&tpl, CommitMode::Sync).map_err(err)
+            })
+            .await
+            .map_err(|e| BusError::Broker(e.to_string()))?;
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 30 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "cannot commit end offsets yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
             }
-            consumer.commit(&tpl, CommitMode::Sync).map_err(err)
-        })
-        .await
-        .map_err(|e| BusError::Broker(e.to_string()))?
+        }
     }
 
     async fn range(
