@@ -444,14 +444,7 @@ pub async fn run_persister(
                     Err(e) => {
                         stats.malformed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "payload on {} is not a tick; sending it to the dead letters", d.topic);
-                        bad.push(DeadLetterRecord {
-                            reason: "malformed_payload".into(),
-                            detail: e.to_string(),
-                            payload: d.payload.clone(),
-                            origin: d.topic.to_string(),
-                            component: "persister".into(),
-                            ts_rejected_ns: tick_core::clock::now_ns(),
-                        });
+                        bad.push(rejected("malformed_payload", e.to_string(), d.payload.clone(), &d.topic));
                     }
                 }
                 batch.note(d.id);
@@ -625,18 +618,25 @@ impl TickSink<'_> {
                 .await
             {
                 Ok(n) => new += n,
-                Err(StoreError::Data(e)) => bad.push(DeadLetterRecord {
-                    reason: "store_rejected".into(),
-                    detail: e,
-                    payload: pb::Tick::from(t).encode_to_vec(),
-                    origin: topics::CLEAN.into(),
-                    component: "persister".into(),
-                    ts_rejected_ns: tick_core::clock::now_ns(),
-                }),
+                Err(StoreError::Data(e)) => {
+                    bad.push(rejected("store_rejected", e, t.encode(), topics::CLEAN));
+                }
                 Err(e) => return Err(e),
             }
         }
         Ok(new)
+    }
+}
+
+/// A dead letter the persister itself writes: `payload` read from `origin` was refused.
+fn rejected(reason: &str, detail: String, payload: Vec<u8>, origin: &str) -> DeadLetterRecord {
+    DeadLetterRecord {
+        reason: reason.into(),
+        detail,
+        payload,
+        origin: origin.into(),
+        component: "persister".into(),
+        ts_rejected_ns: tick_core::clock::now_ns(),
     }
 }
 
@@ -662,14 +662,12 @@ impl Record for DeadLetterRecord {
         Some(match pb::DeadLetter::decode(d.payload.as_slice()) {
             Ok(r) => DeadLetterRecord::from(r),
             // Not lost either: stored as what it is.
-            Err(e) => DeadLetterRecord {
-                reason: "malformed_dead_letter".into(),
-                detail: e.to_string(),
-                payload: d.payload.clone(),
-                origin: d.topic.to_string(),
-                component: "persister".into(),
-                ts_rejected_ns: tick_core::clock::now_ns(),
-            },
+            Err(e) => rejected(
+                "malformed_dead_letter",
+                e.to_string(),
+                d.payload.clone(),
+                &d.topic,
+            ),
         })
     }
 
