@@ -245,14 +245,49 @@ async fn wait_ready(port: u16, child: &mut Child, what: &str) -> anyhow::Result<
     }
 }
 
-/// What the subscriber saw in the window.
+/// What the subscriber saw of the ticks received in the window `[w0, w1)` (UTC ns).
 struct Subscription {
+    w0: i64,
+    w1: i64,
     received: AtomicU64,
     gaps: AtomicU64,
     from_recv: LatencyRecorder,
     from_schedule: LatencyRecorder,
     first: LatencyRecorder,
     last: LatencyRecorder,
+}
+
+impl Subscription {
+    fn new(w0: i64, w1: i64) -> Arc<Self> {
+        Arc::new(Self {
+            w0,
+            w1,
+            received: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            from_recv: LatencyRecorder::new(),
+            from_schedule: LatencyRecorder::new(),
+            first: LatencyRecorder::new(),
+            last: LatencyRecorder::new(),
+        })
+    }
+
+    /// Records what arrived at `now` for a tick received at `ts_recv_ns` and due (event time)
+    /// at `ts_event_ns`, if it was received inside the window.
+    fn record(&self, ts_recv_ns: i64, ts_event_ns: i64, now: i64) {
+        if ts_recv_ns < self.w0 || ts_recv_ns >= self.w1 {
+            return;
+        }
+        let lat = now - ts_recv_ns;
+        let fifth = (self.w1 - self.w0) / 5;
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.from_recv.record(lat);
+        self.from_schedule.record(now - ts_event_ns);
+        if ts_recv_ns < self.w0 + fifth {
+            self.first.record(lat);
+        } else if ts_recv_ns >= self.w1 - fifth {
+            self.last.record(lat);
+        }
+    }
 }
 
 /// Subscribes to every update at `addr` and measures those received in `[w0, w1)` (UTC ns of
@@ -263,14 +298,7 @@ async fn subscribe(
     w1: i64,
     until: Instant,
 ) -> anyhow::Result<Arc<Subscription>> {
-    let sub = Arc::new(Subscription {
-        received: AtomicU64::new(0),
-        gaps: AtomicU64::new(0),
-        from_recv: LatencyRecorder::new(),
-        from_schedule: LatencyRecorder::new(),
-        first: LatencyRecorder::new(),
-        last: LatencyRecorder::new(),
-    });
+    let sub = Subscription::new(w0, w1);
     let mut client = loop {
         match SignalServiceClient::connect(addr.clone()).await {
             Ok(c) => break c,
@@ -285,7 +313,6 @@ async fn subscribe(
         ..Default::default()
     };
     let mut stream = client.subscribe(req).await?.into_inner();
-    let fifth = (w1 - w0) / 5;
     let s = sub.clone();
     tokio::spawn(async move {
         loop {
@@ -296,17 +323,7 @@ async fn subscribe(
             let Ok(Some(ev)) = msg else { break };
             let now = clock::now_ns();
             match ev.kind {
-                Some(Kind::Update(u)) if u.ts_recv_ns >= w0 && u.ts_recv_ns < w1 => {
-                    let lat = now - u.ts_recv_ns;
-                    s.received.fetch_add(1, Ordering::Relaxed);
-                    s.from_recv.record(lat);
-                    s.from_schedule.record(now - u.ts_event_ns);
-                    if u.ts_recv_ns < w0 + fifth {
-                        s.first.record(lat);
-                    } else if u.ts_recv_ns >= w1 - fifth {
-                        s.last.record(lat);
-                    }
-                }
+                Some(Kind::Update(u)) => s.record(u.ts_recv_ns, u.ts_event_ns, now),
                 Some(Kind::Gap(g)) => {
                     s.gaps.fetch_add(g.dropped, Ordering::Relaxed);
                 }
@@ -415,34 +432,40 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
             .stderr(log(name)?);
         Ok(c)
     };
-    // Fresh groups starting at the end of the topics: only this run's ticks are measured.
-    let latest = ["--kafka-property", "auto.offset.reset=latest"];
+    // Fresh groups positioned at the end of their topics: only this run's ticks are measured,
+    // however much earlier runs left in the topics.
+    use tick_core::bus::topics;
+    for (group, topic) in [
+        (format!("{run}-router"), topics::RAW),
+        (format!("{run}-indicators"), topics::CLEAN),
+        (format!("{run}-persister"), topics::CLEAN),
+        (format!("{run}-persister-dlq"), topics::DLQ),
+        (format!("{run}-persister-bars"), topics::BARS),
+    ] {
+        d.kafka.commit_end_offsets(&group, topic).await?;
+    }
     let mut children: Vec<(String, Child, u16)> = Vec::new();
     let result: anyhow::Result<RunResult> = async {
         let mut router = common("router", ports[0])?;
-        router
-            .args([
-                "--group",
-                &format!("{run}-router"),
-                "--instrument",
-                &instruments,
-            ])
-            .args(latest);
+        router.args([
+            "--group",
+            &format!("{run}-router"),
+            "--instrument",
+            &instruments,
+        ]);
         children.push(("router".into(), router.spawn()?, ports[0]));
         let mut ind = common("indicators", ports[1])?;
         ind.args(["--group", &format!("{run}-indicators")])
-            .args(["--grpc-addr", &format!("127.0.0.1:{}", ports[4])])
-            .args(latest);
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", ports[4])]);
         children.push(("indicators".into(), ind.spawn()?, ports[1]));
         let mut pers = common("persister", ports[2])?;
         pers.args(["--group", &format!("{run}-persister")])
-            .args(["--database-url", &d.database_url])
-            .args(latest);
+            .args(["--database-url", &d.database_url]);
         children.push(("persister".into(), pers.spawn()?, ports[2]));
         for (name, child, port) in children.iter_mut() {
             wait_ready(*port, child, name).await?;
         }
-        // Consumer groups join and resolve their positions before the first tick is sent.
+        // Consumer groups join before the first tick is sent.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let total = load.warmup + load.duration + Duration::from_secs(1);
         let mut ingest = common("ingest", ports[3])?;
@@ -508,38 +531,19 @@ async fn floor_run(d: &DistributedArgs, rate: u64) -> anyhow::Result<RunResult> 
             }
         })
     };
-    let sub = Arc::new(Subscription {
-        received: AtomicU64::new(0),
-        gaps: AtomicU64::new(0),
-        from_recv: LatencyRecorder::new(),
-        from_schedule: LatencyRecorder::new(),
-        first: LatencyRecorder::new(),
-        last: LatencyRecorder::new(),
-    });
     // The same warm-up as the pipeline gets (its groups join before its feed starts).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let start = clock::now_ns();
     let w0 = start + load.warmup.as_nanos() as i64;
     let w1 = w0 + load.duration.as_nanos() as i64;
-    let fifth = (w1 - w0) / 5;
+    let sub = Subscription::new(w0, w1);
     let sink = {
         let s = sub.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = c2.recv().await {
                 let now = clock::now_ns();
-                let Ok(t) = pb::Tick::decode(m.payload.as_slice()) else {
-                    continue;
-                };
-                if t.ts_recv_ns >= w0 && t.ts_recv_ns < w1 {
-                    let lat = now - t.ts_recv_ns;
-                    s.received.fetch_add(1, Ordering::Relaxed);
-                    s.from_recv.record(lat);
-                    s.from_schedule.record(now - t.ts_event_ns);
-                    if t.ts_recv_ns < w0 + fifth {
-                        s.first.record(lat);
-                    } else if t.ts_recv_ns >= w1 - fifth {
-                        s.last.record(lat);
-                    }
+                if let Ok(t) = pb::Tick::decode(m.payload.as_slice()) {
+                    s.record(t.ts_recv_ns, t.ts_event_ns, now);
                 }
             }
         })
