@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tick_core::Tick;
 use tick_core::bus::topics;
-use tick_core::kafka::KafkaArgs;
+use tick_core::kafka::{KafkaArgs, partitions};
 use tick_core::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 
@@ -59,12 +59,7 @@ pub async fn follow_clean_with(
         let c = consumer.clone();
         let positioned =
             tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<i32, i64>> {
-                let md = c.fetch_metadata(Some(topics::CLEAN), Duration::from_secs(30))?;
-                let partitions: Vec<i32> = md
-                    .topics()
-                    .iter()
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect();
+                let partitions = partitions(&*c, topics::CLEAN, Duration::from_secs(30))?;
                 let mut tpl = TopicPartitionList::new();
                 for p in &partitions {
                     tpl.add_partition_offset(topics::CLEAN, *p, Offset::Offset(since_ms))?;

@@ -410,6 +410,20 @@ impl std::str::FromStr for Bound {
     }
 }
 
+/// Returns the partition ids of `topic` (blocking: call it from `spawn_blocking`).
+pub fn partitions<C: rdkafka::consumer::Consumer>(
+    c: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaError> {
+    let md = c.fetch_metadata(Some(topic), timeout)?;
+    Ok(md
+        .topics()
+        .iter()
+        .flat_map(|m| m.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 /// Where a range ends: the same bound in every partition, or an offset per partition.
 enum RangeEnd {
     Bound(Bound),
@@ -451,6 +465,14 @@ impl KafkaArgs {
             .await
     }
 
+    /// A client of consumer group `group` that neither subscribes nor commits by itself, to read
+    /// or set the group's offsets.
+    fn group_client(&self, group: &str) -> Result<rdkafka::consumer::BaseConsumer, BusError> {
+        self.config(&[("group.id", group), ("enable.auto.commit", "false")])?
+            .create()
+            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))
+    }
+
     /// Returns the offsets consumer group `group` has committed on `topic`, per partition
     /// (partitions without a committed offset are left out).
     pub async fn committed_offsets(
@@ -458,20 +480,14 @@ impl KafkaArgs {
         group: &str,
         topic: &str,
     ) -> Result<std::collections::HashMap<i32, i64>, BusError> {
-        let consumer: rdkafka::consumer::BaseConsumer = self
-            .config(&[("group.id", group), ("enable.auto.commit", "false")])?
-            .create()
-            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?;
+        let consumer = self.group_client(group)?;
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
             let err = |e: KafkaError| BusError::Broker(e.to_string());
             let t = Duration::from_secs(30);
-            let md = consumer.fetch_metadata(Some(&topic), t).map_err(err)?;
             let mut tpl = rdkafka::TopicPartitionList::new();
-            for m in md.topics() {
-                for p in m.partitions() {
-                    tpl.add_partition(&topic, p.id());
-                }
+            for p in partitions(&consumer, &topic, t).map_err(err)? {
+                tpl.add_partition(&topic, p);
             }
             let committed = consumer.committed_offsets(tpl, t).map_err(err)?;
             Ok(committed
@@ -491,11 +507,7 @@ impl KafkaArgs {
     /// group then reads only what is produced from now on, however much the topic already
     /// holds (tests and benchmarks that must not chew through an old backlog).
     pub async fn commit_end_offsets(&self, group: &str, topic: &str) -> Result<(), BusError> {
-        let consumer: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(
-            self.config(&[("group.id", group), ("enable.auto.commit", "false")])?
-                .create()
-                .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?,
-        );
+        let consumer = Arc::new(self.group_client(group)?);
         // A topic created a moment ago may have no partition leader yet: retry for a while.
         let mut attempt = 0;
         loop {
@@ -504,14 +516,11 @@ impl KafkaArgs {
             let r = tokio::task::spawn_blocking(move || {
                 let err = |e: KafkaError| BusError::Broker(e.to_string());
                 let t = Duration::from_secs(30);
-                let md = c.fetch_metadata(Some(&topic), t).map_err(err)?;
                 let mut tpl = rdkafka::TopicPartitionList::new();
-                for m in md.topics() {
-                    for p in m.partitions() {
-                        let (_, high) = c.fetch_watermarks(&topic, p.id(), t).map_err(err)?;
-                        tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(high))
-                            .map_err(err)?;
-                    }
+                for p in partitions(&*c, &topic, t).map_err(err)? {
+                    let (_, high) = c.fetch_watermarks(&topic, p, t).map_err(err)?;
+                    tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(high))
+                        .map_err(err)?;
                 }
                 c.commit(&tpl, CommitMode::Sync).map_err(err)
             })
@@ -550,12 +559,7 @@ impl KafkaArgs {
         let (consumer, ends) = tokio::task::spawn_blocking(move || {
             let err = |e: KafkaError| BusError::Broker(e.to_string());
             let t = Duration::from_secs(30);
-            let md = consumer.fetch_metadata(Some(&topic_s), t).map_err(err)?;
-            let parts: Vec<i32> = md
-                .topics()
-                .iter()
-                .flat_map(|m| m.partitions().iter().map(|p| p.id()))
-                .collect();
+            let parts = partitions(&consumer, &topic_s, t).map_err(err)?;
             let resolve =
                 |b: Bound, what: &str| -> Result<std::collections::HashMap<i32, i64>, BusError> {
                     let mut out = std::collections::HashMap::new();
