@@ -7,28 +7,15 @@ use std::time::Duration;
 use tick_core::bus::{Consumer, Producer};
 use tick_core::kafka::KafkaArgs;
 use tick_core::shutdown::CancellationToken;
-use tick_core::{Tick, clock, idempotency_key};
+use tick_core::{Tick, clock};
 
 fn tick(i: i64, symbol: &str) -> Tick {
-    let ts = clock::now_ns() + i;
-    let bid = 108_000 + (i * 7919) % 90;
-    Tick {
-        symbol: symbol.into(),
-        source: "warm".into(),
-        ts_event_ns: ts,
-        ts_recv_ns: ts,
-        scale: 5,
-        bid,
-        ask: bid + 3,
-        last: None,
-        bid_size: 1.0,
-        ask_size: 1.0,
-        volume: 0.0,
-        flags: 0,
-        key: idempotency_key("warm", symbol, ts, 0),
-        route: Default::default(),
-        replay: false,
-    }
+    tick_core::testenv::tick(
+        "warm",
+        symbol,
+        clock::now_ns() + i,
+        108_000 + (i * 7919) % 90,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

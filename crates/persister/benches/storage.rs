@@ -20,11 +20,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tick_core::Tick;
 use tick_core::bus::Producer;
 use tick_core::kafka::KafkaArgs;
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::TickStore;
-use tick_core::{Tick, idempotency_key};
 
 const SYMBOLS: [&str; 10] = [
     "EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCAD", "USDCHF", "NZDUSD", "EURGBP", "EURJPY",
@@ -46,23 +46,7 @@ fn ticks(round: usize, n: usize) -> Vec<Tick> {
             let symbol = SYMBOLS[i % SYMBOLS.len()];
             let ts = base + i as i64 * 1_000;
             let bid = 110_000 + (i as i64 * 7919) % 500;
-            Tick {
-                symbol: symbol.into(),
-                source: source.clone(),
-                ts_event_ns: ts,
-                ts_recv_ns: ts + 40_000,
-                scale: 5,
-                bid,
-                ask: bid + 2,
-                last: None,
-                bid_size: 1.0,
-                ask_size: 1.5,
-                volume: 0.0,
-                flags: 6,
-                key: idempotency_key(&source, symbol, ts, 0),
-                route: Default::default(),
-                replay: false,
-            }
+            tick_core::testenv::tick(&source, symbol, ts, bid)
         })
         .collect()
 }

@@ -12,27 +12,15 @@ use tick_core::bus::{Consumer, Producer, topics};
 use tick_core::kafka::{Bound, KafkaArgs};
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::TickStore;
-use tick_core::{Tick, idempotency_key, pb};
+use tick_core::{Tick, pb};
 
 fn tick(source: &str, symbol: &str, i: i64) -> Tick {
-    let ts = 1_700_000_000_000_000_000 + i * 1_000_000;
-    Tick {
-        symbol: symbol.into(),
-        source: source.into(),
-        ts_event_ns: ts,
-        ts_recv_ns: ts,
-        scale: 5,
-        bid: 110_000 + i,
-        ask: 110_002 + i,
-        last: None,
-        bid_size: 1.0,
-        ask_size: 1.0,
-        volume: 0.0,
-        flags: 6,
-        key: idempotency_key(source, symbol, ts, 0),
-        route: Default::default(),
-        replay: false,
-    }
+    tick_core::testenv::tick(
+        source,
+        symbol,
+        1_700_000_000_000_000_000 + i * 1_000_000,
+        110_000 + i,
+    )
 }
 
 #[tokio::test]

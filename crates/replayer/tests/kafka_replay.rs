@@ -5,8 +5,8 @@
 use clap::Parser;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
+use tick_core::clock;
 use tick_core::shutdown::CancellationToken;
-use tick_core::{Tick, clock};
 use tokio_postgres::NoTls;
 
 #[derive(Parser)]
@@ -59,23 +59,7 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
     for i in 0..300i64 {
         let ts = h0 + i * 36_000_000_000;
         let symbol = ["EURUSD", "USDJPY", "GBPUSD"][(i % 3) as usize];
-        let t = Tick {
-            symbol: symbol.into(),
-            source: tag.clone(),
-            ts_event_ns: ts,
-            ts_recv_ns: ts,
-            scale: 5,
-            bid: 110_000 + i,
-            ask: 110_002 + i,
-            last: None,
-            bid_size: 1.0,
-            ask_size: 1.0,
-            volume: 0.0,
-            flags: 0,
-            key: tick_core::idempotency_key(&tag, symbol, ts, 0),
-            route: Default::default(),
-            replay: false,
-        };
+        let t = tick_core::testenv::tick(&tag, symbol, ts, 110_000 + i);
         let payload = t.encode();
         let record = FutureRecord::to(&topic)
             .key(symbol)

@@ -17,3 +17,26 @@ pub fn service(var: &str) -> Option<String> {
         }
     }
 }
+
+/// Returns a valid tick for integration tests and benchmarks: `symbol` from `source` at
+/// `ts_event_ns` (also its receipt time), scale 5, `bid` and a 2-point spread, its idempotency
+/// key derived as the pipeline derives it (ordinal 0).
+pub fn tick(source: &str, symbol: &str, ts_event_ns: i64, bid: i64) -> crate::Tick {
+    crate::Tick {
+        symbol: symbol.into(),
+        source: source.into(),
+        ts_event_ns,
+        ts_recv_ns: ts_event_ns,
+        scale: 5,
+        bid,
+        ask: bid + 2,
+        last: None,
+        bid_size: 1.0,
+        ask_size: 1.0,
+        volume: 0.0,
+        flags: 0,
+        key: crate::idempotency_key(source, symbol, ts_event_ns, 0),
+        route: Default::default(),
+        replay: false,
+    }
+}
