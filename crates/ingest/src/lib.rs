@@ -39,7 +39,8 @@ pub struct SimArgs {
     /// Fraction of simulated ticks deliberately crossed, to see the reject path work.
     #[arg(long, env = "TICKFLOW_BAD_RATIO", default_value_t = 0.0)]
     pub bad_ratio: f64,
-    /// Stop intake after this long (e.g. `10s`, `5m`); default: until shutdown.
+    /// Stop intake after this long (e.g. `10s`, `5m`); default: until shutdown. The simulator
+    /// then sends exactly rate x duration ticks on its schedule.
     #[arg(long, env = "TICKFLOW_DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
     /// Stop intake after this many ticks.
@@ -62,15 +63,34 @@ impl SimArgs {
             symbols,
             rate: self.rate,
             seed: self.seed,
-            max_ticks: self.max_ticks,
+            max_ticks: self.tick_budget(),
             bad_ratio: self.bad_ratio,
         }
     }
 
-    /// Returns a token that trips when `parent` does or when `--duration` has passed.
-    pub fn intake_token(&self, parent: &CancellationToken) -> CancellationToken {
+    /// How many ticks the feed sends: `--max-ticks`, or `--duration` worth at `--rate` (the
+    /// fewer of the two), or unbounded. A duration is a tick count rather than a timer so that
+    /// `--duration 10s --rate 1000` always means the same 10,000 ticks: a timer started beside
+    /// the feed's own clock cut it one tick early or late.
+    pub fn tick_budget(&self) -> Option<u64> {
+        let by_time = self
+            .duration
+            .map(|d| (self.rate * d.as_secs_f64()).round() as u64);
+        match (self.max_ticks, by_time) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Returns a token that trips when `parent` does or, for a source other than the simulator
+    /// (which ends by itself after [`SimArgs::tick_budget`] ticks), when `--duration` has passed.
+    pub fn intake_token(
+        &self,
+        source: SourceKind,
+        parent: &CancellationToken,
+    ) -> CancellationToken {
         let intake = parent.child_token();
-        if let Some(d) = self.duration {
+        if let Some(d) = self.duration.filter(|_| source != SourceKind::Sim) {
             let t = intake.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(d).await;
@@ -347,7 +367,7 @@ pub async fn run(
         source,
         Arc::new(producer),
         stats,
-        cfg.sim.intake_token(&shutdown),
+        cfg.sim.intake_token(cfg.source, &shutdown),
         Some(spooler),
     )
     .await
@@ -703,5 +723,34 @@ fn settle_one(result: Result<(), tick_core::bus::BusError>, stats: &IngestStats)
             metrics::counter!("tickflow_ingest_publish_failed_total").increment(1);
             stats.failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    #[test]
+    fn a_simulated_duration_is_rate_times_duration_ticks() {
+        let budget = |args: &[&str]| {
+            let mut argv = vec!["x"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap().sim.tick_budget()
+        };
+        assert_eq!(budget(&["--duration", "10s"]), Some(10_000));
+        assert_eq!(
+            budget(&["--duration", "1500ms", "--rate", "250"]),
+            Some(375)
+        );
+        assert_eq!(budget(&["--duration", "10s", "--max-ticks", "7"]), Some(7));
+        assert_eq!(budget(&["--max-ticks", "7"]), Some(7));
+        assert_eq!(budget(&[]), None);
     }
 }

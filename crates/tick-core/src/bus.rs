@@ -184,6 +184,7 @@ impl MemoryBus {
         MemoryConsumer {
             rx,
             acked: Arc::new(AtomicI64::new(-1)),
+            poll_every: None,
         }
     }
 
@@ -257,9 +258,18 @@ impl Producer for MemoryProducer {
 pub struct MemoryConsumer {
     rx: mpsc::Receiver<Delivery>,
     acked: Arc<AtomicI64>,
+    poll_every: Option<std::time::Duration>,
 }
 
 impl MemoryConsumer {
+    /// Makes this consumer look for messages every `interval` instead of being woken by each
+    /// publish. For a stage that batches anyway (the persister): a publisher on another thread
+    /// then never pays a cross-thread wake-up for it, at the cost of up to `interval` delay.
+    pub fn polled(mut self, interval: std::time::Duration) -> Self {
+        self.poll_every = Some(interval);
+        self
+    }
+
     /// Returns the highest acknowledged offset (-1 before the first ack).
     pub fn acked(&self) -> i64 {
         self.acked.load(Ordering::Relaxed)
@@ -269,7 +279,16 @@ impl MemoryConsumer {
 #[async_trait]
 impl Consumer for MemoryConsumer {
     async fn recv(&mut self) -> Result<Option<Delivery>, BusError> {
-        Ok(self.rx.recv().await)
+        let Some(interval) = self.poll_every else {
+            return Ok(self.rx.recv().await);
+        };
+        loop {
+            match self.rx.try_recv() {
+                Ok(d) => return Ok(Some(d)),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(None),
+                Err(mpsc::error::TryRecvError::Empty) => tokio::time::sleep(interval).await,
+            }
+        }
     }
 
     fn ack(&mut self, id: DeliveryId) -> Result<(), BusError> {
@@ -307,6 +326,33 @@ mod tests {
         }
         assert_eq!(a.acked(), 2);
         assert_eq!(bus.published(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_polled_consumer_gets_every_message_then_the_end() {
+        let bus = MemoryBus::new();
+        let mut c = bus
+            .subscribe(topics::CLEAN, 8)
+            .polled(std::time::Duration::from_millis(1));
+        let p = bus.producer();
+        let publisher = tokio::spawn(async move {
+            for i in 0..5u8 {
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+                p.send(topics::CLEAN, b"EURUSD", vec![i])
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut got = vec![];
+        while got.len() < 5 {
+            got.push(c.recv().await.unwrap().unwrap().payload[0]);
+        }
+        publisher.await.unwrap();
+        bus.close(topics::CLEAN);
+        assert!(c.recv().await.unwrap().is_none());
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
     }
 
     #[tokio::test]

@@ -126,9 +126,15 @@ pub async fn run(
     let bus = MemoryBus::new();
     let raw = bus.subscribe(topics::RAW, 65_536);
     let clean_rt = bus.subscribe(topics::CLEAN, 65_536);
-    // The storage branch gets a deep queue so a slow disk never holds back the bots.
-    let clean_store = bus.subscribe(topics::CLEAN, 1 << 20);
-    let dlq = bus.subscribe(topics::DLQ, 65_536);
+    // The storage branch gets a deep queue so a slow disk never holds back the bots. It and
+    // the dead letters run on the runtime's workers and look for work every 2 ms, so the stages
+    // on the hot thread never wake them (see `HotThread`); they batch for 50 ms anyway.
+    let clean_store = bus
+        .subscribe(topics::CLEAN, 1 << 20)
+        .polled(Duration::from_millis(2));
+    let dlq = bus
+        .subscribe(topics::DLQ, 65_536)
+        .polled(Duration::from_millis(2));
 
     let serve_options = args.engine.grpc.serve_options()?;
     let (tls, auth) = (
@@ -158,7 +164,10 @@ pub async fn run(
     let batch = args.batch.to_config();
     let abort = CancellationToken::new();
 
-    let router_task = tokio::spawn(router::run_router(
+    // Intake, router and indicators share one thread (see `HotThread`); storage, dead letters
+    // and the gRPC server run on the multi-threaded runtime.
+    let hot = HotThread::start().context("failed to start the hot-path thread")?;
+    let router_task = hot.spawn(router::run_router(
         Box::new(raw),
         Arc::new(bus.producer()),
         Router::new(args.rules.router_config()?),
@@ -166,7 +175,7 @@ pub async fn run(
         None,
         true,
     ));
-    let ind_task = tokio::spawn(indicators::run_indicators(
+    let ind_task = hot.spawn(indicators::run_indicators(
         Box::new(clean_rt),
         engine,
         hub.clone(),
@@ -192,8 +201,8 @@ pub async fn run(
         abort.clone(),
     ));
 
-    let intake = args.sim.intake_token(&shutdown);
-    let mut ingest_task = tokio::spawn(ingest::run_source(
+    let intake = args.sim.intake_token(ingest::SourceKind::Sim, &shutdown);
+    let mut ingest_task = hot.spawn(ingest::run_source(
         Box::new(SimSource::new(&args.sim.to_config())),
         Arc::new(bus.producer()),
         ingest_stats.clone(),
@@ -238,6 +247,7 @@ pub async fn run(
     dlq_task.await.context("dead-letter task panicked")??;
     server_stop.cancel();
     server.await.context("gRPC server panicked")??;
+    tokio::task::spawn_blocking(move || drop(hot)).await?;
 
     Ok(Summary {
         elapsed: started.elapsed(),
@@ -252,4 +262,55 @@ pub async fn run(
         signals: ind_stats.signals.load(Ordering::Relaxed),
         latency: ind_stats.latency.summary(),
     })
+}
+
+/// One thread running a current-thread tokio runtime for the hot path. A tick handed from intake
+/// to the router to the indicators then never wakes a parked worker thread on another core (a
+/// futex wake-up and, in a VM, an inter-processor interrupt, each on the path): the next stage
+/// runs on the same thread right after the previous one yields. The persister stays on the
+/// workers, so storage still has a core of its own at 100,000 ticks/s, and polls its queue (see
+/// [`MemoryConsumer::polled`](tick_core::bus::MemoryConsumer::polled)) so it costs the hot
+/// path no wake-up either.
+struct HotThread {
+    handle: tokio::runtime::Handle,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HotThread {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tickflow-hot".into())
+            .spawn(move || runtime.block_on(stopped.cancelled()))?;
+        Ok(Self {
+            handle,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+}
+
+impl Drop for HotThread {
+    /// Stops the runtime (tasks still running are dropped, as on any early return) and joins the
+    /// thread. Blocks, so it is dropped from a blocking context when the pipeline is async.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -146,3 +146,24 @@ async fn snapshot_reports_the_latest_state() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duration_stores_exactly_rate_times_duration_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let mut a = args(&db, 0, 1000.0);
+    a.sim.max_ticks = None;
+    a.sim.duration = Some(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let (task, _) = start(a).await;
+    let s = task.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "the feed keeps its schedule"
+    );
+    assert_eq!((s.ticks_in, s.stored, s.rows_in_db), (1500, 1500, 1500));
+    assert_eq!(
+        count_rows(&db, "select count(distinct idempotency_key) from ticks"),
+        1500
+    );
+}
