@@ -67,6 +67,8 @@ pub struct Summary {
     pub updates: u64,
     /// Bars published.
     pub bars: u64,
+    /// Bars newly stored in the `bars` table.
+    pub bars_stored: u64,
     /// Signals published.
     pub signals: u64,
     /// Tick-to-update latency.
@@ -91,8 +93,8 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  updates         {} indicator updates, {} bars, {} signals",
-            self.updates, self.bars, self.signals
+            "  updates         {} indicator updates, {} bars ({} stored), {} signals",
+            self.updates, self.bars, self.bars_stored, self.signals
         )?;
         write!(
             f,
@@ -134,6 +136,9 @@ pub async fn run(
         .polled(Duration::from_millis(2));
     let dlq = bus
         .subscribe(topics::DLQ, 65_536)
+        .polled(Duration::from_millis(2));
+    let bars = bus
+        .subscribe(topics::BARS, 65_536)
         .polled(Duration::from_millis(2));
 
     let serve_options = args.engine.grpc.serve_options()?;
@@ -180,7 +185,12 @@ pub async fn run(
         engine,
         hub.clone(),
         snap_rx,
-        indicators::Outputs::default(),
+        // Closed bars go to the `bars` topic for storage, signals to `signals`, as in
+        // distributed mode.
+        indicators::Outputs {
+            signals: Some(Arc::new(bus.producer())),
+            ..Default::default()
+        },
         ind_stats.clone(),
     ));
     let pers_task = tokio::spawn(persister::run_persister(
@@ -194,6 +204,14 @@ pub async fn run(
     ));
     let dlq_task = tokio::spawn(persister::run_dead_letters(
         Box::new(dlq),
+        store.clone(),
+        batch,
+        persister::breaker::BreakerArgs::default(),
+        pers_stats.clone(),
+        abort.clone(),
+    ));
+    let bars_task = tokio::spawn(persister::run_bars(
+        Box::new(bars),
         store.clone(),
         batch,
         persister::breaker::BreakerArgs::default(),
@@ -243,8 +261,11 @@ pub async fn run(
     bus.close(topics::CLEAN);
     bus.close(topics::DLQ);
     ind_task.await.context("indicators task panicked")??;
+    bus.close(topics::BARS);
+    bus.close(topics::SIGNALS);
     pers_task.await.context("persister task panicked")??;
     dlq_task.await.context("dead-letter task panicked")??;
+    bars_task.await.context("bar-storage task panicked")??;
     server_stop.cancel();
     server.await.context("gRPC server panicked")??;
     tokio::task::spawn_blocking(move || drop(hot)).await?;
@@ -259,6 +280,7 @@ pub async fn run(
         dead_letters: pers_stats.dead_letters_stored.load(Ordering::Relaxed),
         updates: ind_stats.updates.load(Ordering::Relaxed),
         bars: ind_stats.bars.load(Ordering::Relaxed),
+        bars_stored: pers_stats.bars_stored.load(Ordering::Relaxed),
         signals: ind_stats.signals.load(Ordering::Relaxed),
         latency: ind_stats.latency.summary(),
     })

@@ -89,6 +89,10 @@ async fn every_tick_is_stored_once_and_the_subscriber_gets_only_its_symbol() {
         3000
     );
     assert!(count_rows(&db, "select count(*) from ticks where symbol = 'EURUSD'") >= updates);
+    // Closed bars are stored too, once each.
+    assert!(s.bars > 0, "{s:?}");
+    assert_eq!(s.bars_stored, s.bars);
+    assert_eq!(count_rows(&db, "select count(*) from bars"), s.bars as i64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
