@@ -75,6 +75,7 @@ pub async fn run(
             .context("failed to provision topics")?;
     }
     // Rebuild the indicators from the history this group already consumed, before serving.
+    let mut warm_bars = Vec::new();
     if !cfg.warm_start.is_zero() {
         let started = std::time::Instant::now();
         let r = warm::from_kafka(
@@ -90,9 +91,11 @@ pub async fn run(
         tracing::info!(
             ticks = r.ticks,
             partitions = r.partitions,
+            bars = r.bars.len(),
             elapsed = ?started.elapsed(),
             "warm start: indicators rebuilt from recent history"
         );
+        warm_bars = r.bars;
     }
     let consumer = cfg
         .kafka
@@ -102,6 +105,18 @@ pub async fn run(
         .kafka
         .producer(true)
         .context("failed to create the producer")?;
+    // Bars the previous instance may not have published (see `warm`); storage ignores copies.
+    let mut receipts = Vec::with_capacity(warm_bars.len());
+    for bar in &warm_bars {
+        receipts.push(
+            producer
+                .send(topics::BARS, bar.symbol.as_bytes(), bar.encode_to_vec())
+                .await?,
+        );
+    }
+    for r in receipts {
+        r.await.context("failed to publish the warm start's bars")?;
+    }
     let (snap_tx, snap_task) = match &cfg.redis_url {
         Some(url) => {
             let (tx, task) = snapshots::start_writer(url, cfg.snapshot_ttl)

@@ -107,3 +107,89 @@ async fn warm_start_rebuilds_exactly_the_consumed_history() {
     assert_eq!((r.partitions, r.ticks), (0, 0));
     assert!(fresh.snapshot("EURUSD").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_start_returns_the_recent_closed_bars_to_publish_again() {
+    let Some(brokers) = tick_core::testenv::service("KAFKA_BROKERS") else {
+        return;
+    };
+    let kafka = KafkaArgs {
+        brokers,
+        properties: vec![],
+        create_topics: false,
+        topic_partitions: 1,
+        topic_replication: 1,
+    };
+    let run = clock::now_ns();
+    let topic = format!("test.warm.bars.{run}");
+    kafka.create_topic(&topic, 1).await.unwrap();
+    // 200 ticks 5 s apart over two symbols, ending a minute ago: 1,000 s of history, more
+    // than the 300 s whose bars are published again.
+    let start = run - 1_060_000_000_000;
+    let ticks: Vec<Tick> = (0..200)
+        .map(|i| {
+            tick_core::testenv::tick(
+                "warm",
+                ["EURUSD", "USDJPY"][(i % 2) as usize],
+                start + i * 5_000_000_000,
+                108_000 + (i * 7919) % 90,
+            )
+        })
+        .collect();
+    let p = kafka.producer(true).unwrap();
+    for t in &ticks {
+        p.send(&topic, t.symbol.as_bytes(), t.encode())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let group = format!("test-warm-bars-{run}");
+    let mut c = kafka
+        .consumer(&group, &topic, CancellationToken::new())
+        .unwrap();
+    for _ in 0..200 {
+        let d = tokio::time::timeout(Duration::from_secs(60), c.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        c.ack(d.id).unwrap();
+    }
+    c.commit().await.unwrap();
+    drop(c);
+
+    let mut warmed = Engine::new(EngineConfig::default()).unwrap();
+    let r = indicators::warm::from_kafka(
+        &kafka,
+        &topic,
+        &group,
+        Duration::from_secs(3600),
+        &mut warmed,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.ticks, 200);
+
+    // The bars an engine closed when it saw the same ticks live, less the old ones.
+    let mut live = Engine::new(EngineConfig::default()).unwrap();
+    let all: Vec<_> = ticks
+        .iter()
+        .flat_map(|t| live.on_tick(t.clone()).bars)
+        .collect();
+    let newest = ticks.last().unwrap().ts_event_ns;
+    let horizon = indicators::warm::REPUBLISH_BARS.as_nanos() as i64;
+    let recent: Vec<_> = all
+        .iter()
+        .filter(|b| b.close_time_ns >= newest - horizon)
+        .cloned()
+        .collect();
+    assert!(
+        !recent.is_empty() && recent.len() < all.len(),
+        "{} of {}",
+        recent.len(),
+        all.len()
+    );
+    assert_eq!(r.bars, recent);
+}
