@@ -3,18 +3,14 @@
 //! already let through.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 
-/// Keys are stored as 128-bit hashes: two independent SipHash values, so a false match is
-/// astronomically unlikely while a key costs 16 bytes.
+/// Keys are stored as 128-bit hashes (XXH3-128), so a false match is astronomically unlikely
+/// while a key costs 16 bytes. The hashes live only in memory (the set is rebuilt from
+/// `ticks.clean` on start), so the function can change between versions. XXH3-128 replaced two
+/// SipHash-1-3 passes: see BENCHMARKS.md, router.
 fn hash128(key: &str) -> u128 {
-    let h = |salt: u8| {
-        let mut s = std::hash::DefaultHasher::new();
-        salt.hash(&mut s);
-        key.hash(&mut s);
-        s.finish()
-    };
-    (u128::from(h(1)) << 64) | u128::from(h(2))
+    xxhash_rust::xxh3::xxh3_128(key.as_bytes())
 }
 
 /// The set holds hashes already: hash them no further.
