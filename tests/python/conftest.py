@@ -72,6 +72,24 @@ def wait_port(port: int, timeout: float = 30.0, proc=None) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def position_at_end(brokers, group, topic):
+    """Commits `group`'s offsets on `topic` at the topic's current end, so a stage started in
+    that group reads only what comes next, not the backlog that earlier runs (benchmarks, other
+    tests) left on a reused broker. A topic that does not exist yet holds no backlog."""
+    c = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        t = md.topics.get(topic)
+        if t is None or t.error is not None or not t.partitions:
+            return
+        ends = [TopicPartition(topic, p, c.get_watermark_offsets(TopicPartition(topic, p),
+                                                                  timeout=10)[1])
+                for p in t.partitions]
+        c.commit(offsets=ends, asynchronous=False)
+    finally:
+        c.close()
+
+
 def read_topic_keys(brokers, topic, since_ms, pb):
     """Returns the idempotency keys of the ticks on `topic` received since `since_ms`, read to
     the topic's current end with confluent-kafka and decoded with the generated modules."""
