@@ -65,7 +65,15 @@ pub async fn from_kafka(
         match Tick::decode(&d.payload) {
             Ok(t) => {
                 newest = newest.max(t.ts_event_ns);
-                bars.extend(engine.on_tick(t).bars);
+                // A partial first bar (the history began inside it) is not the bar the previous
+                // instance published: never publish it again.
+                bars.extend(
+                    engine
+                        .on_tick(t)
+                        .bars
+                        .into_iter()
+                        .filter(|b| b.flags & crate::bars::FLAG_PARTIAL_FIRST == 0),
+                );
                 // Bars close in about event-time order: forget the old ones as we go.
                 while bars
                     .front()

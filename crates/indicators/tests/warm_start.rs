@@ -183,6 +183,7 @@ async fn warm_start_returns_the_recent_closed_bars_to_publish_again() {
     let recent: Vec<_> = all
         .iter()
         .filter(|b| b.close_time_ns >= newest - horizon)
+        .filter(|b| b.flags & indicators::bars::FLAG_PARTIAL_FIRST == 0)
         .cloned()
         .collect();
     assert!(

@@ -73,24 +73,32 @@ impl SimArgs {
     /// `--duration 10s --rate 1000` always means the same 10,000 ticks: a timer started beside
     /// the feed's own clock cut it one tick early or late.
     pub fn tick_budget(&self) -> Option<u64> {
+        // The epsilon keeps 1000/s x 10 s at 10,000 despite floating-point rounding; flooring
+        // never schedules a tick after the duration has ended.
         let by_time = self
             .duration
-            .map(|d| (self.rate * d.as_secs_f64()).round() as u64);
+            .map(|d| (self.rate.max(0.0) * d.as_secs_f64() + 1e-6).floor() as u64);
         match (self.max_ticks, by_time) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Returns a token that trips when `parent` does or, for a source other than the simulator
-    /// (which ends by itself after [`SimArgs::tick_budget`] ticks), when `--duration` has passed.
+    /// Returns a token that trips when `parent` does or when `--duration` has passed. The
+    /// simulator ends by itself after [`SimArgs::tick_budget`] ticks, on its schedule; for it the
+    /// timer is only a backstop, at twice the duration plus 10 s, should the pipeline hold the
+    /// feed back that long.
     pub fn intake_token(
         &self,
         source: SourceKind,
         parent: &CancellationToken,
     ) -> CancellationToken {
         let intake = parent.child_token();
-        if let Some(d) = self.duration.filter(|_| source != SourceKind::Sim) {
+        let deadline = self.duration.map(|d| match source {
+            SourceKind::Sim => d * 2 + Duration::from_secs(10),
+            _ => d,
+        });
+        if let Some(d) = deadline {
             let t = intake.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(d).await;
@@ -748,6 +756,11 @@ mod tests {
         assert_eq!(
             budget(&["--duration", "1500ms", "--rate", "250"]),
             Some(375)
+        );
+        assert_eq!(
+            budget(&["--duration", "500ms", "--rate", "3"]),
+            Some(1),
+            "none after 500 ms"
         );
         assert_eq!(budget(&["--duration", "10s", "--max-ticks", "7"]), Some(7));
         assert_eq!(budget(&["--max-ticks", "7"]), Some(7));

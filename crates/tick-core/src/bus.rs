@@ -284,7 +284,12 @@ impl Consumer for MemoryConsumer {
         };
         loop {
             match self.rx.try_recv() {
-                Ok(d) => return Ok(Some(d)),
+                Ok(d) => {
+                    // `try_recv` does not count against tokio's cooperative budget as `recv`
+                    // does: without this, a full queue would starve the stage's timers.
+                    tokio::task::coop::consume_budget().await;
+                    return Ok(Some(d));
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => return Ok(None),
                 Err(mpsc::error::TryRecvError::Empty) => tokio::time::sleep(interval).await,
             }

@@ -169,6 +169,13 @@ pub async fn run(
     let batch = args.batch.to_config();
     let abort = CancellationToken::new();
 
+    let intake = args.sim.intake_token(ingest::SourceKind::Sim, &shutdown);
+    // Should `run` return early (an error, or its future dropped), the guard ends every stage
+    // it started: each input topic closes, storage aborts, the server stops.
+    let teardown = Teardown {
+        bus: bus.clone(),
+        stop: [intake.clone(), abort.clone(), server_stop.clone()],
+    };
     // Intake, router and indicators share one thread (see `HotThread`); storage, dead letters
     // and the gRPC server run on the multi-threaded runtime.
     let hot = HotThread::start().context("failed to start the hot-path thread")?;
@@ -219,7 +226,6 @@ pub async fn run(
         abort.clone(),
     ));
 
-    let intake = args.sim.intake_token(ingest::SourceKind::Sim, &shutdown);
     let mut ingest_task = hot.spawn(ingest::run_source(
         Box::new(SimSource::new(&args.sim.to_config())),
         Arc::new(bus.producer()),
@@ -259,16 +265,19 @@ pub async fn run(
     bus.close(topics::RAW);
     router_task.await.context("router task panicked")??;
     bus.close(topics::CLEAN);
-    bus.close(topics::DLQ);
     ind_task.await.context("indicators task panicked")??;
     bus.close(topics::BARS);
     bus.close(topics::SIGNALS);
     pers_task.await.context("persister task panicked")??;
+    // The persister publishes the rows the store refuses as dead letters: close their topic
+    // only once it is done.
+    bus.close(topics::DLQ);
     dlq_task.await.context("dead-letter task panicked")??;
     bars_task.await.context("bar-storage task panicked")??;
     server_stop.cancel();
     server.await.context("gRPC server panicked")??;
     tokio::task::spawn_blocking(move || drop(hot)).await?;
+    std::mem::forget(teardown);
 
     Ok(Summary {
         elapsed: started.elapsed(),
@@ -300,16 +309,32 @@ struct HotThread {
 }
 
 impl HotThread {
+    /// Starts the thread; its runtime is built and dropped on the thread itself (a runtime
+    /// must not be dropped from async code).
     fn start() -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("tickflow-hot".into())
-            .spawn(move || runtime.block_on(stopped.cancelled()))?;
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        let _ = tx.send(Ok(runtime.handle().clone()));
+                        runtime.block_on(stopped.cancelled());
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })?;
+        // Waits the moment the thread takes to build a runtime.
+        let handle = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the hot-path thread ended at start"))??;
         Ok(Self {
             handle,
             stop,
@@ -328,11 +353,36 @@ impl HotThread {
 
 impl Drop for HotThread {
     /// Stops the runtime (tasks still running are dropped, as on any early return) and joins the
-    /// thread. Blocks, so it is dropped from a blocking context when the pipeline is async.
+    /// thread. That takes only as long as the thread needs to drop its runtime; the normal path
+    /// still drops it from a blocking task.
     fn drop(&mut self) {
         self.stop.cancel();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Ends what [`run`] started when it returns early; forgotten on the normal path, which drains
+/// in order instead.
+struct Teardown {
+    bus: MemoryBus,
+    stop: [CancellationToken; 3],
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        for token in &self.stop {
+            token.cancel();
+        }
+        for topic in [
+            topics::RAW,
+            topics::CLEAN,
+            topics::DLQ,
+            topics::BARS,
+            topics::SIGNALS,
+        ] {
+            self.bus.close(topic);
         }
     }
 }
