@@ -51,9 +51,9 @@ pub struct IndicatorStats {
 /// Where the indicators stage sends what it computes besides the gRPC hub.
 #[derive(Default)]
 pub struct Outputs {
-    /// Producer for the signals topic and the `bars` topic (closed bars, for storage).
-    pub signals: Option<Arc<dyn Producer>>,
-    /// Topic the signals go to; `signals` when `None`.
+    /// Producer for the `bars` topic (closed bars, for storage) and the signals topic.
+    pub producer: Option<Arc<dyn Producer>>,
+    /// Topic the signals are published to; `None`: they go to the gRPC hub only.
     pub signals_topic: Option<String>,
     /// Queue of the Redis snapshot writer.
     pub snapshots: Option<mpsc::Sender<Vec<pb::Snapshot>>>,
@@ -106,17 +106,15 @@ pub async fn run(
         .producer(true)
         .context("failed to create the producer")?;
     // Bars the previous instance may not have published (see `warm`); storage ignores copies.
-    let mut receipts = Vec::with_capacity(warm_bars.len());
-    for bar in &warm_bars {
-        receipts.push(
-            producer
-                .send(topics::BARS, bar.symbol.as_bytes(), bar.encode_to_vec())
-                .await?,
-        );
-    }
-    for r in receipts {
-        r.await.context("failed to publish the warm start's bars")?;
-    }
+    tick_core::bus::publish_all(
+        &producer,
+        topics::BARS,
+        warm_bars
+            .iter()
+            .map(|b| (b.symbol.as_bytes(), b.encode_to_vec())),
+    )
+    .await
+    .context("failed to publish the warm start's bars")?;
     let (snap_tx, snap_task) = match &cfg.redis_url {
         Some(url) => {
             let (tx, task) = snapshots::start_writer(url, cfg.snapshot_ttl)
@@ -147,7 +145,7 @@ pub async fn run(
     ));
     health.set_ready(true);
     let outputs = Outputs {
-        signals: Some(Arc::new(producer)),
+        producer: Some(Arc::new(producer)),
         signals_topic: Some(cfg.signals_topic.clone()),
         snapshots: snap_tx,
     };
@@ -172,11 +170,12 @@ pub async fn run_indicators(
     stats: Arc<IndicatorStats>,
 ) -> anyhow::Result<()> {
     let Outputs {
-        signals,
+        producer,
         signals_topic,
         snapshots,
     } = outputs;
-    let signals_topic = signals_topic.unwrap_or_else(|| topics::SIGNALS.to_string());
+    // Where signals are published: a producer and a topic both given.
+    let signals = producer.clone().zip(signals_topic);
     let mut in_flight = InFlight::default();
     let mut clock_timer = tokio::time::interval(Duration::from_millis(50));
     clock_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -208,7 +207,7 @@ pub async fn run_indicators(
                         stats.bars.fetch_add(1, Ordering::Relaxed);
                         // A bar the clock closed answers to no input message: its delivery is
                         // watched on its own (a crash in between loses it from storage).
-                        if let Some(p) = &signals {
+                        if let Some(p) = &producer {
                             let receipt = p.send(topics::BARS, bar.symbol.as_bytes(), bar.encode_to_vec()).await?;
                             tokio::spawn(async move {
                                 if let Err(e) = receipt.await {
@@ -225,8 +224,8 @@ pub async fn run_indicators(
                     }
                     for s in closed.signals {
                         stats.signals.fetch_add(1, Ordering::Relaxed);
-                        if let Some(p) = &signals {
-                            let receipt = p.send(&signals_topic, s.symbol.as_bytes(), s.encode_to_vec()).await?;
+                        if let Some((p, topic)) = &signals {
+                            let receipt = p.send(topic, s.symbol.as_bytes(), s.encode_to_vec()).await?;
                             tokio::spawn(async move {
                                 if let Err(e) = receipt.await {
                                     tracing::warn!(error = %e, "a signal of a clock-closed bar was not published");
@@ -254,7 +253,7 @@ pub async fn run_indicators(
                     let mut receipts = Vec::new();
                     for bar in updates.bars {
                         stats.bars.fetch_add(1, Ordering::Relaxed);
-                        if let Some(p) = &signals {
+                        if let Some(p) = &producer {
                             receipts.push(p.send(topics::BARS, bar.symbol.as_bytes(), bar.encode_to_vec()).await?);
                         }
                         hub.publish(Kind::Bar(bar));
@@ -265,8 +264,8 @@ pub async fn run_indicators(
                     }
                     for s in updates.signals {
                         stats.signals.fetch_add(1, Ordering::Relaxed);
-                        if let Some(p) = &signals {
-                            receipts.push(p.send(&signals_topic, s.symbol.as_bytes(), s.encode_to_vec()).await?);
+                        if let Some((p, topic)) = &signals {
+                            receipts.push(p.send(topic, s.symbol.as_bytes(), s.encode_to_vec()).await?);
                         }
                         hub.publish(Kind::Signal(s));
                     }
@@ -282,7 +281,7 @@ pub async fn run_indicators(
             result?;
             consumer.ack(id)?;
         }
-        if let Some(p) = &signals {
+        if let Some(p) = &producer {
             p.flush().await?;
         }
         consumer.commit().await?;

@@ -4,7 +4,7 @@
 
 use indicators::engine::{Engine, EngineConfig};
 use std::time::Duration;
-use tick_core::bus::{Consumer, Producer};
+use tick_core::bus::Consumer;
 use tick_core::kafka::KafkaArgs;
 use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock};
@@ -18,11 +18,15 @@ fn tick(i: i64, symbol: &str) -> Tick {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warm_start_rebuilds_exactly_the_consumed_history() {
-    let Some(brokers) = tick_core::testenv::service("KAFKA_BROKERS") else {
-        return;
-    };
+/// A one-partition topic of its own holding `ticks`, and a consumer group that processed (and
+/// committed) the first `consumed` of them, as a previous instance of the stage would have.
+/// Returns the Kafka settings, the topic and the group; `None` without a Kafka to test against.
+async fn consumed_history(
+    name: &str,
+    ticks: &[Tick],
+    consumed: usize,
+) -> Option<(KafkaArgs, String, String)> {
+    let brokers = tick_core::testenv::service("KAFKA_BROKERS")?;
     let kafka = KafkaArgs {
         brokers,
         properties: vec![],
@@ -31,26 +35,21 @@ async fn warm_start_rebuilds_exactly_the_consumed_history() {
         topic_replication: 1,
     };
     let run = clock::now_ns();
-    let topic = format!("test.warm.{run}");
+    let topic = format!("test.{name}.{run}");
     kafka.create_topic(&topic, 1).await.unwrap();
-    let ticks: Vec<Tick> = (0..300)
-        .map(|i| tick(i, ["EURUSD", "USDJPY"][(i % 2) as usize]))
-        .collect();
     let p = kafka.producer(true).unwrap();
-    for t in &ticks {
-        p.send(&topic, t.symbol.as_bytes(), t.encode())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-
-    // The previous instance of group G processed (and committed) the first 200 ticks.
-    let group = format!("test-warm-{run}");
+    tick_core::bus::publish_all(
+        &p,
+        &topic,
+        ticks.iter().map(|t| (t.symbol.as_bytes(), t.encode())),
+    )
+    .await
+    .unwrap();
+    let group = format!("test-{name}-{run}");
     let mut c = kafka
         .consumer(&group, &topic, CancellationToken::new())
         .unwrap();
-    for _ in 0..200 {
+    for _ in 0..consumed {
         let d = tokio::time::timeout(Duration::from_secs(60), c.recv())
             .await
             .unwrap()
@@ -59,7 +58,18 @@ async fn warm_start_rebuilds_exactly_the_consumed_history() {
         c.ack(d.id).unwrap();
     }
     c.commit().await.unwrap();
-    drop(c);
+    Some((kafka, topic, group))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_start_rebuilds_exactly_the_consumed_history() {
+    let ticks: Vec<Tick> = (0..300)
+        .map(|i| tick(i, ["EURUSD", "USDJPY"][(i % 2) as usize]))
+        .collect();
+    // The previous instance of the group processed (and committed) the first 200 ticks.
+    let Some((kafka, topic, group)) = consumed_history("warm", &ticks, 200).await else {
+        return;
+    };
 
     let mut warmed = Engine::new(EngineConfig::default()).unwrap();
     let r = indicators::warm::from_kafka(
@@ -97,7 +107,7 @@ async fn warm_start_rebuilds_exactly_the_consumed_history() {
     let r = indicators::warm::from_kafka(
         &kafka,
         &topic,
-        &format!("test-warm-new-{run}"),
+        &format!("{group}-new"),
         Duration::from_secs(3600),
         &mut fresh,
         CancellationToken::new(),
@@ -110,19 +120,7 @@ async fn warm_start_rebuilds_exactly_the_consumed_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_start_returns_the_recent_closed_bars_to_publish_again() {
-    let Some(brokers) = tick_core::testenv::service("KAFKA_BROKERS") else {
-        return;
-    };
-    let kafka = KafkaArgs {
-        brokers,
-        properties: vec![],
-        create_topics: false,
-        topic_partitions: 1,
-        topic_replication: 1,
-    };
     let run = clock::now_ns();
-    let topic = format!("test.warm.bars.{run}");
-    kafka.create_topic(&topic, 1).await.unwrap();
     // 200 ticks 5 s apart over two symbols, ending a minute ago: 1,000 s of history, more
     // than the 300 s whose bars are published again.
     let start = run - 1_060_000_000_000;
@@ -136,28 +134,9 @@ async fn warm_start_returns_the_recent_closed_bars_to_publish_again() {
             )
         })
         .collect();
-    let p = kafka.producer(true).unwrap();
-    for t in &ticks {
-        p.send(&topic, t.symbol.as_bytes(), t.encode())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-    let group = format!("test-warm-bars-{run}");
-    let mut c = kafka
-        .consumer(&group, &topic, CancellationToken::new())
-        .unwrap();
-    for _ in 0..200 {
-        let d = tokio::time::timeout(Duration::from_secs(60), c.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        c.ack(d.id).unwrap();
-    }
-    c.commit().await.unwrap();
-    drop(c);
+    let Some((kafka, topic, group)) = consumed_history("warm.bars", &ticks, 200).await else {
+        return;
+    };
 
     let mut warmed = Engine::new(EngineConfig::default()).unwrap();
     let r = indicators::warm::from_kafka(

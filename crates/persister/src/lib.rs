@@ -574,15 +574,13 @@ impl TickSink<'_> {
             let n = bad.len() as u64;
             match self.dead_letters {
                 DeadLetters::Topic(producer) => {
-                    let mut receipts = Vec::with_capacity(bad.len());
-                    for r in bad.drain(..) {
+                    let records = bad.drain(..).map(|r| {
                         let key = r.reason.clone();
-                        let payload = pb::DeadLetter::from(r).encode_to_vec();
-                        receipts.push(producer.send(topics::DLQ, key.as_bytes(), payload).await?);
-                    }
-                    for r in receipts {
-                        r.await.context("failed to publish a dead letter")?;
-                    }
+                        (key, pb::DeadLetter::from(r).encode_to_vec())
+                    });
+                    tick_core::bus::publish_all(producer.as_ref(), topics::DLQ, records)
+                        .await
+                        .context("failed to publish a dead letter")?;
                 }
                 DeadLetters::Store => {
                     intake

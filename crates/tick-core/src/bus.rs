@@ -100,6 +100,22 @@ pub trait Consumer: Send {
     }
 }
 
+/// Publishes every `(key, payload)` of `records` to `topic`, then waits until each is confirmed.
+pub async fn publish_all<K: AsRef<[u8]>>(
+    producer: &dyn Producer,
+    topic: &str,
+    records: impl IntoIterator<Item = (K, Vec<u8>)>,
+) -> Result<(), BusError> {
+    let mut receipts = Vec::new();
+    for (key, payload) in records {
+        receipts.push(producer.send(topic, key.as_ref(), payload).await?);
+    }
+    for r in receipts {
+        r.await?;
+    }
+    Ok(())
+}
+
 /// Messages whose outputs are published but not yet confirmed, acknowledged in input order as
 /// their receipts resolve, so a crash never skips an unconfirmed message.
 #[derive(Default)]

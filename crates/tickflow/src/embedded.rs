@@ -172,14 +172,15 @@ pub async fn run(
     let intake = args.sim.intake_token(ingest::SourceKind::Sim, &shutdown);
     // Should `run` return early (an error, or its future dropped), the guard ends every stage
     // it started: each input topic closes, storage aborts, the server stops.
-    let teardown = Teardown {
+    let mut teardown = Teardown {
         bus: bus.clone(),
         stop: [intake.clone(), abort.clone(), server_stop.clone()],
+        armed: true,
     };
     // Intake, router and indicators share one thread (see `HotThread`); storage, dead letters
     // and the gRPC server run on the multi-threaded runtime.
     let hot = HotThread::start().context("failed to start the hot-path thread")?;
-    let router_task = hot.spawn(router::run_router(
+    let router_task = hot.handle.spawn(router::run_router(
         Box::new(raw),
         Arc::new(bus.producer()),
         Router::new(args.rules.router_config()?),
@@ -187,15 +188,15 @@ pub async fn run(
         None,
         true,
     ));
-    let ind_task = hot.spawn(indicators::run_indicators(
+    let ind_task = hot.handle.spawn(indicators::run_indicators(
         Box::new(clean_rt),
         engine,
         hub.clone(),
         snap_rx,
-        // Closed bars go to the `bars` topic for storage, signals to `signals`, as in
-        // distributed mode.
+        // Closed bars go to the `bars` topic for storage, as in distributed mode. Signals go
+        // to the gRPC hub only: nothing in this process reads a signals topic.
         indicators::Outputs {
-            signals: Some(Arc::new(bus.producer())),
+            producer: Some(Arc::new(bus.producer())),
             ..Default::default()
         },
         ind_stats.clone(),
@@ -226,7 +227,7 @@ pub async fn run(
         abort.clone(),
     ));
 
-    let mut ingest_task = hot.spawn(ingest::run_source(
+    let mut ingest_task = hot.handle.spawn(ingest::run_source(
         Box::new(SimSource::new(&args.sim.to_config())),
         Arc::new(bus.producer()),
         ingest_stats.clone(),
@@ -267,7 +268,6 @@ pub async fn run(
     bus.close(topics::CLEAN);
     ind_task.await.context("indicators task panicked")??;
     bus.close(topics::BARS);
-    bus.close(topics::SIGNALS);
     pers_task.await.context("persister task panicked")??;
     // The persister publishes the rows the store refuses as dead letters: close their topic
     // only once it is done.
@@ -277,7 +277,7 @@ pub async fn run(
     server_stop.cancel();
     server.await.context("gRPC server panicked")??;
     tokio::task::spawn_blocking(move || drop(hot)).await?;
-    std::mem::forget(teardown);
+    teardown.armed = false;
 
     Ok(Summary {
         elapsed: started.elapsed(),
@@ -341,14 +341,6 @@ impl HotThread {
             thread: Some(thread),
         })
     }
-
-    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.handle.spawn(task)
-    }
 }
 
 impl Drop for HotThread {
@@ -363,25 +355,23 @@ impl Drop for HotThread {
     }
 }
 
-/// Ends what [`run`] started when it returns early; forgotten on the normal path, which drains
+/// Ends what [`run`] started when it returns early; disarmed on the normal path, which drains
 /// in order instead.
 struct Teardown {
     bus: MemoryBus,
     stop: [CancellationToken; 3],
+    armed: bool,
 }
 
 impl Drop for Teardown {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         for token in &self.stop {
             token.cancel();
         }
-        for topic in [
-            topics::RAW,
-            topics::CLEAN,
-            topics::DLQ,
-            topics::BARS,
-            topics::SIGNALS,
-        ] {
+        for topic in [topics::RAW, topics::CLEAN, topics::DLQ, topics::BARS] {
             self.bus.close(topic);
         }
     }
