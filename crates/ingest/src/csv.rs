@@ -3,7 +3,8 @@
 //! plain `timestamp,bid,ask[,bid_size,ask_size]` format (RFC 3339 or epoch s/ms/µs/ns). A bad
 //! line is a reject with its line number and reason; the rest of the file still flows.
 
-use crate::source::{Rejected, SourceError, TickSource};
+use crate::source::{BuildSource, Rejected, SourceContext, SourceError, TickSource};
+use anyhow::Context;
 use async_trait::async_trait;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,16 @@ impl CsvParser {
             last_ask: None,
             ordinals: KeyOrdinals::default(),
         }
+    }
+
+    /// Returns the symbol of the ticks this parser makes.
+    pub fn symbol(&self) -> &str {
+        &self.symbol
+    }
+
+    /// Returns what this parser subtracts from the file's times to get UTC, in ns.
+    pub fn utc_offset_ns(&self) -> i64 {
+        self.utc_offset_ns
     }
 
     /// Parses one line; `Ok(None)` for headers and blank lines.
@@ -180,6 +191,60 @@ impl CsvParser {
             // A file is history, not a live quote: exempt from the router's staleness check.
             replay: true,
         }))
+    }
+}
+
+/// Options of a CSV tick file (`--source csv`, and `replayer import csv`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CsvArgs {
+    /// CSV: the file.
+    #[arg(long, env = "TICKFLOW_CSV_FILE")]
+    pub csv_file: Option<PathBuf>,
+    /// CSV: its dialect.
+    #[arg(long, env = "TICKFLOW_CSV_FORMAT", value_enum, default_value = "plain")]
+    pub csv_format: CsvFormat,
+    /// CSV: the symbol of its ticks (canonicalised: `eur/usd` -> EURUSD).
+    #[arg(long, env = "TICKFLOW_CSV_SYMBOL")]
+    pub csv_symbol: Option<String>,
+    /// CSV: hours to subtract from the file's times to get UTC (MT5 exports server time).
+    #[arg(
+        long,
+        env = "TICKFLOW_CSV_UTC_OFFSET_HOURS",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
+    pub csv_utc_offset_hours: f64,
+}
+
+impl CsvArgs {
+    /// Returns the file and a parser for it, `source` naming the ticks' origin.
+    pub fn parser(&self, source: &str) -> anyhow::Result<(PathBuf, CsvParser)> {
+        let file = self.csv_file.clone().context("--csv-file is required")?;
+        let symbol = self
+            .csv_symbol
+            .as_deref()
+            .map(tick_core::instrument::canonical)
+            .filter(|s| !s.is_empty())
+            .context("--csv-symbol is required")?;
+        let parser = CsvParser::new(
+            self.csv_format,
+            &symbol,
+            source,
+            (self.csv_utc_offset_hours * 3.6e12) as i64,
+        );
+        Ok((file, parser))
+    }
+}
+
+#[async_trait]
+impl BuildSource for CsvArgs {
+    async fn build(&self, cx: &SourceContext) -> anyhow::Result<Box<dyn TickSource>> {
+        let (file, parser) = self.parser("csv")?;
+        let source = CsvSource::open(&file, parser)?;
+        Ok(match cx.intake.speed {
+            Some(speed) => Box::new(crate::source::Paced::new(source, speed)),
+            None => Box::new(source),
+        })
     }
 }
 

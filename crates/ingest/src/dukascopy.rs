@@ -3,7 +3,8 @@
 //! `SYMBOL/YYYY/MM/DD/HHh_ticks.bi5` with a zero-based month. Points become fixed-point prices
 //! with the instrument's decimal places, exactly: no float ever touches a price.
 
-use crate::source::{SourceError, TickSource};
+use crate::source::{BuildSource, SourceContext, SourceError, TickSource};
+use anyhow::Context;
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -303,6 +304,55 @@ impl Location {
                 decode_bi5(&url, &bytes)
             }
         }
+    }
+}
+
+/// Where Dukascopy history is read from (`--source dukascopy`, and `replayer import dukascopy`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DukascopyArgs {
+    /// Dukascopy: root directory holding SYMBOL/YYYY/MM/DD/HHh_ticks.bi5 (zero-based months).
+    #[arg(long, env = "TICKFLOW_DUKASCOPY_DIR")]
+    pub dukascopy_dir: Option<PathBuf>,
+    /// Dukascopy: base URL of the same layout to download from instead of a directory.
+    #[arg(long, env = "TICKFLOW_DUKASCOPY_URL", conflicts_with = "dukascopy_dir")]
+    pub dukascopy_url: Option<String>,
+}
+
+impl DukascopyArgs {
+    /// Returns where the hour files are, or an error when neither flag is given.
+    pub fn location(&self) -> anyhow::Result<Location> {
+        Ok(match (&self.dukascopy_dir, &self.dukascopy_url) {
+            (Some(d), _) => Location::Dir(d.clone()),
+            (None, Some(u)) => Location::Url(u.clone()),
+            (None, None) => anyhow::bail!("--dukascopy-dir or --dukascopy-url is required"),
+        })
+    }
+}
+
+/// Checks that every symbol has a known Dukascopy point factor.
+pub fn check_symbols(symbols: &[String]) -> anyhow::Result<()> {
+    anyhow::ensure!(!symbols.is_empty(), "--symbols is required for dukascopy");
+    for s in symbols {
+        point_scale(s).with_context(|| format!("no Dukascopy point factor for {s}"))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl BuildSource for DukascopyArgs {
+    async fn build(&self, cx: &SourceContext) -> anyhow::Result<Box<dyn TickSource>> {
+        let symbols = cx.intake.symbols();
+        check_symbols(&symbols)?;
+        let from = cx.intake.from.context("--from is required for dukascopy")?;
+        let to = cx.intake.to.context("--to is required for dukascopy")?;
+        anyhow::ensure!(from < to, "--from must be before --to");
+        Ok(Box::new(DukascopySource::new(
+            self.location()?,
+            symbols,
+            from,
+            to,
+            cx.intake.speed,
+        )))
     }
 }
 

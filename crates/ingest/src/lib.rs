@@ -10,8 +10,7 @@ pub mod source;
 pub mod spool;
 
 use anyhow::Context;
-use sim::{SimConfig, SimSource, default_symbols};
-use source::TickSource;
+use source::{Durability, TickSource};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,277 +20,27 @@ use tick_core::kafka::KafkaArgs;
 use tick_core::ops::Health;
 use tick_core::shutdown::CancellationToken;
 
-/// Options of the simulated feed.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SimArgs {
-    /// Symbols to simulate, comma-separated (default: the first --symbol-count known symbols).
-    #[arg(long, env = "TICKFLOW_SYMBOLS", value_delimiter = ',')]
-    pub symbols: Vec<String>,
-    /// How many known symbols to simulate when --symbols is not given.
-    #[arg(long, env = "TICKFLOW_SYMBOL_COUNT", default_value_t = 10)]
-    pub symbol_count: usize,
-    /// Simulated ticks per second, over all symbols.
-    #[arg(long, env = "TICKFLOW_RATE", default_value_t = 1000.0)]
-    pub rate: f64,
-    /// Seed of the simulated feed (same seed, same prices).
-    #[arg(long, env = "TICKFLOW_SEED", default_value_t = 42)]
-    pub seed: u64,
-    /// Fraction of simulated ticks deliberately crossed, to see the reject path work.
-    #[arg(long, env = "TICKFLOW_BAD_RATIO", default_value_t = 0.0)]
-    pub bad_ratio: f64,
-    /// Stop intake after this long (e.g. `10s`, `5m`); default: until shutdown. The simulator
-    /// then sends exactly rate x duration ticks on its schedule.
-    #[arg(long, env = "TICKFLOW_DURATION", value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Stop intake after this many ticks.
-    #[arg(long, env = "TICKFLOW_MAX_TICKS")]
-    pub max_ticks: Option<u64>,
-}
-
-impl SimArgs {
-    /// Returns the simulator configuration these options describe.
-    pub fn to_config(&self) -> SimConfig {
-        let symbols = if self.symbols.is_empty() {
-            default_symbols(self.symbol_count)
-        } else {
-            self.symbols
-                .iter()
-                .map(|s| s.trim().to_uppercase())
-                .collect()
-        };
-        SimConfig {
-            symbols,
-            rate: self.rate,
-            seed: self.seed,
-            max_ticks: self.tick_budget(),
-            bad_ratio: self.bad_ratio,
-        }
-    }
-
-    /// How many ticks the feed sends: `--max-ticks`, or `--duration` worth at `--rate` (the
-    /// fewer of the two), or unbounded. A duration is a tick count rather than a timer so that
-    /// `--duration 10s --rate 1000` always means the same 10,000 ticks: a timer started beside
-    /// the feed's own clock cut it one tick early or late.
-    pub fn tick_budget(&self) -> Option<u64> {
-        // The epsilon keeps 1000/s x 10 s at 10,000 despite floating-point rounding; flooring
-        // never schedules a tick after the duration has ended.
-        let by_time = self
-            .duration
-            .map(|d| (self.rate.max(0.0) * d.as_secs_f64() + 1e-6).floor() as u64);
-        match (self.max_ticks, by_time) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Returns a token that trips when `parent` does or when `--duration` has passed. The
-    /// simulator ends by itself after [`SimArgs::tick_budget`] ticks, on its schedule; for it the
-    /// timer is only a backstop, at twice the duration plus 10 s, should the pipeline hold the
-    /// feed back that long.
-    pub fn intake_token(
-        &self,
-        source: SourceKind,
-        parent: &CancellationToken,
-    ) -> CancellationToken {
-        let intake = parent.child_token();
-        let deadline = self.duration.map(|d| match source {
-            SourceKind::Sim => d * 2 + Duration::from_secs(10),
-            _ => d,
-        });
-        if let Some(d) = deadline {
-            let t = intake.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(d).await;
-                t.cancel();
-            });
-        }
-        intake
-    }
-}
-
-/// Which source the ingest binary reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SourceKind {
+// The sources, one registration line each: `--source NAME` and the options of each come from
+// here in every binary that flattens `SourceArgs` (ingest, tickflow run).
+crate::register_sources! {
     /// The seeded simulator.
-    Sim,
-    /// Dukascopy `.bi5` history from a directory in Dukascopy's layout.
-    Dukascopy,
+    sim: Sim => sim::SimArgs,
+    /// Dukascopy `.bi5` history from a directory or URL in Dukascopy's layout.
+    dukascopy: Dukascopy => dukascopy::DukascopyArgs,
     /// A CSV tick file (MT5 export or plain).
-    Csv,
+    csv: Csv => csv::CsvArgs,
     /// MetaTrader 5 terminals running the TickflowStreamer expert advisor.
-    Mt5,
+    mt5: Mt5 => mt5::Mt5Args,
     /// The OANDA v20 pricing stream.
-    Oanda,
-}
-
-/// Options of the OANDA v20 pricing stream.
-#[derive(Debug, Clone, clap::Args)]
-pub struct OandaArgs {
-    /// Streaming API base URL.
-    #[arg(
-        long,
-        env = "TICKFLOW_OANDA_URL",
-        default_value = "https://stream-fxpractice.oanda.com"
-    )]
-    pub oanda_url: String,
-    /// Account id.
-    #[arg(long, env = "TICKFLOW_OANDA_ACCOUNT", default_value = "")]
-    pub oanda_account: String,
-    /// API token.
-    #[arg(
-        long,
-        env = "TICKFLOW_OANDA_TOKEN",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub oanda_token: String,
-    /// Instruments in OANDA's spelling, comma-separated (EUR_USD,USD_JPY).
-    #[arg(
-        long,
-        env = "TICKFLOW_OANDA_INSTRUMENTS",
-        value_delimiter = ',',
-        default_value = "EUR_USD"
-    )]
-    pub oanda_instruments: Vec<String>,
-    /// Reconnect when heartbeats continue but no price came for this long.
-    #[arg(long, env = "TICKFLOW_OANDA_PRICE_STALL", value_parser = humantime::parse_duration, default_value = "60s")]
-    pub oanda_price_stall: Duration,
-}
-
-/// Options of the MetaTrader 5 listener.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Mt5Args {
-    /// Address the EAs connect to.
-    #[arg(long, env = "TICKFLOW_MT5_LISTEN", default_value = "0.0.0.0:5555")]
-    pub mt5_listen: std::net::SocketAddr,
-    /// Token every EA must present (required with --source mt5).
-    #[arg(
-        long,
-        env = "TICKFLOW_MT5_TOKEN",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub mt5_token: String,
-    /// Most simultaneous terminal connections.
-    #[arg(long, env = "TICKFLOW_MT5_MAX_CONNECTIONS", default_value_t = 64)]
-    pub mt5_max_connections: usize,
-    /// Longest accepted line, in bytes.
-    #[arg(long, env = "TICKFLOW_MT5_MAX_LINE", default_value_t = 4096)]
-    pub mt5_max_line: usize,
-}
-
-/// Options of the file sources (Dukascopy history, CSV).
-#[derive(Debug, Clone, clap::Args)]
-pub struct FileArgs {
-    /// Dukascopy: root directory holding SYMBOL/YYYY/MM/DD/HHh_ticks.bi5 (zero-based months).
-    #[arg(long, env = "TICKFLOW_DUKASCOPY_DIR")]
-    pub dukascopy_dir: Option<std::path::PathBuf>,
-    /// Dukascopy: base URL of the same layout to download from instead of a directory.
-    #[arg(long, env = "TICKFLOW_DUKASCOPY_URL", conflicts_with = "dukascopy_dir")]
-    pub dukascopy_url: Option<String>,
-    /// Dukascopy: start of the range (RFC 3339).
-    #[arg(long, env = "TICKFLOW_FROM")]
-    pub from: Option<String>,
-    /// Dukascopy: end of the range (RFC 3339, exclusive).
-    #[arg(long, env = "TICKFLOW_TO")]
-    pub to: Option<String>,
-    /// Dukascopy: playback speed as a multiple of real time (default: as fast as possible).
-    #[arg(long, env = "TICKFLOW_SPEED")]
-    pub speed: Option<f64>,
-    /// CSV: the file.
-    #[arg(long, env = "TICKFLOW_CSV_FILE")]
-    pub csv_file: Option<std::path::PathBuf>,
-    /// CSV: its dialect.
-    #[arg(long, env = "TICKFLOW_CSV_FORMAT", value_enum, default_value = "plain")]
-    pub csv_format: csv::CsvFormat,
-    /// CSV: the symbol of its ticks.
-    #[arg(long, env = "TICKFLOW_CSV_SYMBOL")]
-    pub csv_symbol: Option<String>,
-    /// CSV: hours to subtract from the file's times to get UTC (MT5 exports server time).
-    #[arg(
-        long,
-        env = "TICKFLOW_CSV_UTC_OFFSET_HOURS",
-        default_value_t = 0.0,
-        allow_hyphen_values = true
-    )]
-    pub csv_utc_offset_hours: f64,
-}
-
-fn rfc3339_ns(what: &str, s: &Option<String>) -> anyhow::Result<i64> {
-    let s = s
-        .as_deref()
-        .with_context(|| format!("--{what} is required"))?;
-    let t = humantime::parse_rfc3339_weak(s)
-        .with_context(|| format!("--{what} {s:?} is not RFC 3339"))?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64)
-}
-
-impl FileArgs {
-    /// Returns the source these options describe, for the given kind.
-    pub fn source(
-        &self,
-        kind: SourceKind,
-        symbols: &[String],
-    ) -> anyhow::Result<Box<dyn TickSource>> {
-        Ok(match kind {
-            SourceKind::Sim | SourceKind::Mt5 | SourceKind::Oanda => {
-                anyhow::bail!("{kind:?} is not a file source")
-            }
-            SourceKind::Dukascopy => {
-                let location = match (&self.dukascopy_dir, &self.dukascopy_url) {
-                    (Some(d), _) => dukascopy::Location::Dir(d.clone()),
-                    (None, Some(u)) => dukascopy::Location::Url(u.clone()),
-                    (None, None) => anyhow::bail!("--dukascopy-dir or --dukascopy-url is required"),
-                };
-                anyhow::ensure!(!symbols.is_empty(), "--symbols is required for dukascopy");
-                for s in symbols {
-                    dukascopy::point_scale(s)
-                        .with_context(|| format!("no Dukascopy point factor for {s}"))?;
-                }
-                Box::new(dukascopy::DukascopySource::new(
-                    location,
-                    symbols.to_vec(),
-                    rfc3339_ns("from", &self.from)?,
-                    rfc3339_ns("to", &self.to)?,
-                    self.speed,
-                ))
-            }
-            SourceKind::Csv => {
-                let file = self.csv_file.clone().context("--csv-file is required")?;
-                let symbol = self
-                    .csv_symbol
-                    .clone()
-                    .context("--csv-symbol is required")?;
-                let parser = csv::CsvParser::new(
-                    self.csv_format,
-                    &symbol.to_uppercase(),
-                    "csv",
-                    (self.csv_utc_offset_hours * 3.6e12) as i64,
-                );
-                Box::new(csv::CsvSource::open(&file, parser)?)
-            }
-        })
-    }
+    oanda: Oanda => oanda::OandaArgs,
 }
 
 /// Configuration of the `ingest` binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngestConfig {
-    /// The source to read.
-    #[arg(long, env = "TICKFLOW_SOURCE", value_enum, default_value = "sim")]
-    pub source: SourceKind,
-    /// Simulator options.
+    /// The source and its options.
     #[command(flatten)]
-    pub sim: SimArgs,
-    /// File source options.
-    #[command(flatten)]
-    pub files: FileArgs,
-    /// MetaTrader 5 options.
-    #[command(flatten)]
-    pub mt5: Mt5Args,
-    /// OANDA options.
-    #[command(flatten)]
-    pub oanda: OandaArgs,
+    pub source: SourceArgs,
     /// Directory of the local spool used while Kafka does not confirm.
     #[arg(long, env = "TICKFLOW_SPOOL_DIR", default_value = "tickflow-spool")]
     pub spool_dir: std::path::PathBuf,
@@ -320,44 +69,7 @@ pub async fn run(
         .producer(true)
         .context("failed to create the producer")?;
     let stats = Arc::new(IngestStats::default());
-    let source: Box<dyn TickSource> = match cfg.source {
-        SourceKind::Sim => Box::new(SimSource::new(&cfg.sim.to_config())),
-        SourceKind::Mt5 => {
-            let listener = tokio::net::TcpListener::bind(cfg.mt5.mt5_listen)
-                .await
-                .with_context(|| format!("failed to listen on {} for MT5", cfg.mt5.mt5_listen))?;
-            anyhow::ensure!(!cfg.mt5.mt5_token.is_empty(), "--mt5-token is required");
-            let src = mt5::Mt5Source::start(
-                listener,
-                mt5::Mt5Config {
-                    token: cfg.mt5.mt5_token.clone(),
-                    max_line: cfg.mt5.mt5_max_line,
-                    max_connections: cfg.mt5.mt5_max_connections,
-                    ..mt5::Mt5Config::default()
-                },
-                stats.durable.clone(),
-                shutdown.clone(),
-            )?;
-            tracing::info!(addr = %src.local_addr, "listening for MetaTrader 5 terminals");
-            Box::new(src)
-        }
-        SourceKind::Oanda => {
-            anyhow::ensure!(
-                !cfg.oanda.oanda_token.is_empty() && !cfg.oanda.oanda_account.is_empty(),
-                "--oanda-token and --oanda-account are required"
-            );
-            Box::new(oanda::OandaSource::start(oanda::OandaConfig {
-                base_url: cfg.oanda.oanda_url.clone(),
-                account: cfg.oanda.oanda_account.clone(),
-                token: cfg.oanda.oanda_token.clone(),
-                instruments: cfg.oanda.oanda_instruments.clone(),
-                silence: Duration::from_secs(10),
-                price_stall: cfg.oanda.oanda_price_stall,
-                max_backoff: Duration::from_secs(30),
-            })?)
-        }
-        other => cfg.files.source(other, &cfg.sim.to_config().symbols)?,
-    };
+    let source = cfg.source.build(&shutdown, stats.durable.clone()).await?;
     let spool = spool::Spool::open(&cfg.spool_dir)
         .with_context(|| format!("failed to open the spool in {}", cfg.spool_dir.display()))?;
     if spool.depth() > 0 {
@@ -375,7 +87,7 @@ pub async fn run(
         source,
         Arc::new(producer),
         stats,
-        cfg.sim.intake_token(cfg.source, &shutdown),
+        cfg.source.intake_token(&shutdown),
         Some(spooler),
     )
     .await
@@ -410,7 +122,7 @@ pub struct IngestStats {
     pub rejected: AtomicU64,
     /// How many of the source's ticks, counted in the order the source produced them, are
     /// durable (confirmed by the bus or spooled) without a gap: what MT5 acknowledgements follow.
-    pub durable: Arc<AtomicU64>,
+    pub durable: Durability,
 }
 
 /// Reads `source` until it is exhausted or `shutdown` fires, publishing every tick to
@@ -503,10 +215,9 @@ pub async fn run_source(
             });
         }
         reap(&mut pending, &mut spooler, &mut spooling, &stats)?;
-        stats.durable.store(
-            pending.front().map_or(emitted, |p| p.index),
-            Ordering::Release,
-        );
+        stats
+            .durable
+            .set(pending.front().map_or(emitted, |p| p.index));
         if spooling && tokio::time::Instant::now() >= next_probe && pending.is_empty() {
             next_probe = tokio::time::Instant::now() + Duration::from_secs(1);
             if let Some(sp) = &mut spooler {
@@ -731,39 +442,5 @@ fn settle_one(result: Result<(), tick_core::bus::BusError>, stats: &IngestStats)
             metrics::counter!("tickflow_ingest_publish_failed_total").increment(1);
             stats.failed.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        sim: SimArgs,
-    }
-
-    #[test]
-    fn a_simulated_duration_is_rate_times_duration_ticks() {
-        let budget = |args: &[&str]| {
-            let mut argv = vec!["x"];
-            argv.extend_from_slice(args);
-            Cli::try_parse_from(argv).unwrap().sim.tick_budget()
-        };
-        assert_eq!(budget(&["--duration", "10s"]), Some(10_000));
-        assert_eq!(
-            budget(&["--duration", "1500ms", "--rate", "250"]),
-            Some(375)
-        );
-        assert_eq!(
-            budget(&["--duration", "500ms", "--rate", "3"]),
-            Some(1),
-            "none after 500 ms"
-        );
-        assert_eq!(budget(&["--duration", "10s", "--max-ticks", "7"]), Some(7));
-        assert_eq!(budget(&["--max-ticks", "7"]), Some(7));
-        assert_eq!(budget(&[]), None);
     }
 }

@@ -15,13 +15,13 @@
 //! taken from the JSON text as decimals, never through a float. Broker server time is
 //! converted to UTC with the offset the EA reports.
 
-use crate::source::{Rejected, SourceError, TickSource};
+use crate::source::{BuildSource, Durability, Rejected, SourceContext, SourceError, TickSource};
+use anyhow::Context;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tick_core::shutdown::CancellationToken;
@@ -29,6 +29,51 @@ use tick_core::{KeyOrdinals, Price, Tick, clock, idempotency_key};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+
+/// Options of the MetaTrader 5 listener (`--source mt5`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Mt5Args {
+    /// MT5: address the expert advisors connect to.
+    #[arg(long, env = "TICKFLOW_MT5_LISTEN", default_value = "0.0.0.0:5555")]
+    pub mt5_listen: SocketAddr,
+    /// MT5: token every EA must present (required with --source mt5).
+    #[arg(
+        long,
+        env = "TICKFLOW_MT5_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub mt5_token: String,
+    /// MT5: most simultaneous terminal connections.
+    #[arg(long, env = "TICKFLOW_MT5_MAX_CONNECTIONS", default_value_t = 64)]
+    pub mt5_max_connections: usize,
+    /// MT5: longest accepted line, in bytes.
+    #[arg(long, env = "TICKFLOW_MT5_MAX_LINE", default_value_t = 4096)]
+    pub mt5_max_line: usize,
+}
+
+#[async_trait]
+impl BuildSource for Mt5Args {
+    async fn build(&self, cx: &SourceContext) -> anyhow::Result<Box<dyn TickSource>> {
+        anyhow::ensure!(!self.mt5_token.is_empty(), "--mt5-token is required");
+        let listener = TcpListener::bind(self.mt5_listen)
+            .await
+            .with_context(|| format!("failed to listen on {} for MT5", self.mt5_listen))?;
+        let src = Mt5Source::start(
+            listener,
+            Mt5Config {
+                token: self.mt5_token.clone(),
+                max_line: self.mt5_max_line,
+                max_connections: self.mt5_max_connections,
+                ..Mt5Config::default()
+            },
+            cx.durable.clone(),
+            cx.shutdown.clone(),
+        )?;
+        tracing::info!(addr = %src.local_addr, "listening for MetaTrader 5 terminals");
+        Ok(Box::new(src))
+    }
+}
 
 /// Settings of the MT5 listener.
 #[derive(Debug, Clone)]
@@ -171,13 +216,13 @@ pub struct Mt5Source {
 }
 
 impl Mt5Source {
-    /// Starts listening on `listener`. `durable` counts the ticks of this source confirmed by
-    /// the bus or spooled, in emission order (the ingest loop advances it); acknowledgements to
-    /// the EAs follow it.
+    /// Starts listening on `listener`. `durable` counts the ticks of this source that are
+    /// durable, in emission order (the ingest loop advances it); acknowledgements to the EAs
+    /// follow it.
     pub fn start(
         listener: TcpListener,
         cfg: Mt5Config,
-        durable: Arc<AtomicU64>,
+        durable: Durability,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
@@ -302,7 +347,7 @@ struct Connection {
     tx: mpsc::Sender<Inbound>,
     rejects: mpsc::Sender<Rejected>,
     book: AckBook,
-    durable: Arc<AtomicU64>,
+    durable: Durability,
     shutdown: CancellationToken,
 }
 
@@ -417,7 +462,7 @@ impl Connection {
 
     /// Returns the server time of the newest tick of this connection that is durable.
     fn durable_upto(&self) -> Option<i64> {
-        let durable = self.durable.load(Ordering::Acquire);
+        let durable = self.durable.durable();
         let mut book = self.book.lock().ok()?;
         let q = book.get_mut(&self.id)?;
         let mut last = None;

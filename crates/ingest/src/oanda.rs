@@ -7,7 +7,7 @@
 //! price: prices not newer than the last one seen for an instrument are skipped, so each price
 //! is delivered once.
 
-use crate::source::{Rejected, SourceError, TickSource};
+use crate::source::{BuildSource, Rejected, SourceContext, SourceError, TickSource};
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -16,6 +16,59 @@ use std::time::Duration;
 use tick_core::{KeyOrdinals, Price, Tick, clock, idempotency_key};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+/// Options of the OANDA v20 pricing stream (`--source oanda`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OandaArgs {
+    /// OANDA: streaming API base URL.
+    #[arg(
+        long,
+        env = "TICKFLOW_OANDA_URL",
+        default_value = "https://stream-fxpractice.oanda.com"
+    )]
+    pub oanda_url: String,
+    /// OANDA: account id.
+    #[arg(long, env = "TICKFLOW_OANDA_ACCOUNT", default_value = "")]
+    pub oanda_account: String,
+    /// OANDA: API token.
+    #[arg(
+        long,
+        env = "TICKFLOW_OANDA_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub oanda_token: String,
+    /// OANDA: instruments in OANDA's spelling, comma-separated (EUR_USD,USD_JPY).
+    #[arg(
+        long,
+        env = "TICKFLOW_OANDA_INSTRUMENTS",
+        value_delimiter = ',',
+        default_value = "EUR_USD"
+    )]
+    pub oanda_instruments: Vec<String>,
+    /// OANDA: reconnect when heartbeats continue but no price came for this long.
+    #[arg(long, env = "TICKFLOW_OANDA_PRICE_STALL", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub oanda_price_stall: Duration,
+}
+
+#[async_trait]
+impl BuildSource for OandaArgs {
+    async fn build(&self, _cx: &SourceContext) -> anyhow::Result<Box<dyn TickSource>> {
+        anyhow::ensure!(
+            !self.oanda_token.is_empty() && !self.oanda_account.is_empty(),
+            "--oanda-token and --oanda-account are required"
+        );
+        Ok(Box::new(OandaSource::start(OandaConfig {
+            base_url: self.oanda_url.clone(),
+            account: self.oanda_account.clone(),
+            token: self.oanda_token.clone(),
+            instruments: self.oanda_instruments.clone(),
+            silence: Duration::from_secs(10),
+            price_stall: self.oanda_price_stall,
+            max_backoff: Duration::from_secs(30),
+        })?))
+    }
+}
 
 /// Settings of the OANDA source.
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //! volatility bursts and bursty tick arrival, paced on a fixed schedule (no coordinated
 //! omission: ticks due while the publisher was busy are sent at once, never skipped).
 
-use crate::source::{SourceError, TickSource};
+use crate::source::{BuildSource, IntakeArgs, SourceContext, SourceError, TickSource};
 use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,6 +35,73 @@ impl Default for SimConfig {
             max_ticks: None,
             bad_ratio: 0.0,
         }
+    }
+}
+
+/// Options of the simulated feed (`--source sim`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimArgs {
+    /// Simulator: how many known symbols to simulate when --symbols is not given.
+    #[arg(long, env = "TICKFLOW_SYMBOL_COUNT", default_value_t = 10)]
+    pub symbol_count: usize,
+    /// Simulator: ticks per second, over all symbols.
+    #[arg(long, env = "TICKFLOW_RATE", default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Simulator: seed of the feed (same seed, same prices).
+    #[arg(long, env = "TICKFLOW_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Simulator: fraction of ticks deliberately crossed, to see the reject path work.
+    #[arg(long, env = "TICKFLOW_BAD_RATIO", default_value_t = 0.0)]
+    pub bad_ratio: f64,
+    /// Simulator: stop after this many ticks.
+    #[arg(long, env = "TICKFLOW_MAX_TICKS")]
+    pub max_ticks: Option<u64>,
+}
+
+impl SimArgs {
+    /// Returns the simulator configuration these options describe.
+    pub fn to_config(&self, intake: &IntakeArgs) -> SimConfig {
+        let symbols = intake.symbols();
+        SimConfig {
+            symbols: if symbols.is_empty() {
+                default_symbols(self.symbol_count)
+            } else {
+                symbols
+            },
+            rate: self.rate,
+            seed: self.seed,
+            max_ticks: self.tick_budget(intake.duration),
+            bad_ratio: self.bad_ratio,
+        }
+    }
+
+    /// How many ticks the feed sends: `--max-ticks`, or `duration` worth at `--rate` (the
+    /// fewer of the two), or unbounded. A duration is a tick count rather than a timer so that
+    /// `--duration 10s --rate 1000` always means the same 10,000 ticks: a timer started beside
+    /// the feed's own clock cut it one tick early or late.
+    pub fn tick_budget(&self, duration: Option<Duration>) -> Option<u64> {
+        // The epsilon keeps 1000/s x 10 s at 10,000 despite floating-point rounding; flooring
+        // never schedules a tick after the duration has ended.
+        let by_time =
+            duration.map(|d| (self.rate.max(0.0) * d.as_secs_f64() + 1e-6).floor() as u64);
+        match (self.max_ticks, by_time) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[async_trait]
+impl BuildSource for SimArgs {
+    async fn build(&self, cx: &SourceContext) -> anyhow::Result<Box<dyn TickSource>> {
+        Ok(Box::new(SimSource::new(&self.to_config(&cx.intake))))
+    }
+
+    /// The simulator ends by itself after [`SimArgs::tick_budget`] ticks, on its schedule; the
+    /// timer is only a backstop, at twice the duration plus 10 s, should the pipeline hold the
+    /// feed back that long.
+    fn intake_deadline(&self, duration: Duration) -> Duration {
+        duration * 2 + Duration::from_secs(10)
     }
 }
 
@@ -220,6 +287,38 @@ impl TickSource for SimSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        intake: IntakeArgs,
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    #[test]
+    fn a_simulated_duration_is_rate_times_duration_ticks() {
+        let budget = |args: &[&str]| {
+            let mut argv = vec!["x"];
+            argv.extend_from_slice(args);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            cli.sim.tick_budget(cli.intake.duration)
+        };
+        assert_eq!(budget(&["--duration", "10s"]), Some(10_000));
+        assert_eq!(
+            budget(&["--duration", "1500ms", "--rate", "250"]),
+            Some(375)
+        );
+        assert_eq!(
+            budget(&["--duration", "500ms", "--rate", "3"]),
+            Some(1),
+            "none after 500 ms"
+        );
+        assert_eq!(budget(&["--duration", "10s", "--max-ticks", "7"]), Some(7));
+        assert_eq!(budget(&["--max-ticks", "7"]), Some(7));
+        assert_eq!(budget(&[]), None);
+    }
 
     fn cfg() -> SimConfig {
         SimConfig {

@@ -8,7 +8,7 @@
 use anyhow::Context;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use ingest::csv::{CsvFormat, CsvParser};
+use ingest::csv::CsvParser;
 use ingest::dukascopy::{self, Location};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -43,20 +43,18 @@ pub enum ImportInput {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DukascopyImportArgs {
     /// Symbols, comma-separated (canonical spelling, e.g. EURUSD,BTCUSD).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, env = "TICKFLOW_SYMBOLS", value_delimiter = ',', required = true)]
     pub symbols: Vec<String>,
     /// Start (RFC 3339, rounded down to the hour).
-    #[arg(long, value_parser = crate::parse_time_ns)]
+    #[arg(long, env = "TICKFLOW_FROM", value_parser = crate::parse_time_ns)]
     pub from: i64,
     /// End (RFC 3339, exclusive).
-    #[arg(long, value_parser = crate::parse_time_ns)]
+    #[arg(long, env = "TICKFLOW_TO", value_parser = crate::parse_time_ns)]
     pub to: i64,
-    /// Root directory holding SYMBOL/YYYY/MM/DD/HHh_ticks.bi5 (zero-based months).
-    #[arg(long, env = "TICKFLOW_DUKASCOPY_DIR", conflicts_with = "url")]
-    pub dir: Option<PathBuf>,
-    /// Base URL serving the same layout (Dukascopy's datafeed or a mirror).
-    #[arg(long, env = "TICKFLOW_DUKASCOPY_URL")]
-    pub url: Option<String>,
+    /// Where the hour files are: the same flags as `--source dukascopy` of ingest and
+    /// `tickflow run`.
+    #[command(flatten)]
+    pub location: ingest::dukascopy::DukascopyArgs,
     /// Hours read (or downloaded) ahead of the writer, in parallel.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -68,19 +66,10 @@ pub struct DukascopyImportArgs {
 /// Options of `replayer import csv`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CsvImportArgs {
-    /// The file.
-    #[arg(long)]
-    pub file: PathBuf,
-    /// The symbol of its ticks (canonicalised: `eur/usd` -> EURUSD).
-    #[arg(long)]
-    pub symbol: String,
-    /// Its dialect.
-    #[arg(long, value_enum, default_value = "plain")]
-    pub format: CsvFormat,
-    /// Hours to subtract from the file's times to get UTC (MT5 exports the broker's server
-    /// time, often UTC+2 or +3).
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
-    pub utc_offset: f64,
+    /// The file and how to read it: the same flags as `--source csv` of ingest and `tickflow
+    /// run`.
+    #[command(flatten)]
+    pub csv: ingest::csv::CsvArgs,
     /// Lines per unit of work (the checkpoint granularity).
     #[arg(long, default_value_t = 100_000)]
     pub chunk_lines: usize,
@@ -242,22 +231,14 @@ pub async fn import_dukascopy(
     };
     let started = Instant::now();
     let result = async {
-        let location = match (&args.dir, &args.url) {
-            (Some(d), _) => Location::Dir(d.clone()),
-            (None, Some(u)) => Location::Url(u.clone()),
-            (None, None) => anyhow::bail!("give --dir or --url"),
-        };
+        let location = args.location.location()?;
         let symbols: Vec<String> = args
             .symbols
             .iter()
             .map(|s| tick_core::instrument::canonical(s))
             .filter(|s| !s.is_empty())
             .collect();
-        anyhow::ensure!(!symbols.is_empty(), "--symbols is empty");
-        for s in &symbols {
-            dukascopy::point_scale(s)
-                .with_context(|| format!("no Dukascopy point factor for {s}"))?;
-        }
+        dukascopy::check_symbols(&symbols)?;
         let done = checkpoint(&*store, &report.source, args.common.restart).await?;
         let mut pending = Vec::new();
         for s in &symbols {
@@ -374,25 +355,24 @@ pub async fn import_csv(
     let started = Instant::now();
     let mut report = ImportReport::default();
     let result = async {
-        let symbol = tick_core::instrument::canonical(&args.symbol);
-        anyhow::ensure!(!symbol.is_empty(), "--symbol is empty");
-        let path = std::fs::canonicalize(&args.file)
-            .with_context(|| format!("cannot open {}", args.file.display()))?;
+        let (file, parser) = args.csv.parser("csv")?;
+        let symbol = parser.symbol().to_string();
+        let path = std::fs::canonicalize(&file)
+            .with_context(|| format!("cannot open {}", file.display()))?;
         let len = std::fs::metadata(&path)
             .with_context(|| format!("cannot open {}", path.display()))?
             .len();
-        let offset_ns = (args.utc_offset * 3.6e12) as i64;
+        let offset_ns = parser.utc_offset_ns();
         // The checkpoint belongs to this file, at this size, parsed this way: a file that grew
         // or a different offset starts afresh (harmlessly: inserts are idempotent).
         report.source = format!(
             "csv {symbol} {} ({len} bytes, {:?}, utc offset {}s)",
             path.display(),
-            args.format,
+            args.csv.csv_format,
             offset_ns / 1_000_000_000
         );
         let done = checkpoint(&*store, &report.source, args.common.restart).await?;
         let (tx, rx) = mpsc::channel::<anyhow::Result<Unit>>(2);
-        let parser = CsvParser::new(args.format, &symbol, "csv", offset_ns);
         let chunk = args.chunk_lines.max(1);
         let reader = tokio::task::spawn_blocking({
             let path = path.clone();

@@ -20,12 +20,7 @@ use tokio::time::Instant;
 
 /// Parses an RFC 3339 time (`2026-01-05T10:00:00Z`) into UTC nanoseconds.
 pub fn parse_time_ns(s: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339_weak(s)
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))?;
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("{s:?} is before 1970"))?;
-    Ok(d.as_nanos() as i64)
+    tick_core::clock::parse_rfc3339_ns(s)
 }
 
 /// Options of `replayer kafka`: disaster recovery from Kafka's retention.

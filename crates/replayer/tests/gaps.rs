@@ -46,7 +46,7 @@ async fn reports_exactly_the_lost_hour_and_no_weekend_hours() {
             "2019-02-04T00:00:00Z",
             "--to",
             "2019-02-06T00:00:00Z",
-            "--dir",
+            "--dukascopy-dir",
             dir.to_str().unwrap(),
             "--database-url",
             &url,

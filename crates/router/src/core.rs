@@ -224,7 +224,8 @@ impl Router {
                 Verdict::Pass { switched } => switched,
             };
         if let Some(f) = &mut self.spike {
-            let (outcome, verdict) = f.on_tick(&tick.symbol, tick.mid_f64(), now_ns);
+            let point = 10f64.powi(-i32::from(tick.scale));
+            let (outcome, verdict) = f.judge(&tick.symbol, tick.mid_f64(), point, now_ns);
             if let Some(outcome) = outcome
                 && let Some((id, held)) = self.held.remove(&tick.symbol)
             {
@@ -757,6 +758,7 @@ mod tests {
                 warmup: 10,
                 alpha: 0.1,
                 max_hold_ns: 5 * S,
+                floor_points: 5.0,
             }),
             ..RouterConfig::default()
         });

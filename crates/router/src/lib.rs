@@ -27,8 +27,9 @@ use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock, pb};
 use tokio::sync::{mpsc, oneshot};
 
-/// How many consumed messages may await publication confirmation at once.
-const MAX_IN_FLIGHT: usize = 10_000;
+/// Inputs whose outputs await confirmation, at most. In embedded mode a confirmation is a SQLite
+/// commit (tens of ms), so at 100,000 ticks/s several thousand are in flight by design.
+const MAX_IN_FLIGHT: usize = 65_536;
 
 /// How several sources of a symbol are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,6 +78,10 @@ pub struct RulesArgs {
     /// A held tick not confirmed within this time is rejected as a spike.
     #[arg(long, env = "TICKFLOW_SPIKE_MAX_HOLD", value_parser = humantime::parse_duration, default_value = "5s")]
     pub spike_max_hold: Duration,
+    /// Floor of the spike filter's volatility estimate, in price points of the instrument (a
+    /// calm spell then never makes ordinary moves look like spikes).
+    #[arg(long, env = "TICKFLOW_SPIKE_FLOOR_POINTS", default_value_t = 5.0)]
+    pub spike_floor_points: f64,
     /// How long (in event time) idempotency keys are remembered for de-duplication.
     #[arg(long, env = "TICKFLOW_DEDUP_WINDOW", value_parser = humantime::parse_duration, default_value = "15m")]
     pub dedup_window: Duration,
@@ -112,6 +117,7 @@ impl RulesArgs {
             multiple: self.spike_multiple,
             warmup: self.spike_warmup,
             max_hold_ns: self.spike_max_hold.as_nanos() as i64,
+            floor_points: self.spike_floor_points,
             ..SpikeConfig::default()
         });
         Ok(RouterConfig {

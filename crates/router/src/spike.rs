@@ -1,6 +1,11 @@
 //! The spike filter: a tick whose mid jumps more than a multiple of the symbol's recent
 //! volatility is held; the next tick of the symbol decides: near the held price it confirms the
 //! move (the held tick is released), otherwise the held tick is rejected as a spike.
+//!
+//! The volatility estimate has a floor in price points of the instrument: after a calm spell
+//! (unchanged mids) the mean absolute move decays toward zero, and without a floor every
+//! ordinary move would then look like a spike, and each tick of the new level would condemn
+//! the one before it.
 
 use std::collections::HashMap;
 
@@ -15,6 +20,8 @@ pub struct SpikeConfig {
     pub alpha: f64,
     /// A held tick not confirmed within this time is rejected.
     pub max_hold_ns: i64,
+    /// Floor of the mean absolute move, in price points (units of the tick's last decimal).
+    pub floor_points: f64,
 }
 
 impl Default for SpikeConfig {
@@ -24,6 +31,7 @@ impl Default for SpikeConfig {
             warmup: 50,
             alpha: 0.02,
             max_hold_ns: 5_000_000_000,
+            floor_points: 5.0,
         }
     }
 }
@@ -70,12 +78,27 @@ impl SpikeFilter {
         }
     }
 
-    /// Judges a tick with mid `mid` at `now_ns`. Returns the outcome of a previously held tick
-    /// of the symbol, if there was one, and the verdict on this tick.
+    /// Judges a tick with mid `mid` at `now_ns`, without a volatility floor. Returns the outcome
+    /// of a previously held tick of the symbol, if there was one, and the verdict on this tick.
     pub fn on_tick(
         &mut self,
         symbol: &str,
         mid: f64,
+        now_ns: i64,
+    ) -> (Option<HeldOutcome>, SpikeVerdict) {
+        self.judge(symbol, mid, 0.0, now_ns)
+    }
+
+    /// Judges a tick with mid `mid` at `now_ns`, whose instrument's price point (the value of
+    /// one unit of its last decimal, e.g. 0.00001 for EURUSD at 5 decimals) is `point`: the
+    /// mean absolute move counts as at least [`SpikeConfig::floor_points`] points. Returns the
+    /// outcome of a previously held tick of the symbol, if there was one, and the verdict on
+    /// this tick.
+    pub fn judge(
+        &mut self,
+        symbol: &str,
+        mid: f64,
+        point: f64,
         now_ns: i64,
     ) -> (Option<HeldOutcome>, SpikeVerdict) {
         if !self.symbols.contains_key(symbol) {
@@ -83,7 +106,7 @@ impl SpikeFilter {
         }
         let cfg = self.cfg;
         let v = self.symbols.get_mut(symbol).expect("inserted above");
-        let threshold = cfg.multiple * v.mean_abs;
+        let threshold = cfg.multiple * v.mean_abs.max(cfg.floor_points * point);
         let mut outcome = None;
         if let Some((held_mid, _)) = v.held.take() {
             if (mid - held_mid).abs() <= threshold {
@@ -101,7 +124,7 @@ impl SpikeFilter {
             return (outcome, SpikeVerdict::Pass);
         }
         let jump = (mid - v.last_mid).abs();
-        if v.moves >= cfg.warmup && v.mean_abs > 0.0 && jump > threshold {
+        if v.moves >= cfg.warmup && threshold > 0.0 && jump > threshold {
             v.held = Some((mid, now_ns));
             return (outcome, SpikeVerdict::Hold);
         }
@@ -140,6 +163,7 @@ mod tests {
             warmup: 10,
             alpha: 0.1,
             max_hold_ns: 100,
+            floor_points: 0.0,
         });
         for i in 0..40 {
             // Moves of 1e-4 back and forth.
@@ -185,6 +209,38 @@ mod tests {
             w.on_tick("EURUSD", 1.1005, 50).1,
             SpikeVerdict::Pass,
             "5 mean moves"
+        );
+    }
+
+    #[test]
+    fn after_a_calm_spell_ordinary_moves_pass_with_the_floor() {
+        let cfg = SpikeConfig {
+            warmup: 10,
+            ..SpikeConfig::default()
+        };
+        let (mut plain, mut floored) = (SpikeFilter::new(cfg), SpikeFilter::new(cfg));
+        let point = 1e-5;
+        // A calm spell: 500 unchanged mids after a few 1-point moves.
+        for i in 0..520 {
+            let mid = if i < 20 && i % 2 == 1 { 1.10001 } else { 1.1 };
+            plain.on_tick("EURUSD", mid, i);
+            floored.judge("EURUSD", mid, point, i);
+        }
+        // A 3-point move: held without a floor (the mean has decayed toward zero), passed with
+        // one (20 x 5 points = 100 points allowed).
+        assert_eq!(plain.on_tick("EURUSD", 1.10003, 600).1, SpikeVerdict::Hold);
+        assert_eq!(
+            floored.judge("EURUSD", 1.10003, point, 600).1,
+            SpikeVerdict::Pass
+        );
+        // A 500-point jump is still held, and rejected when the next tick is back.
+        assert_eq!(
+            floored.judge("EURUSD", 1.10503, point, 601).1,
+            SpikeVerdict::Hold
+        );
+        assert_eq!(
+            floored.judge("EURUSD", 1.10004, point, 602),
+            (Some(HeldOutcome::Rejected), SpikeVerdict::Pass)
         );
     }
 

@@ -157,6 +157,9 @@ struct TopicState {
     name: Arc<str>,
     next_offset: AtomicI64,
     subscribers: Vec<mpsc::Sender<Delivery>>,
+    /// Set when one group's acknowledgements confirm publications (see
+    /// [`MemoryBus::subscribe_confirming`]).
+    confirmations: Option<Arc<Confirmations>>,
 }
 
 impl TopicState {
@@ -165,6 +168,24 @@ impl TopicState {
             name: Arc::from(name),
             next_offset: AtomicI64::new(0),
             subscribers: Vec::new(),
+            confirmations: None,
+        }
+    }
+}
+
+/// Publications of a topic waiting for the confirming group to acknowledge them, oldest first.
+#[derive(Default)]
+struct Confirmations {
+    waiting: Mutex<std::collections::VecDeque<(i64, tokio::sync::oneshot::Sender<()>)>>,
+}
+
+impl Confirmations {
+    /// Resolves the receipts of every publication up to `offset`.
+    fn confirm_upto(&self, offset: i64) {
+        let mut waiting = self.waiting.lock().expect("confirmation lock poisoned");
+        while waiting.front().is_some_and(|(o, _)| *o <= offset) {
+            let (_, done) = waiting.pop_front().expect("front exists");
+            let _ = done.send(());
         }
     }
 }
@@ -201,7 +222,28 @@ impl MemoryBus {
             rx,
             acked: Arc::new(AtomicI64::new(-1)),
             poll_every: None,
+            confirms: None,
         }
+    }
+
+    /// Subscribes the group whose acknowledgements confirm publications to `topic`: a
+    /// producer's receipt for a message resolves only once this group has acknowledged it (the
+    /// stage has durably done its work), and fails if the group goes away first. This is what
+    /// "durable" means without a broker: a stage upstream that waits for its receipts (ingest,
+    /// the router) then learns that its output is stored, not merely queued. One confirming
+    /// group per topic; other groups' acknowledgements confirm nothing.
+    pub fn subscribe_confirming(&self, topic: &str, capacity: usize) -> MemoryConsumer {
+        let mut consumer = self.subscribe(topic, capacity);
+        let confirmations = Arc::new(Confirmations::default());
+        let mut topics = self.topics.lock().expect("bus lock poisoned");
+        let state = topics.get_mut(topic).expect("subscribe created the topic");
+        assert!(
+            state.confirmations.is_none(),
+            "topic {topic} already has a confirming group"
+        );
+        state.confirmations = Some(confirmations.clone());
+        consumer.confirms = Some(confirmations);
+        consumer
     }
 
     /// Returns a producer for this bus.
@@ -232,16 +274,32 @@ pub struct MemoryProducer {
 #[async_trait]
 impl Producer for MemoryProducer {
     async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
-        let (offset, subscribers, topic_name) = {
+        let (offset, subscribers, topic_name, confirmed) = {
             let mut topics = self.bus.topics.lock().expect("bus lock poisoned");
             if !topics.contains_key(topic) {
                 topics.insert(topic.to_string(), TopicState::new(topic));
             }
             let state = &topics[topic];
+            let offset = state.next_offset.fetch_add(1, Ordering::Relaxed);
+            // Registered under the bus lock, so waiters queue in offset order. A closed topic
+            // (no subscribers left) has nobody to confirm: its receipts resolve at once, as
+            // the message is discarded anyway.
+            let confirmed = match &state.confirmations {
+                Some(c) if !state.subscribers.is_empty() => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    c.waiting
+                        .lock()
+                        .expect("confirmation lock poisoned")
+                        .push_back((offset, tx));
+                    Some(rx)
+                }
+                _ => None,
+            };
             (
-                state.next_offset.fetch_add(1, Ordering::Relaxed),
+                offset,
                 state.subscribers.clone(),
                 state.name.clone(),
+                confirmed,
             )
         };
         self.bus.published.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +320,10 @@ impl Producer for MemoryProducer {
             }
             last.send(delivery).await.map_err(|_| BusError::Closed)?;
         }
-        Ok(Box::pin(futures::future::ready(Ok(()))))
+        Ok(match confirmed {
+            Some(rx) => Box::pin(async move { rx.await.map_err(|_| BusError::Closed) }),
+            None => Box::pin(futures::future::ready(Ok(()))),
+        })
     }
 
     async fn flush(&self) -> Result<(), BusError> {
@@ -275,6 +336,20 @@ pub struct MemoryConsumer {
     rx: mpsc::Receiver<Delivery>,
     acked: Arc<AtomicI64>,
     poll_every: Option<std::time::Duration>,
+    confirms: Option<Arc<Confirmations>>,
+}
+
+impl Drop for MemoryConsumer {
+    /// A confirming group that goes away fails the receipts still waiting for it: whatever it
+    /// had not acknowledged is not durable.
+    fn drop(&mut self) {
+        if let Some(c) = self.confirms.take() {
+            c.waiting
+                .lock()
+                .expect("confirmation lock poisoned")
+                .clear();
+        }
+    }
 }
 
 impl MemoryConsumer {
@@ -314,6 +389,9 @@ impl Consumer for MemoryConsumer {
 
     fn ack(&mut self, id: DeliveryId) -> Result<(), BusError> {
         self.acked.fetch_max(id.offset, Ordering::Relaxed);
+        if let Some(c) = &self.confirms {
+            c.confirm_upto(id.offset);
+        }
         Ok(())
     }
 }
@@ -374,6 +452,37 @@ mod tests {
         bus.close(topics::CLEAN);
         assert!(c.recv().await.unwrap().is_none());
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn receipts_of_a_confirmed_topic_resolve_when_the_confirming_group_acks() {
+        use futures::FutureExt;
+        let bus = MemoryBus::new();
+        let mut store = bus.subscribe_confirming(topics::CLEAN, 8);
+        let mut bots = bus.subscribe(topics::CLEAN, 8);
+        let p = bus.producer();
+        let mut receipts = vec![];
+        for i in 0..3u8 {
+            receipts.push(p.send(topics::CLEAN, b"EURUSD", vec![i]).await.unwrap());
+        }
+        // Another group's acknowledgement confirms nothing.
+        let d = bots.recv().await.unwrap().unwrap();
+        bots.ack(d.id).unwrap();
+        assert!((&mut receipts[0]).now_or_never().is_none());
+        // The confirming group acknowledges the first two (ack covers everything before).
+        store.recv().await.unwrap().unwrap();
+        let second = store.recv().await.unwrap().unwrap();
+        store.ack(second.id).unwrap();
+        let mut receipts = receipts.into_iter();
+        for _ in 0..2 {
+            let r = receipts.next().unwrap().now_or_never();
+            assert!(matches!(r, Some(Ok(()))), "confirmed: {r:?}");
+        }
+        // The group goes away before acknowledging the third: that receipt fails.
+        let mut third = receipts.next().unwrap();
+        assert!((&mut third).now_or_never().is_none());
+        drop(store);
+        assert!(matches!(third.await, Err(BusError::Closed)));
     }
 
     #[tokio::test]

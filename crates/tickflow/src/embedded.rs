@@ -1,12 +1,18 @@
 //! Embedded mode: every stage in one process, linked by in-memory channels, storing to a
-//! SQLite file, serving gRPC. The stage code is the same the distributed binaries run.
+//! SQLite file, serving gRPC. The stage code is the same the distributed binaries run, and any
+//! source ingest reads works here too (`--source sim|mt5|oanda|dukascopy|csv`).
+//!
+//! Without Kafka, "durable" means committed to SQLite: the storage groups of `ticks.clean` and
+//! `ticks.dlq` and the router's group of `ticks.raw` confirm the publications they read only
+//! once their work is stored (see
+//! [`MemoryBus::subscribe_confirming`](tick_core::bus::MemoryBus::subscribe_confirming)), so the
+//! ingest loop's durability count, which MT5 acknowledgements follow, never runs ahead of the
+//! SQLite commit.
 
 use anyhow::Context;
 use indicators::config::EngineArgs;
 use indicators::engine::Engine;
 use indicators::service::Service;
-use ingest::SimArgs;
-use ingest::sim::SimSource;
 use persister::BatchArgs;
 use persister::sqlite::SqliteStore;
 use router::core::Router;
@@ -23,9 +29,9 @@ use tick_core::store::TickStore;
 /// Options of `tickflow run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Simulated feed.
+    /// The source and its options.
     #[command(flatten)]
-    pub sim: SimArgs,
+    pub source: ingest::SourceArgs,
     /// Indicators, rules, bars and subscriber queues.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -116,6 +122,13 @@ pub async fn run(
     on_listen: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    let ingest_stats = Arc::new(ingest::IngestStats::default());
+    // The source first: a missing option or a port in use fails before anything starts.
+    let source = args
+        .source
+        .build(&shutdown, ingest_stats.durable.clone())
+        .await
+        .context("failed to start the source")?;
     let engine =
         Engine::new(args.engine.engine_config()).context("invalid indicator configuration")?;
     let store = SqliteStore::open(&args.db).context("failed to open the database")?;
@@ -126,16 +139,18 @@ pub async fn run(
     let store: Arc<dyn TickStore> = Arc::new(store);
 
     let bus = MemoryBus::new();
-    let raw = bus.subscribe(topics::RAW, 65_536);
+    // The router's acknowledgements of `ticks.raw` confirm ingest's publications: it
+    // acknowledges a tick once its outputs are confirmed, that is stored (below).
+    let raw = bus.subscribe_confirming(topics::RAW, 65_536);
     let clean_rt = bus.subscribe(topics::CLEAN, 65_536);
     // The storage branch gets a deep queue so a slow disk never holds back the bots. It and
     // the dead letters run on the runtime's workers and look for work every 2 ms, so the stages
     // on the hot thread never wake them (see `HotThread`); they batch for 50 ms anyway.
     let clean_store = bus
-        .subscribe(topics::CLEAN, 1 << 20)
+        .subscribe_confirming(topics::CLEAN, 1 << 20)
         .polled(Duration::from_millis(2));
     let dlq = bus
-        .subscribe(topics::DLQ, 65_536)
+        .subscribe_confirming(topics::DLQ, 65_536)
         .polled(Duration::from_millis(2));
     let bars = bus
         .subscribe(topics::BARS, 65_536)
@@ -162,14 +177,13 @@ pub async fn run(
     ));
     tracing::info!(%addr, tls, auth, db = %args.db.display(), "tickflow embedded: gRPC SignalService listening");
 
-    let ingest_stats = Arc::new(ingest::IngestStats::default());
     let router_stats = Arc::new(router::RouterStats::default());
     let ind_stats = Arc::new(indicators::IndicatorStats::default());
     let pers_stats = Arc::new(persister::PersisterStats::default());
     let batch = args.batch.to_config();
     let abort = CancellationToken::new();
 
-    let intake = args.sim.intake_token(ingest::SourceKind::Sim, &shutdown);
+    let intake = args.source.intake_token(&shutdown);
     // Should `run` return early (an error, or its future dropped), the guard ends every stage
     // it started: each input topic closes, storage aborts, the server stops.
     let mut teardown = Teardown {
@@ -228,7 +242,7 @@ pub async fn run(
     ));
 
     let mut ingest_task = hot.handle.spawn(ingest::run_source(
-        Box::new(SimSource::new(&args.sim.to_config())),
+        source,
         Arc::new(bus.producer()),
         ingest_stats.clone(),
         intake.clone(),

@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs every stage in this process with a simulated feed, gRPC and a SQLite file (default).
+    /// Runs every stage in this process on any source (the simulator by default), with gRPC and a
+    /// SQLite file (the default command).
     Run(Box<embedded::RunArgs>),
     /// Subscribes to a running SignalService and prints each event with its latency.
     Subscribe(subscribe::SubscribeArgs),

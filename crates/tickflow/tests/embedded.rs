@@ -17,8 +17,8 @@ fn args(db: &std::path::Path, ticks: u64, rate: f64) -> RunArgs {
     }
     let mut a = P::parse_from(["test"]).run;
     a.db = db.to_path_buf();
-    a.sim.max_ticks = Some(ticks);
-    a.sim.rate = rate;
+    a.source.sim.max_ticks = Some(ticks);
+    a.source.sim.rate = rate;
     a.grpc_addr = "127.0.0.1:0".parse().unwrap();
     a
 }
@@ -100,7 +100,7 @@ async fn rejects_become_dead_letters_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
     let mut a = args(&db, 2000, 10_000.0);
-    a.sim.bad_ratio = 0.1;
+    a.source.sim.bad_ratio = 0.1;
     let (task, url) = start(a).await;
     let s = task.await.unwrap().unwrap();
     assert!(s.rejected > 100 && s.rejected < 300, "{s:?}");
@@ -156,8 +156,8 @@ async fn a_duration_stores_exactly_rate_times_duration_ticks() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
     let mut a = args(&db, 0, 1000.0);
-    a.sim.max_ticks = None;
-    a.sim.duration = Some(Duration::from_millis(1500));
+    a.source.sim.max_ticks = None;
+    a.source.intake.duration = Some(Duration::from_millis(1500));
     let started = std::time::Instant::now();
     let (task, _) = start(a).await;
     let s = task.await.unwrap().unwrap();
