@@ -88,7 +88,7 @@ class Pipeline:
         self.bins = bins
         self.tmp_path = tmp_path
         self.env = dict(os.environ, TICKFLOW_KAFKA_BROKERS=self.brokers,
-                        TICKFLOW_DATABASE_URL=database, TICKFLOW_REDIS_URL=self.redis_url,
+                        TICKFLOW_STORE=database, TICKFLOW_REDIS_URL=self.redis_url,
                         RUST_LOG="info")
         self.ports = {c: free_port() for c in ["ingest", "router", "indicators", "persister", "grpc"]}
         self.procs = {}

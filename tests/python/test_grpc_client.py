@@ -13,8 +13,8 @@ from conftest import free_port, wait_port
 def test_python_client_receives_the_same_events_as_the_rust_client(bins, pb, tmp_path):
     port = free_port()
     run = subprocess.Popen(
-        [bins("tickflow"), "run", "--max-ticks", "6000", "--rate", "2000", "--db",
-         tmp_path / "t.db", "--grpc-addr", f"127.0.0.1:{port}", "--status-interval", "1h"],
+        [bins("tickflow"), "run", "--max-ticks", "6000", "--rate", "2000", "--store",
+         f"sqlite:{tmp_path / 't.db'}", "--grpc-addr", f"127.0.0.1:{port}", "--status-interval", "1h"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:

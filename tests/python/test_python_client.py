@@ -39,8 +39,8 @@ def tf(tmp_path_factory):
 def start_run(bins, tmp_path, *extra, rate=2000):
     port = free_port()
     proc = subprocess.Popen(
-        [bins("tickflow"), "run", "--rate", str(rate), "--max-ticks", "1000000", "--db",
-         tmp_path / "t.db", "--grpc-addr", f"127.0.0.1:{port}", "--status-interval", "1h",
+        [bins("tickflow"), "run", "--rate", str(rate), "--max-ticks", "1000000", "--store",
+         f"sqlite:{tmp_path / 't.db'}", "--grpc-addr", f"127.0.0.1:{port}", "--status-interval", "1h",
          *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

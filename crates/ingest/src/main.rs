@@ -21,3 +21,12 @@ async fn main() -> anyhow::Result<()> {
     let result = ingest::run(args.config, p.shutdown.clone(), p.health.clone()).await;
     p.finish(result).await
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
+}

@@ -24,7 +24,7 @@ use tick_core::Tick;
 use tick_core::bus::Producer;
 use tick_core::kafka::KafkaArgs;
 use tick_core::shutdown::CancellationToken;
-use tick_core::store::TickStore;
+use tick_core::store::{HistoryReader, TickWriter};
 
 const SYMBOLS: [&str; 10] = [
     "EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCAD", "USDCHF", "NZDUSD", "EURGBP", "EURJPY",

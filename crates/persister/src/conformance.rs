@@ -1,5 +1,6 @@
-//! One behavioural test suite every [`TickStore`] implementation must pass (SQLite here,
-//! PostgreSQL in the distributed tests): idempotent inserts, exact prices, ordered range reads.
+//! One behavioural test suite every [`TickStore`] implementation must pass, run through the store
+//! factory ([`check_store_at`]) for SQLite here and PostgreSQL in the distributed tests:
+//! idempotent inserts, exact prices, ordered range reads.
 
 use tick_core::Tick;
 use tick_core::store::{DeadLetterRecord, TickStore};
@@ -50,6 +51,19 @@ pub async fn fresh_database(base_url: &str, name: &str) -> String {
         .rsplit_once('/')
         .expect("DATABASE_URL names a database");
     format!("{base}/{name}")
+}
+
+/// Opens the store at `url` through the factory (as every binary does) and runs every check
+/// against it; the store must be empty.
+pub async fn check_store_at(url: &crate::stores::StoreUrl) {
+    let stores = url
+        .open(&crate::stores::StoreOptions { pool_size: 2 })
+        .await
+        .expect("the factory opens and migrates the store");
+    let store = stores
+        .full
+        .expect("the conformance suite checks stores that play every role");
+    check_store(store.as_ref()).await;
 }
 
 /// Runs every check against an empty, migrated store; panics with a message on failure.
@@ -253,7 +267,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_store_conforms() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        super::check_store(&store).await;
+        let url = crate::stores::StoreUrl::sqlite(&dir.path().join("t.db"));
+        super::check_store_at(&url).await;
     }
 }

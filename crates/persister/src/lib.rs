@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
+pub mod stores;
 
 use anyhow::Context;
 use breaker::{Breaker, BreakerArgs, BreakerState};
@@ -19,7 +20,7 @@ use tick_core::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, topics}
 use tick_core::kafka::KafkaArgs;
 use tick_core::ops::Health;
 use tick_core::shutdown::CancellationToken;
-use tick_core::store::{DeadLetterRecord, StoreError, TickStore};
+use tick_core::store::{DeadLetterRecord, StoreError, TickWriter};
 use tick_core::{Tick, pb};
 use tokio::time::Instant;
 
@@ -72,12 +73,9 @@ impl BatchArgs {
 /// Configuration of the `persister` binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PersisterArgs {
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/tickflow.
-    #[arg(long, env = "TICKFLOW_DATABASE_URL")]
-    pub database_url: String,
-    /// Database connections in the pool.
-    #[arg(long, env = "TICKFLOW_DB_POOL_SIZE", default_value_t = 4)]
-    pub pool_size: usize,
+    /// The store (`--store postgres://...` in production, `sqlite:PATH` works too).
+    #[command(flatten)]
+    pub store: stores::StoreArgs,
     /// Batching.
     #[command(flatten)]
     pub batch: BatchArgs,
@@ -99,12 +97,11 @@ pub async fn run(
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
-    let store = postgres::PgStore::connect(&cfg.database_url, cfg.pool_size)?;
+    let store = cfg.store.url()?.connect(&cfg.store.options())?.writer;
     // Wait for the database at start as the breaker would later: data waits in Kafka.
     with_retry("database migration", &shutdown, || store.migrate())
         .await
         .context("failed to migrate the database")?;
-    let store: Arc<dyn TickStore> = Arc::new(store);
     if cfg.kafka.create_topics {
         cfg.kafka
             .ensure_topics()
@@ -403,7 +400,7 @@ pub enum DeadLetters {
 /// database (the unacknowledged messages stay on the bus).
 pub async fn run_persister(
     consumer: Box<dyn Consumer>,
-    store: Arc<dyn TickStore>,
+    store: Arc<dyn TickWriter>,
     cfg: BatchConfig,
     breaker: BreakerArgs,
     dead_letters: DeadLetters,
@@ -507,7 +504,7 @@ enum Step {
 }
 
 struct TickSink<'a> {
-    store: &'a dyn TickStore,
+    store: &'a dyn TickWriter,
     dead_letters: &'a DeadLetters,
     stats: &'a PersisterStats,
     abort: &'a CancellationToken,
@@ -646,7 +643,7 @@ trait Record: Sized + Send + Sync {
     fn decode(d: &Delivery) -> Option<Self>;
     /// Stores rows; returns how many were new.
     fn write<'a>(
-        store: &'a dyn TickStore,
+        store: &'a dyn TickWriter,
         rows: &'a [Self],
     ) -> futures::future::BoxFuture<'a, Result<u64, StoreError>>;
     /// Counts stored rows.
@@ -670,7 +667,7 @@ impl Record for DeadLetterRecord {
     }
 
     fn write<'a>(
-        store: &'a dyn TickStore,
+        store: &'a dyn TickWriter,
         rows: &'a [Self],
     ) -> futures::future::BoxFuture<'a, Result<u64, StoreError>> {
         store.insert_dead_letters(rows)
@@ -695,7 +692,7 @@ impl Record for pb::Bar {
     }
 
     fn write<'a>(
-        store: &'a dyn TickStore,
+        store: &'a dyn TickWriter,
         rows: &'a [Self],
     ) -> futures::future::BoxFuture<'a, Result<u64, StoreError>> {
         store.insert_bars(rows)
@@ -710,7 +707,7 @@ impl Record for pb::Bar {
 /// Stores every record of a `ticks.dlq` consumer until its stream ends.
 pub async fn run_dead_letters(
     consumer: Box<dyn Consumer>,
-    store: Arc<dyn TickStore>,
+    store: Arc<dyn TickWriter>,
     cfg: BatchConfig,
     breaker: BreakerArgs,
     stats: Arc<PersisterStats>,
@@ -722,7 +719,7 @@ pub async fn run_dead_letters(
 /// Stores every closed bar of a `bars` consumer until its stream ends.
 pub async fn run_bars(
     consumer: Box<dyn Consumer>,
-    store: Arc<dyn TickStore>,
+    store: Arc<dyn TickWriter>,
     cfg: BatchConfig,
     breaker: BreakerArgs,
     stats: Arc<PersisterStats>,
@@ -733,7 +730,7 @@ pub async fn run_bars(
 
 async fn run_records<R: Record>(
     consumer: Box<dyn Consumer>,
-    store: Arc<dyn TickStore>,
+    store: Arc<dyn TickWriter>,
     cfg: BatchConfig,
     breaker: BreakerArgs,
     stats: Arc<PersisterStats>,
@@ -767,7 +764,7 @@ async fn run_records<R: Record>(
 async fn flush_records<R: Record>(
     batch: &mut Batch<R>,
     intake: &mut Intake,
-    store: &dyn TickStore,
+    store: &dyn TickWriter,
     stats: &PersisterStats,
     abort: &CancellationToken,
 ) -> anyhow::Result<()> {

@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tick_core::Tick;
-use tick_core::store::{DeadLetterRecord, StoreError, TickStore};
+use tick_core::store::{
+    DeadLetterRecord, HistoryReader, ImportCheckpoints, StoreError, TickWriter,
+};
 use tokio_postgres::NoTls;
 
 const DAY_NS: i64 = 86_400_000_000_000;
@@ -117,6 +119,17 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!("no database connection: {e}"))
 }
 
+/// Opens the PostgreSQL store of a `postgres://` URL: this module's line in the store factory.
+pub fn open(
+    url: &str,
+    options: &crate::stores::StoreOptions,
+) -> Result<crate::stores::Stores, StoreError> {
+    Ok(crate::stores::Stores::full(
+        std::sync::Arc::new(PgStore::connect(url, options.pool_size)?),
+        crate::stores::redact(url),
+    ))
+}
+
 impl PgStore {
     /// Returns a store with a pool of up to `pool_size` connections to `url`.
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
@@ -179,7 +192,7 @@ impl PgStore {
 }
 
 #[async_trait]
-impl TickStore for PgStore {
+impl TickWriter for PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
@@ -338,7 +351,10 @@ impl TickStore for PgStore {
             .await
             .map_err(pg_err)
     }
+}
 
+#[async_trait]
+impl HistoryReader for PgStore {
     async fn bars_between(
         &self,
         symbol: &str,
@@ -478,7 +494,10 @@ impl TickStore for PgStore {
             .map_err(pg_err)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
+}
 
+#[async_trait]
+impl ImportCheckpoints for PgStore {
     async fn finished_import_units(
         &self,
         source: &str,

@@ -6,7 +6,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tick_core::Tick;
-use tick_core::store::{DeadLetterRecord, StoreError, TickStore};
+use tick_core::store::{
+    DeadLetterRecord, HistoryReader, ImportCheckpoints, StoreError, TickWriter,
+};
 
 const MIGRATIONS: &[&str] = &[
     // 1: ticks, dead letters.
@@ -88,6 +90,18 @@ fn db_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Opens the SQLite store of a `sqlite:PATH` URL: this module's line in the store factory.
+pub fn open(
+    url: &str,
+    _: &crate::stores::StoreOptions,
+) -> Result<crate::stores::Stores, StoreError> {
+    let path = url.strip_prefix("sqlite:").unwrap_or(url);
+    Ok(crate::stores::Stores::full(
+        Arc::new(SqliteStore::open(Path::new(path))?),
+        url.to_string(),
+    ))
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -121,7 +135,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl TickStore for SqliteStore {
+impl TickWriter for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         self.with_conn(|c| {
             c.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -255,7 +269,10 @@ impl TickStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl HistoryReader for SqliteStore {
     async fn bars_between(
         &self,
         symbol: &str,
@@ -408,7 +425,10 @@ impl TickStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ImportCheckpoints for SqliteStore {
     async fn finished_import_units(
         &self,
         source: &str,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tick_core::bus::{Consumer, Producer, topics};
 use tick_core::kafka::{Bound, KafkaArgs};
 use tick_core::shutdown::CancellationToken;
-use tick_core::store::TickStore;
+use tick_core::store::{TickStore, TickWriter};
 use tick_core::{Tick, pb};
 
 fn tick(source: &str, symbol: &str, i: i64) -> Tick {

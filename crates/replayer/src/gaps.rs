@@ -5,10 +5,9 @@
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 use tick_core::kafka::KafkaArgs;
-use tick_core::store::{HOUR_NS, TickStore, hour_floor};
+use tick_core::store::{HOUR_NS, HistoryReader, hour_floor};
 
 /// Options of `replayer gaps`.
 #[derive(Debug, Clone, clap::Args)]
@@ -22,12 +21,9 @@ pub struct GapsArgs {
     /// End (RFC 3339, exclusive).
     #[arg(long, value_parser = crate::parse_time_ns)]
     pub to: i64,
-    /// PostgreSQL URL.
-    #[arg(long, env = "TICKFLOW_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// SQLite file to check instead of PostgreSQL.
-    #[arg(long)]
-    pub sqlite: Option<PathBuf>,
+    /// The store to check.
+    #[command(flatten)]
+    pub store: persister::stores::StoreArgs,
     /// Skip the check of Kafka's retention.
     #[arg(long)]
     pub no_kafka: bool,
@@ -101,7 +97,7 @@ fn rfc3339(ns: i64) -> String {
 /// Returns the open-market hours of `symbols` in `[from_ns, to_ns)` (from rounded down to the
 /// hour) without any stored tick, with the counts of open and closed hours.
 pub async fn find_gaps(
-    store: &dyn TickStore,
+    store: &dyn HistoryReader,
     symbols: &[String],
     from_ns: i64,
     to_ns: i64,
@@ -216,11 +212,7 @@ pub async fn kafka_coverage(
 /// storage holds every open-market hour).
 pub async fn run_gaps(args: GapsArgs) -> anyhow::Result<GapsReport> {
     anyhow::ensure!(args.from < args.to, "--from must be before --to");
-    let store: Box<dyn TickStore> = match (&args.sqlite, &args.database_url) {
-        (Some(path), _) => Box::new(persister::sqlite::SqliteStore::open(path)?),
-        (None, Some(url)) => Box::new(persister::postgres::PgStore::connect(url, 1)?),
-        (None, None) => anyhow::bail!("give --database-url (or TICKFLOW_DATABASE_URL) or --sqlite"),
-    };
+    let store = args.store.open().await?.reader()?;
     let symbols: Vec<String> = args
         .symbols
         .iter()

@@ -12,11 +12,10 @@ use ingest::csv::CsvParser;
 use ingest::dukascopy::{self, Location};
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tick_core::shutdown::CancellationToken;
-use tick_core::store::{HOUR_NS, TickStore, hour_floor};
+use tick_core::store::{HOUR_NS, ImportCheckpoints, TickWriter, hour_floor};
 use tick_core::{KeyOrdinals, Tick, clock};
 use tokio::sync::mpsc;
 
@@ -81,12 +80,9 @@ pub struct CsvImportArgs {
 /// Options every import shares: where to write, batching, checkpoints, progress.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImportCommon {
-    /// PostgreSQL URL to write to.
-    #[arg(long, env = "TICKFLOW_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// SQLite file (embedded mode's `tickflow.db`) to write to instead of PostgreSQL.
-    #[arg(long)]
-    pub sqlite: Option<PathBuf>,
+    /// The store to write to.
+    #[command(flatten)]
+    pub store: persister::stores::StoreArgs,
     /// Ticks per insert.
     #[arg(long, default_value_t = 10_000)]
     pub batch_size: usize,
@@ -98,21 +94,23 @@ pub struct ImportCommon {
     pub log_every: Duration,
 }
 
+/// Where an import writes: the store's writer and its checkpoints.
+#[derive(Clone)]
+pub struct ImportTarget {
+    /// Where the ticks go.
+    pub writer: Arc<dyn TickWriter>,
+    /// Where finished units are recorded.
+    pub checkpoints: Arc<dyn ImportCheckpoints>,
+}
+
 impl ImportCommon {
-    /// Opens and migrates the store these options name.
-    pub async fn open_store(&self) -> anyhow::Result<Arc<dyn TickStore>> {
-        let store: Arc<dyn TickStore> = match (&self.sqlite, &self.database_url) {
-            (Some(path), _) => Arc::new(persister::sqlite::SqliteStore::open(path)?),
-            (None, Some(url)) => Arc::new(persister::postgres::PgStore::connect(url, 2)?),
-            (None, None) => {
-                anyhow::bail!("give --database-url (or TICKFLOW_DATABASE_URL) or --sqlite")
-            }
-        };
-        store
-            .migrate()
-            .await
-            .context("failed to migrate the database")?;
-        Ok(store)
+    /// Opens and migrates the store `--store` names.
+    pub async fn open_store(&self) -> anyhow::Result<ImportTarget> {
+        let stores = self.store.open().await?;
+        Ok(ImportTarget {
+            checkpoints: stores.checkpoints()?,
+            writer: stores.writer,
+        })
     }
 }
 
@@ -222,7 +220,7 @@ pub async fn run_import(
 /// Imports Dukascopy hours into `store`; returns the report and how the run ended.
 pub async fn import_dukascopy(
     args: &DukascopyImportArgs,
-    store: Arc<dyn TickStore>,
+    store: ImportTarget,
     shutdown: CancellationToken,
 ) -> (ImportReport, anyhow::Result<()>) {
     let mut report = ImportReport {
@@ -239,7 +237,7 @@ pub async fn import_dukascopy(
             .filter(|s| !s.is_empty())
             .collect();
         dukascopy::check_symbols(&symbols)?;
-        let done = checkpoint(&*store, &report.source, args.common.restart).await?;
+        let done = checkpoint(&*store.checkpoints, &report.source, args.common.restart).await?;
         let mut pending = Vec::new();
         for s in &symbols {
             let mut h = hour_floor(args.from);
@@ -280,7 +278,7 @@ pub async fn import_dukascopy(
         });
         let bar = progress_bar(total, "hours");
         let r = write_units(
-            &*store,
+            &store,
             &mut report,
             rx,
             &done,
@@ -349,7 +347,7 @@ async fn load_hour(
 /// Imports a CSV file into `store`; returns the report and how the run ended.
 pub async fn import_csv(
     args: &CsvImportArgs,
-    store: Arc<dyn TickStore>,
+    store: ImportTarget,
     shutdown: CancellationToken,
 ) -> (ImportReport, anyhow::Result<()>) {
     let started = Instant::now();
@@ -371,7 +369,7 @@ pub async fn import_csv(
             args.csv.csv_format,
             offset_ns / 1_000_000_000
         );
-        let done = checkpoint(&*store, &report.source, args.common.restart).await?;
+        let done = checkpoint(&*store.checkpoints, &report.source, args.common.restart).await?;
         let (tx, rx) = mpsc::channel::<anyhow::Result<Unit>>(2);
         let chunk = args.chunk_lines.max(1);
         let reader = tokio::task::spawn_blocking({
@@ -380,7 +378,7 @@ pub async fn import_csv(
         });
         let bar = progress_bar(len, "bytes");
         let r = write_units(
-            &*store,
+            &store,
             &mut report,
             rx,
             &done,
@@ -467,7 +465,7 @@ fn read_csv_chunks(
 
 /// Returns the finished units of `source`, or none when restarting.
 async fn checkpoint(
-    store: &dyn TickStore,
+    store: &dyn ImportCheckpoints,
     source: &str,
     restart: bool,
 ) -> anyhow::Result<HashMap<String, u64>> {
@@ -501,7 +499,7 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
 /// `done`. Stops after the current batch when `shutdown` trips.
 #[allow(clippy::too_many_arguments)]
 async fn write_units(
-    store: &dyn TickStore,
+    store: &ImportTarget,
     report: &mut ImportReport,
     mut rx: mpsc::Receiver<anyhow::Result<Unit>>,
     done: &HashMap<String, u64>,
@@ -533,6 +531,7 @@ async fn write_units(
             }
             for chunk in unit.ticks.chunks(batch) {
                 let new = store
+                    .writer
                     .insert_ticks(chunk)
                     .await
                     .with_context(|| format!("failed to store ticks of {}", unit.name))?;
@@ -545,6 +544,7 @@ async fn write_units(
                 }
             }
             store
+                .checkpoints
                 .finish_import_unit(&report.source, &unit.name, unit.ticks.len() as u64)
                 .await
                 .context("failed to record the import checkpoint")?;

@@ -9,13 +9,12 @@ pub mod pacing;
 
 use anyhow::Context;
 use pacing::{Pacer, Speed};
-use std::path::PathBuf;
 use std::sync::Arc;
 use tick_core::bus::Producer;
 use tick_core::kafka::KafkaArgs;
 use tick_core::ops::Health;
 use tick_core::shutdown::CancellationToken;
-use tick_core::store::TickStore;
+use tick_core::store::HistoryReader;
 use tokio::time::Instant;
 
 /// Parses an RFC 3339 time (`2026-01-05T10:00:00Z`) into UTC nanoseconds.
@@ -35,12 +34,13 @@ pub struct KafkaReplayArgs {
     /// End (exclusive): an RFC 3339 time or an offset.
     #[arg(long)]
     pub to: tick_core::kafka::Bound,
-    /// Destination: `postgres` (idempotent: rows already stored are skipped) or `topic:NAME`.
-    #[arg(long, default_value = "postgres")]
+    /// Destination: `store` (the `--store`; idempotent: rows already stored are skipped) or
+    /// `topic:NAME`.
+    #[arg(long, default_value = "store")]
     pub into: String,
-    /// PostgreSQL URL, for `--into postgres`.
-    #[arg(long, env = "TICKFLOW_DATABASE_URL")]
-    pub database_url: Option<String>,
+    /// The store.
+    #[command(flatten)]
+    pub store: persister::stores::StoreArgs,
     /// Storage batching.
     #[command(flatten)]
     pub batch: persister::BatchArgs,
@@ -71,20 +71,12 @@ pub async fn run_kafka(
         .range_consumer(&args.topic, args.from, args.to, shutdown.clone())
         .await?;
     health.set_ready(true);
-    let report = if args.into == "postgres" {
-        let url = args
-            .database_url
-            .as_deref()
-            .context("--into postgres needs --database-url")?;
-        let store = persister::postgres::PgStore::connect(url, 2)?;
-        store
-            .migrate()
-            .await
-            .context("failed to migrate the database")?;
+    let report = if args.into == "store" {
+        let store = args.store.open().await?;
         let stats = Arc::new(persister::PersisterStats::default());
         persister::run_persister(
             Box::new(consumer),
-            Arc::new(store),
+            store.writer,
             args.batch.to_config(),
             persister::breaker::BreakerArgs::default(),
             persister::DeadLetters::Store,
@@ -102,7 +94,7 @@ pub async fn run_kafka(
         let topic = args
             .into
             .strip_prefix("topic:")
-            .with_context(|| format!("--into {:?} must be postgres or topic:NAME", args.into))?;
+            .with_context(|| format!("--into {:?} must be store or topic:NAME", args.into))?;
         let producer = args.kafka.producer(false)?;
         let mut report = KafkaReplayReport::default();
         let mut receipts = Vec::new();
@@ -127,13 +119,10 @@ pub async fn run_kafka(
 
 /// Options of `replayer store`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct StoreArgs {
-    /// PostgreSQL URL to read from.
-    #[arg(long, env = "TICKFLOW_DATABASE_URL", conflicts_with = "db")]
-    pub database_url: Option<String>,
-    /// SQLite file (embedded mode's `tickflow.db`) to read from instead.
-    #[arg(long, env = "TICKFLOW_DB")]
-    pub db: Option<PathBuf>,
+pub struct StoreReplayArgs {
+    /// The store to read from.
+    #[command(flatten)]
+    pub store: persister::stores::StoreArgs,
     /// Symbols to replay, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     pub symbols: Vec<String>,
@@ -156,7 +145,7 @@ pub struct StoreArgs {
 
 /// Runs `replayer store`: replays stored ticks into a Kafka topic.
 pub async fn run_store(
-    args: StoreArgs,
+    args: StoreReplayArgs,
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
@@ -165,11 +154,7 @@ pub async fn run_store(
         .strip_prefix("topic:")
         .with_context(|| format!("--into {:?} must be topic:NAME", args.into))?
         .to_string();
-    let store: Arc<dyn TickStore> = match (&args.database_url, &args.db) {
-        (Some(url), _) => Arc::new(persister::postgres::PgStore::connect(url, 2)?),
-        (None, Some(path)) => Arc::new(persister::sqlite::SqliteStore::open(path)?),
-        (None, None) => anyhow::bail!("give --database-url or --db"),
-    };
+    let store = args.store.open().await?.reader()?;
     let producer = args.kafka.producer(false)?;
     health.set_ready(true);
     let job = StoreReplay {
@@ -206,7 +191,7 @@ pub struct StoreReplay {
 
 /// Replays stored ticks to `producer`; returns how many were published.
 pub async fn replay_store(
-    store: Arc<dyn TickStore>,
+    store: Arc<dyn HistoryReader>,
     producer: Arc<dyn Producer>,
     job: &StoreReplay,
     shutdown: CancellationToken,
@@ -264,9 +249,9 @@ pub struct AuditArgs {
     /// widened by this much on both sides).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub margin: std::time::Duration,
-    /// PostgreSQL URL.
-    #[arg(long, env = "TICKFLOW_DATABASE_URL")]
-    pub database_url: String,
+    /// The store to audit.
+    #[command(flatten)]
+    pub store: persister::stores::StoreArgs,
     /// How many differing keys to print at most.
     #[arg(long, default_value_t = 20)]
     pub show: usize,
@@ -326,7 +311,7 @@ pub async fn run_audit(
             kafka_keys.insert(t.key);
         }
     }
-    let store = persister::postgres::PgStore::connect(&args.database_url, 1)?;
+    let store = args.store.open().await?.reader()?;
     let stored: HashSet<String> = store
         .keys_between(args.from, args.to)
         .await?

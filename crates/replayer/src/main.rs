@@ -21,7 +21,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Replays stored ticks into a topic.
-    Store(replayer::StoreArgs),
+    Store(replayer::StoreReplayArgs),
     /// Reads a range of a Kafka topic back into PostgreSQL or another topic (disaster recovery).
     Kafka(replayer::KafkaReplayArgs),
     /// Compares the idempotency keys of an event-time range in Kafka and in PostgreSQL; exits
@@ -79,4 +79,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         }
     };
     p.finish(result).await.map(|()| ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
 }

@@ -48,7 +48,7 @@ async fn reports_exactly_the_lost_hour_and_no_weekend_hours() {
             "2019-02-06T00:00:00Z",
             "--dukascopy-dir",
             dir.to_str().unwrap(),
-            "--database-url",
+            "--store",
             &url,
         ])
         .a,
@@ -77,7 +77,7 @@ async fn reports_exactly_the_lost_hour_and_no_weekend_hours() {
             from,
             "--to",
             to,
-            "--database-url",
+            "--store",
             &url,
             "--kafka-brokers",
             &brokers,

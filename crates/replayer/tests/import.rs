@@ -10,7 +10,7 @@ use replayer::import::{ImportArgs, ImportReport, run_import};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tick_core::shutdown::CancellationToken;
-use tick_core::store::TickStore;
+use tick_core::store::{HistoryReader, ImportCheckpoints};
 use tokio_postgres::NoTls;
 
 #[derive(Parser)]
@@ -56,7 +56,7 @@ fn dukascopy_args(url: &str, dir: &Path, extra: &[&str]) -> ImportArgs {
         "2019-02-06T00:00:00Z",
         "--dukascopy-dir",
         dir.to_str().unwrap(),
-        "--database-url",
+        "--store",
         url,
     ];
     argv.extend_from_slice(extra);
@@ -264,7 +264,7 @@ async fn a_corrupt_hour_stops_the_import_naming_the_file_and_keeps_the_finished_
             to,
             "--dukascopy-dir",
             dir.path().to_str().unwrap(),
-            "--database-url",
+            "--store",
             &url,
             "--parallel",
             "1",
@@ -315,6 +315,7 @@ async fn csv_files_import_into_sqlite_with_rejects_counted_and_resume() {
     }
     std::fs::write(&csv, text).unwrap();
     let db = dir.path().join("t.db");
+    let store = format!("sqlite:{}", db.display());
     let args = |extra: &[&str]| {
         let mut argv = vec![
             "replayer",
@@ -325,8 +326,8 @@ async fn csv_files_import_into_sqlite_with_rejects_counted_and_resume() {
             "eur/usd",
             "--chunk-lines",
             "5",
-            "--sqlite",
-            db.to_str().unwrap(),
+            "--store",
+            &store,
         ];
         argv.extend_from_slice(extra);
         Cli::parse_from(argv).a

@@ -1,5 +1,7 @@
-//! The storage boundary: what the persister writes ticks and dead letters through. PostgreSQL
-//! implements it in distributed mode, SQLite in embedded mode.
+//! The storage boundary, split by role: [`TickWriter`] (what the persister writes ticks, bars and
+//! dead letters through), [`HistoryReader`] (what replays and audits read) and
+//! [`ImportCheckpoints`] (what `replayer import` resumes from). PostgreSQL implements every role
+//! in distributed mode, SQLite in embedded mode.
 
 use crate::tick::Tick;
 use async_trait::async_trait;
@@ -65,9 +67,10 @@ impl StoreError {
     }
 }
 
-/// Durable storage of ticks, idempotent on the tick's idempotency key.
+/// The writer role: durable storage of ticks, bars and dead letters, idempotent on each
+/// record's key. Every store implements it; a store that only writes implements only it.
 #[async_trait]
-pub trait TickStore: Send + Sync {
+pub trait TickWriter: Send + Sync {
     /// Creates or upgrades the schema.
     async fn migrate(&self) -> Result<(), StoreError>;
 
@@ -78,12 +81,16 @@ pub trait TickStore: Send + Sync {
     /// Stores rejected records.
     async fn insert_dead_letters(&self, records: &[DeadLetterRecord]) -> Result<u64, StoreError>;
 
-    /// Returns the number of stored ticks.
-    async fn count_ticks(&self) -> Result<u64, StoreError>;
-
     /// Stores closed bars; a bar already stored (same symbol, timeframe, price side and open
     /// time) is skipped. Returns how many rows were newly stored.
     async fn insert_bars(&self, bars: &[crate::pb::Bar]) -> Result<u64, StoreError>;
+}
+
+/// The history-reader role: what replays, audits, gap reports and summaries read back.
+#[async_trait]
+pub trait HistoryReader: Send + Sync {
+    /// Returns the number of stored ticks.
+    async fn count_ticks(&self) -> Result<u64, StoreError>;
 
     /// Returns the stored bars of `symbol` and `timeframe` whose open time is in
     /// `[from_ns, to_ns)`, oldest first.
@@ -120,9 +127,13 @@ pub trait TickStore: Send + Sync {
         from_ns: i64,
         to_ns: i64,
     ) -> Result<Vec<i64>, StoreError>;
+}
 
+/// The import-checkpoint role: what a restarted `replayer import` resumes from.
+#[async_trait]
+pub trait ImportCheckpoints: Send + Sync {
     /// Returns the units of work of a bulk import `source` recorded as finished, with the
-    /// number of ticks each held: the checkpoint a restarted `replayer import` resumes from.
+    /// number of ticks each held.
     async fn finished_import_units(
         &self,
         source: &str,
@@ -137,6 +148,11 @@ pub trait TickStore: Send + Sync {
         rows: u64,
     ) -> Result<(), StoreError>;
 }
+
+/// A store that plays every role (PostgreSQL and SQLite do).
+pub trait TickStore: TickWriter + HistoryReader + ImportCheckpoints {}
+
+impl<T: TickWriter + HistoryReader + ImportCheckpoints + ?Sized> TickStore for T {}
 
 /// One hour in ns.
 pub const HOUR_NS: i64 = 3_600_000_000_000;

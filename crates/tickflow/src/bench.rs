@@ -83,9 +83,10 @@ pub struct DistributedArgs {
     /// The load.
     #[command(flatten)]
     pub load: LoadArgs,
-    /// PostgreSQL for the persister (it runs, as in production, but is not on the latency path).
-    #[arg(long, env = "TICKFLOW_DATABASE_URL")]
-    pub database_url: String,
+    /// The persister's store, `postgres://...` (it runs, as in production, but is not on the
+    /// latency path).
+    #[arg(long, env = "TICKFLOW_STORE")]
+    pub store: String,
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -358,8 +359,8 @@ async fn embedded_run(load: &LoadArgs, rate: u64, dir: &Path) -> anyhow::Result<
         .args(["--instrument", &instruments])
         .args(["--duration", &humantime::format_duration(total).to_string()])
         .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
-        .args(["--status-interval", "1h", "--db"])
-        .arg(&db)
+        .args(["--status-interval", "1h", "--store"])
+        .arg(format!("sqlite:{}", db.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -460,7 +461,7 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
         children.push(("indicators".into(), ind.spawn()?, ports[1]));
         let mut pers = common("persister", ports[2])?;
         pers.args(["--group", &format!("{run}-persister")])
-            .args(["--database-url", &d.database_url]);
+            .args(["--store", &d.store]);
         children.push(("persister".into(), pers.spawn()?, ports[2]));
         for (name, child, port) in children.iter_mut() {
             wait_ready(*port, child, name).await?;

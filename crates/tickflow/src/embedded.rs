@@ -14,17 +14,15 @@ use indicators::config::EngineArgs;
 use indicators::engine::Engine;
 use indicators::service::Service;
 use persister::BatchArgs;
-use persister::sqlite::SqliteStore;
+use persister::stores::{StoreOptions, StoreUrl};
 use router::core::Router;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tick_core::bus::{MemoryBus, topics};
 use tick_core::latency::{LatencySummary, fmt_ns};
 use tick_core::shutdown::CancellationToken;
-use tick_core::store::TickStore;
 
 /// Options of `tickflow run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,9 +39,10 @@ pub struct RunArgs {
     /// Storage batching.
     #[command(flatten)]
     pub batch: BatchArgs,
-    /// SQLite file the ticks are stored in.
-    #[arg(long, env = "TICKFLOW_DB", default_value = "tickflow.db")]
-    pub db: PathBuf,
+    /// Where ticks, bars and dead letters are stored: `sqlite:PATH` (embedded mode's own
+    /// file) or `postgres://...`.
+    #[arg(long, env = "TICKFLOW_STORE", default_value = "sqlite:tickflow.db")]
+    pub store: StoreUrl,
     /// Address the gRPC SignalService listens on.
     #[arg(long, env = "TICKFLOW_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -131,12 +130,9 @@ pub async fn run(
         .context("failed to start the source")?;
     let engine =
         Engine::new(args.engine.engine_config()).context("invalid indicator configuration")?;
-    let store = SqliteStore::open(&args.db).context("failed to open the database")?;
-    store
-        .migrate()
-        .await
-        .context("failed to migrate the database")?;
-    let store: Arc<dyn TickStore> = Arc::new(store);
+    let stores = args.store.open(&StoreOptions { pool_size: 4 }).await?;
+    let reader = stores.reader()?;
+    let store = stores.writer;
 
     let bus = MemoryBus::new();
     // The router's acknowledgements of `ticks.raw` confirm ingest's publications: it
@@ -175,7 +171,7 @@ pub async fn run(
         serve_options,
         server_stop.clone(),
     ));
-    tracing::info!(%addr, tls, auth, db = %args.db.display(), "tickflow embedded: gRPC SignalService listening");
+    tracing::info!(%addr, tls, auth, store = %args.store, "tickflow embedded: gRPC SignalService listening");
 
     let router_stats = Arc::new(router::RouterStats::default());
     let ind_stats = Arc::new(indicators::IndicatorStats::default());
@@ -299,7 +295,7 @@ pub async fn run(
         clean: router_stats.clean.load(Ordering::Relaxed),
         rejected: router_stats.rejected_total(),
         stored: pers_stats.stored.load(Ordering::Relaxed),
-        rows_in_db: store.count_ticks().await?,
+        rows_in_db: reader.count_ticks().await?,
         dead_letters: pers_stats.dead_letters_stored.load(Ordering::Relaxed),
         updates: ind_stats.updates.load(Ordering::Relaxed),
         bars: ind_stats.bars.load(Ordering::Relaxed),

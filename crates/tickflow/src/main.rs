@@ -81,3 +81,12 @@ async fn run(command: Option<Command>) -> anyhow::Result<()> {
         None => unreachable!("main supplies the default command"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

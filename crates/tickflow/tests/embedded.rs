@@ -16,7 +16,7 @@ fn args(db: &std::path::Path, ticks: u64, rate: f64) -> RunArgs {
         run: RunArgs,
     }
     let mut a = P::parse_from(["test"]).run;
-    a.db = db.to_path_buf();
+    a.store = persister::stores::StoreUrl::sqlite(db);
     a.source.sim.max_ticks = Some(ticks);
     a.source.sim.rate = rate;
     a.grpc_addr = "127.0.0.1:0".parse().unwrap();

@@ -23,13 +23,8 @@ fn run_args(db: &Path, argv: &[&str]) -> RunArgs {
         #[command(flatten)]
         run: RunArgs,
     }
-    let mut full = vec![
-        "test",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--db",
-        db.to_str().unwrap(),
-    ];
+    let store = format!("sqlite:{}", db.display());
+    let mut full = vec!["test", "--grpc-addr", "127.0.0.1:0", "--store", &store];
     full.extend_from_slice(argv);
     P::parse_from(full).run
 }
@@ -210,7 +205,8 @@ fn free_port() -> u16 {
 fn spawn_tickflow(db: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tickflow"))
         .arg("run")
-        .args(["--db", db.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0"])
+        .args(["--store", &format!("sqlite:{}", db.display())])
+        .args(["--grpc-addr", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -357,7 +353,8 @@ fn a_csv_run_killed_halfway_and_run_again_stores_every_tick_once() {
     // Again, as fast as possible: what was stored is not stored twice.
     let status = Command::new(env!("CARGO_BIN_EXE_tickflow"))
         .arg("run")
-        .args(["--db", db.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0"])
+        .args(["--store", &format!("sqlite:{}", db.display())])
+        .args(["--grpc-addr", "127.0.0.1:0"])
         .args(&args[..6])
         .stdout(Stdio::null())
         .status()
