@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tick_core::kafka::KafkaArgs;
+use tick_kafka::KafkaArgs;
 
 /// What the engine computes, and how subscribers are served.
 #[derive(Debug, Clone, clap::Args)]

@@ -2,7 +2,7 @@
 //! bots over gRPC.
 
 use clap::Parser;
-use tick_core::ops::ProcessArgs;
+use tick_ops::ProcessArgs;
 
 /// tickflow indicators: reads `ticks.clean` (consumer group `indicators`), computes bars,
 /// indicators and signal rules per symbol, streams them to bots over the gRPC SignalService

@@ -16,9 +16,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tick_core::Tick;
 use tick_core::bus::Consumer;
-use tick_core::kafka::{Bound, KafkaArgs};
 use tick_core::pb;
 use tick_core::shutdown::CancellationToken;
+use tick_kafka::{Bound, KafkaArgs};
 
 /// How far back, before the newest tick of the history, closed bars are published again.
 pub const REPUBLISH_BARS: Duration = Duration::from_secs(300);

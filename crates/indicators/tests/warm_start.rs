@@ -5,9 +5,9 @@
 use indicators::engine::{Engine, EngineConfig};
 use std::time::Duration;
 use tick_core::bus::Consumer;
-use tick_core::kafka::KafkaArgs;
 use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock};
+use tick_kafka::KafkaArgs;
 
 fn tick(i: i64, symbol: &str) -> Tick {
     tick_core::testenv::tick(

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{Producer, Receipt, topics};
-use tick_core::kafka::KafkaArgs;
-use tick_core::ops::Health;
+use tick_core::health::Health;
 use tick_core::shutdown::CancellationToken;
+use tick_kafka::KafkaArgs;
 
 // The sources, one registration line each: `--source NAME` and the options of each come from
 // here in every binary that flattens `SourceArgs` (ingest, tickflow run).

@@ -1,7 +1,7 @@
 //! `ingest`: reads ticks from a source and publishes them to the Kafka topic `ticks.raw`.
 
 use clap::Parser;
-use tick_core::ops::ProcessArgs;
+use tick_ops::ProcessArgs;
 
 /// tickflow ingest: reads ticks from a source (the seeded simulator), stamps their receipt time
 /// and idempotency key, and publishes them to `ticks.raw` keyed by symbol.

@@ -6,8 +6,8 @@
 use clap::Parser;
 use std::time::{Duration, Instant};
 use tick_core::clock;
-use tick_core::kafka::KafkaArgs;
 use tick_core::shutdown::CancellationToken;
+use tick_kafka::KafkaArgs;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -111,7 +111,7 @@ async fn the_ea_protocol_delivers_every_tick_once_across_a_dropped_connection() 
         .commit_end_offsets(&group, tick_core::bus::topics::RAW)
         .await
         .unwrap();
-    let router_health = tick_core::ops::Health::new();
+    let router_health = tick_core::health::Health::new();
     let router_task = tokio::spawn(router::run(r, stop.clone(), router_health.clone()));
     let listen = format!("127.0.0.1:{port}");
     let i = IngestCli::parse_from([
@@ -128,7 +128,7 @@ async fn the_ea_protocol_delivers_every_tick_once_across_a_dropped_connection() 
         spool.path().to_str().unwrap(),
     ])
     .c;
-    let ingest_health = tick_core::ops::Health::new();
+    let ingest_health = tick_core::health::Health::new();
     let ingest_task = tokio::spawn(ingest::run(i, stop.clone(), ingest_health.clone()));
     let ready_by = Instant::now() + Duration::from_secs(60);
     while !(router_health.is_ready() && ingest_health.is_ready()) {

@@ -22,9 +22,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tick_core::Tick;
 use tick_core::bus::Producer;
-use tick_core::kafka::KafkaArgs;
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::{HistoryReader, TickWriter};
+use tick_kafka::KafkaArgs;
 
 const SYMBOLS: [&str; 10] = [
     "EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCAD", "USDCHF", "NZDUSD", "EURGBP", "EURJPY",

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::backoff::Backoff;
 use tick_core::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, topics};
-use tick_core::kafka::KafkaArgs;
-use tick_core::ops::Health;
+use tick_core::health::Health;
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::{DeadLetterRecord, StoreError, TickWriter};
 use tick_core::{Tick, pb};
+use tick_kafka::KafkaArgs;
 use tokio::time::Instant;
 
 /// When a batch is written.

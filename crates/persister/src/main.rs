@@ -1,7 +1,7 @@
 //! `persister`: stores every tick of `ticks.clean` exactly once in PostgreSQL.
 
 use clap::Parser;
-use tick_core::ops::ProcessArgs;
+use tick_ops::ProcessArgs;
 
 /// tickflow persister: reads `ticks.clean` (consumer group `persister`) and `ticks.dlq`
 /// (group `persister-dlq`) and stores ticks and dead letters in PostgreSQL in batches, applying

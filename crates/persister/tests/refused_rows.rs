@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tick_core::bus::{Consumer, Producer, topics};
-use tick_core::kafka::{Bound, KafkaArgs};
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::{TickStore, TickWriter};
 use tick_core::{Tick, pb};
+use tick_kafka::{Bound, KafkaArgs};
 
 fn tick(source: &str, symbol: &str, i: i64) -> Tick {
     tick_core::testenv::tick(

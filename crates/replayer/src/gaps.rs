@@ -6,8 +6,8 @@ use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
-use tick_core::kafka::KafkaArgs;
 use tick_core::store::{HOUR_NS, HistoryReader, hour_floor};
+use tick_kafka::KafkaArgs;
 
 /// Options of `replayer gaps`.
 #[derive(Debug, Clone, clap::Args)]

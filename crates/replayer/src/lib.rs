@@ -11,10 +11,10 @@ use anyhow::Context;
 use pacing::{Pacer, Speed};
 use std::sync::Arc;
 use tick_core::bus::Producer;
-use tick_core::kafka::KafkaArgs;
-use tick_core::ops::Health;
+use tick_core::health::Health;
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::HistoryReader;
+use tick_kafka::KafkaArgs;
 use tokio::time::Instant;
 
 /// Parses an RFC 3339 time (`2026-01-05T10:00:00Z`) into UTC nanoseconds.
@@ -30,10 +30,10 @@ pub struct KafkaReplayArgs {
     pub topic: String,
     /// Start: an RFC 3339 time (resolved to an offset per partition) or an offset.
     #[arg(long)]
-    pub from: tick_core::kafka::Bound,
+    pub from: tick_kafka::Bound,
     /// End (exclusive): an RFC 3339 time or an offset.
     #[arg(long)]
-    pub to: tick_core::kafka::Bound,
+    pub to: tick_kafka::Bound,
     /// Destination: `store` (the `--store`; idempotent: rows already stored are skipped) or
     /// `topic:NAME`.
     #[arg(long, default_value = "store")]
@@ -296,8 +296,8 @@ pub async fn run_audit(
         .kafka
         .range_consumer(
             &args.topic,
-            tick_core::kafka::Bound::TimeMs(args.from / 1_000_000 - margin_ms),
-            tick_core::kafka::Bound::TimeMs(args.to / 1_000_000 + margin_ms),
+            tick_kafka::Bound::TimeMs(args.from / 1_000_000 - margin_ms),
+            tick_kafka::Bound::TimeMs(args.to / 1_000_000 + margin_ms),
             shutdown,
         )
         .await?;

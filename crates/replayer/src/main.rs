@@ -1,7 +1,7 @@
 //! `replayer`: plays stored history back into the pipeline.
 
 use clap::{Parser, Subcommand};
-use tick_core::ops::ProcessArgs;
+use tick_ops::ProcessArgs;
 
 /// tickflow replayer: plays history back. `kafka` reads a time or offset range of a topic back
 /// into PostgreSQL (idempotently: disaster recovery) or another topic. `store` replays ticks

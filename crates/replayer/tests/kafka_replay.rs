@@ -34,7 +34,7 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
     let (admin, conn) = tokio_postgres::connect(&base_url, NoTls).await.unwrap();
     tokio::spawn(conn);
 
-    let kafka = tick_core::kafka::KafkaArgs {
+    let kafka = tick_kafka::KafkaArgs {
         brokers: brokers.clone(),
         properties: vec![],
         create_topics: true,
@@ -98,7 +98,7 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
             n
         }
     };
-    let health = tick_core::ops::Health::new();
+    let health = tick_core::health::Health::new();
     let first = replayer::run_kafka(args(from, to), CancellationToken::new(), health.clone())
         .await
         .unwrap();

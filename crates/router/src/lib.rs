@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{BusError, Consumer, InFlight, Producer, Receipt, topics};
-use tick_core::kafka::KafkaArgs;
-use tick_core::ops::Health;
+use tick_core::health::Health;
 use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock, pb};
+use tick_kafka::KafkaArgs;
 use tokio::sync::{mpsc, oneshot};
 
 /// Inputs whose outputs await confirmation, at most. In embedded mode a confirmation is a SQLite

@@ -2,7 +2,7 @@
 //! their reason to `ticks.dlq`.
 
 use clap::Parser;
-use tick_core::ops::ProcessArgs;
+use tick_ops::ProcessArgs;
 
 /// tickflow router: the gate every tick passes. Reads `ticks.raw` (consumer group `router`),
 /// publishes valid ticks to `ticks.clean` keyed by symbol and every reject, with its reason and

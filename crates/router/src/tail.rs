@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tick_core::Tick;
 use tick_core::bus::topics;
-use tick_core::kafka::{KafkaArgs, partitions};
 use tick_core::shutdown::CancellationToken;
+use tick_kafka::{KafkaArgs, partitions};
 use tokio::sync::mpsc;
 
 /// Reads the last `window` of `ticks.clean` to its current end and returns those ticks, plus

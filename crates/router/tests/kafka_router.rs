@@ -6,10 +6,10 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tick_core::bus::{Producer, topics};
-use tick_core::kafka::KafkaArgs;
 use tick_core::shutdown::CancellationToken;
 use tick_core::tick::ROUTE_SOURCE_SWITCH;
 use tick_core::{Tick, clock};
+use tick_kafka::KafkaArgs;
 
 fn kafka(brokers: String) -> KafkaArgs {
     KafkaArgs {
@@ -134,7 +134,7 @@ async fn fails_over_to_the_backup_source_and_back() {
         group: group.clone(),
         kafka: k.clone(),
     };
-    let health = tick_core::ops::Health::new();
+    let health = tick_core::health::Health::new();
     let task = tokio::spawn(router::run(args, shutdown.clone(), health.clone()));
     let ready_by = Instant::now() + Duration::from_secs(60);
     while !health.is_ready() {

@@ -5,14 +5,14 @@
 pub mod backoff;
 pub mod bus;
 pub mod clock;
+pub mod health;
 pub mod instrument;
-pub mod kafka;
 pub mod latency;
-pub mod ops;
 pub mod price;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
 pub mod testenv;
 pub mod tick;
 

@@ -28,12 +28,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{Consumer, Producer};
-use tick_core::kafka::KafkaArgs;
 use tick_core::latency::{LatencyRecorder, LatencySummary, fmt_ns};
 use tick_core::pb::event::Kind;
 use tick_core::pb::signal_service_client::SignalServiceClient;
 use tick_core::shutdown::CancellationToken;
 use tick_core::{clock, pb};
+use tick_kafka::KafkaArgs;
 use tokio::time::Instant;
 
 /// Options of `tickflow bench`.

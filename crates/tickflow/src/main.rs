@@ -34,7 +34,7 @@ enum Command {
     /// (`embedded`, or `distributed` next to the bare Kafka floor); prints a table, writes JSON.
     Bench(bench::BenchArgs),
     /// Creates the tickflow Kafka topics that do not exist yet.
-    Topics(tick_core::kafka::KafkaArgs),
+    Topics(tick_kafka::KafkaArgs),
     /// Prints the current state of one symbol from a running SignalService.
     Snapshot {
         /// The symbol, e.g. EURUSD.

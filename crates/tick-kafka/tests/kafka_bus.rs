@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 use tick_core::bus::{Consumer, Producer};
-use tick_core::kafka::KafkaArgs;
 use tick_core::shutdown::CancellationToken;
+use tick_kafka::KafkaArgs;
 
 fn args(brokers: String) -> KafkaArgs {
     KafkaArgs {

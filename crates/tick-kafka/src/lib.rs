@@ -2,7 +2,6 @@
 //! (`acks=all`), consumer groups whose offsets are stored only when the stage acknowledges a
 //! message (after its output is confirmed or its batch committed), and topic provisioning.
 
-use crate::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, Receipt, topics};
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -14,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use std::sync::Arc;
 use std::time::Duration;
+use tick_core::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, Receipt, topics};
 use tokio_util::sync::CancellationToken;
 
 /// Kafka connection settings shared by every binary.
@@ -545,7 +545,11 @@ impl KafkaArgs {
         to: RangeEnd,
         shutdown: CancellationToken,
     ) -> Result<RangeConsumer, BusError> {
-        let group = format!("replayer-{}-{}", std::process::id(), crate::clock::now_ns());
+        let group = format!(
+            "replayer-{}-{}",
+            std::process::id(),
+            tick_core::clock::now_ns()
+        );
         let consumer: StreamConsumer = self
             .config(&[
                 ("group.id", &group),

@@ -1,5 +1,7 @@
-//! The operations endpoint every binary serves on its metrics port: `/metrics` (Prometheus
-//! text), `/healthz` (liveness) and `/readyz` (readiness).
+//! The operations endpoint every stage binary serves on its metrics port: `/metrics`
+//! (Prometheus text), `/healthz` (liveness) and `/readyz` (readiness), and the process setup
+//! (logging, metrics recorder, signals) those binaries share. The embedded binary needs none of
+//! it, so it lives outside `tick-core`.
 
 use axum::Router;
 use axum::extract::State;
@@ -8,31 +10,8 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use tick_core::health::Health;
 use tokio_util::sync::CancellationToken;
-
-/// Liveness and readiness of a process, set by its stage code.
-#[derive(Debug, Default)]
-pub struct Health {
-    ready: AtomicBool,
-}
-
-impl Health {
-    /// Returns a shared, not yet ready, health state.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    /// Marks the process ready (or not) to receive traffic.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    /// Returns whether the process is ready.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-}
 
 #[derive(Clone)]
 struct OpsState {
@@ -101,7 +80,7 @@ async fn ready(State(s): State<OpsState>) -> (StatusCode, &'static str) {
 pub struct ProcessArgs {
     /// Log format on stderr (`RUST_LOG` sets the filter).
     #[arg(long, env = "TICKFLOW_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: crate::telemetry::LogFormat,
+    pub log_format: tick_core::telemetry::LogFormat,
     /// Address of the /metrics, /healthz and /readyz endpoints (default: 0.0.0.0 and the
     /// component's port).
     #[arg(long, env = "TICKFLOW_METRICS_ADDR")]
@@ -121,7 +100,7 @@ pub struct Process {
 impl ProcessArgs {
     /// Initialises logging and metrics, starts the ops endpoint and the signal handler.
     pub fn start(&self, component: &str, default_port: u16) -> anyhow::Result<Process> {
-        crate::telemetry::init(self.log_format, "info");
+        tick_core::telemetry::init(self.log_format, "info");
         let prometheus = install_metrics()?;
         let health = Health::new();
         let addr = self
@@ -131,7 +110,7 @@ impl ProcessArgs {
         let ops_task = tokio::spawn(serve(addr, health.clone(), prometheus, ops_stop.clone()));
         tracing::info!(component, version = env!("CARGO_PKG_VERSION"), "starting");
         Ok(Process {
-            shutdown: crate::shutdown::on_signals(),
+            shutdown: tick_core::shutdown::on_signals(),
             health,
             ops_stop,
             ops_task,
