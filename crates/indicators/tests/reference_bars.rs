@@ -2,9 +2,9 @@
 //! bars of `../shared/fixtures/dukascopy/expected` exactly.
 
 use indicators::bars::{BarBuilder, FLAG_GAP, FLAG_PARTIAL_FIRST, PriceSide};
-use ingest::dukascopy::{read_hour, to_ticks};
 use std::path::Path;
 use tick_core::{KeyOrdinals, Price};
+use tick_formats::dukascopy::{read_hour, to_ticks};
 
 #[test]
 fn btcusd_one_second_bid_bars_match_the_reference() {

@@ -8,8 +8,6 @@
 use anyhow::Context;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use ingest::csv::CsvParser;
-use ingest::dukascopy::{self, Location};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::sync::Arc;
@@ -17,6 +15,8 @@ use std::time::{Duration, Instant};
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::{HOUR_NS, ImportCheckpoints, TickWriter, hour_floor};
 use tick_core::{KeyOrdinals, Tick, clock};
+use tick_formats::csv::CsvParser;
+use tick_formats::dukascopy::{self, Location};
 use tokio::sync::mpsc;
 
 /// Options of `replayer import`.
@@ -53,7 +53,7 @@ pub struct DukascopyImportArgs {
     /// Where the hour files are: the same flags as `--source dukascopy` of ingest and
     /// `tickflow run`.
     #[command(flatten)]
-    pub location: ingest::dukascopy::DukascopyArgs,
+    pub location: tick_formats::dukascopy::DukascopyArgs,
     /// Hours read (or downloaded) ahead of the writer, in parallel.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -68,7 +68,7 @@ pub struct CsvImportArgs {
     /// The file and how to read it: the same flags as `--source csv` of ingest and `tickflow
     /// run`.
     #[command(flatten)]
-    pub csv: ingest::csv::CsvArgs,
+    pub csv: tick_formats::csv::CsvArgs,
     /// Lines per unit of work (the checkpoint granularity).
     #[arg(long, default_value_t = 100_000)]
     pub chunk_lines: usize,

@@ -5,12 +5,12 @@
 //! SQLite.
 
 use clap::Parser;
-use ingest::dukascopy::{HOUR_NS, decode_bi5, hour_path};
 use replayer::import::{ImportArgs, ImportReport, run_import};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::{HistoryReader, ImportCheckpoints};
+use tick_formats::dukascopy::{HOUR_NS, decode_bi5, hour_path};
 use tokio_postgres::NoTls;
 
 #[derive(Parser)]

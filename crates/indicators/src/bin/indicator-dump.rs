@@ -163,8 +163,8 @@ fn bars(
     let mut last_spread = 0.0;
     let mut hour = from - from.rem_euclid(HOUR);
     while hour < to {
-        let recs = ingest::dukascopy::read_hour(&dir, symbol, hour)?;
-        let ticks = ingest::dukascopy::to_ticks(symbol, hour, &recs, 0, &mut ordinals)?;
+        let recs = tick_formats::dukascopy::read_hour(&dir, symbol, hour)?;
+        let ticks = tick_formats::dukascopy::to_ticks(symbol, hour, &recs, 0, &mut ordinals)?;
         for t in ticks.iter().filter(|t| (from..to).contains(&t.ts_event_ns)) {
             if let Some(bar) = builder.on_tick(t) {
                 write_bar(&bar, last_spread)?;
