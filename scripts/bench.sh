@@ -147,14 +147,14 @@ case "$scenario" in
         cargo bench -p ingest --bench sim -- "$@"
         ;;
     embedded)
-        cargo build --release --workspace --bins
+        cargo build --release --workspace --bins --all-features
         "$TARGET/release/tickflow" bench embedded "$@"
         ;;
     distributed)
         if [[ -z "${KAFKA_BROKERS:-}" ]]; then
             eval "$(scripts/services.sh up)"
         fi
-        cargo build --release --workspace --bins
+        cargo build --release --workspace --bins --all-features
         "$TARGET/release/tickflow" bench distributed "$@"
         ;;
     *)

@@ -18,8 +18,16 @@ if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy (warnings denied)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo clippy (warnings denied), every feature on"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "the default embedded build: clippy, and no librdkafka in its dependency tree"
+cargo clippy -p tickflow --all-targets --locked -- -D warnings
+if cargo tree -p tickflow -e normal --locked | grep -q rdkafka; then
+  echo "tickflow's default build depends on rdkafka:" >&2
+  cargo tree -p tickflow -e normal -i rdkafka-sys --locked >&2 || true
+  exit 1
+fi
 
 step "services: Kafka, PostgreSQL, Redis"
 started_here=0
@@ -32,10 +40,10 @@ if [ "$started_here" = 1 ] && [ -z "${TICKFLOW_KEEP_SERVICES:-}" ]; then
 fi
 
 step "cargo build (binaries for the cross-process tests)"
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --all-features --locked
 
 step "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --all-features --locked
 
 step "python tests (clients generated from proto/, standard Kafka client)"
 venv="$(scripts/pyenv.sh)"

@@ -6,11 +6,8 @@ use crate::indicator::IndicatorList;
 use crate::rules::Rule;
 use crate::service::{Hub, HubOptions, ServeOptions, SlowSubscriber};
 use anyhow::Context;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-use tick_kafka::KafkaArgs;
 
 /// What the engine computes, and how subscribers are served.
 #[derive(Debug, Clone, clap::Args)]
@@ -134,38 +131,4 @@ impl GrpcArgs {
             tls,
         })
     }
-}
-
-/// Configuration of the `indicators` binary.
-#[derive(Debug, Clone, clap::Args)]
-pub struct IndicatorsArgs {
-    /// Address the gRPC SignalService listens on.
-    #[arg(long, env = "TICKFLOW_GRPC_ADDR", default_value = "0.0.0.0:50051")]
-    pub grpc_addr: SocketAddr,
-    /// Redis URL for per-symbol snapshots (none: no snapshots in Redis).
-    #[arg(long, env = "TICKFLOW_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Lifetime of a snapshot in Redis.
-    #[arg(long, env = "TICKFLOW_SNAPSHOT_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
-    pub snapshot_ttl: Duration,
-    /// Topic of clean ticks to compute from (another topic, e.g. one a `replayer store` writes,
-    /// runs a backtest through a separate instance).
-    #[arg(long, env = "TICKFLOW_INPUT_TOPIC", default_value = tick_core::bus::topics::CLEAN)]
-    pub input_topic: String,
-    /// Topic the signals are published to.
-    #[arg(long, env = "TICKFLOW_SIGNALS_TOPIC", default_value = tick_core::bus::topics::SIGNALS)]
-    pub signals_topic: String,
-    /// Warm start: at start, rebuild indicator state from this much recent history of the
-    /// input topic (up to the group's committed offsets) before serving; 0s turns it off.
-    #[arg(long, env = "TICKFLOW_WARM_START", value_parser = humantime::parse_duration, default_value = "1h")]
-    pub warm_start: Duration,
-    /// Consumer group; pods of one group share the partitions (and so the symbols).
-    #[arg(long, env = "TICKFLOW_GROUP", default_value = "indicators")]
-    pub group: String,
-    /// Engine options.
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    /// Kafka connection.
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
 }

@@ -9,20 +9,22 @@ pub mod indicator;
 pub mod rules;
 pub mod service;
 pub mod snapshots;
+#[cfg(feature = "kafka")]
 pub mod warm;
 
-use anyhow::Context;
-use config::IndicatorsArgs;
+#[cfg(feature = "kafka")]
+mod distributed;
+#[cfg(feature = "kafka")]
+pub use distributed::{IndicatorsArgs, run};
+
 use engine::Engine;
 use prost::Message;
-use service::{Hub, Service, SnapshotQuery};
+use service::{Hub, SnapshotQuery};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{Consumer, InFlight, Producer, topics};
-use tick_core::health::Health;
 use tick_core::latency::LatencyRecorder;
-use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock, pb};
 use tokio::sync::mpsc;
 
@@ -57,106 +59,6 @@ pub struct Outputs {
     pub signals_topic: Option<String>,
     /// Queue of the Redis snapshot writer.
     pub snapshots: Option<mpsc::Sender<Vec<pb::Snapshot>>>,
-}
-
-/// Runs the indicators stage on Kafka: gRPC server, engine, signals topic and Redis snapshots,
-/// until `shutdown` fires; then drains and ends every subscriber stream.
-pub async fn run(
-    cfg: IndicatorsArgs,
-    shutdown: CancellationToken,
-    health: Arc<Health>,
-) -> anyhow::Result<()> {
-    let mut engine =
-        Engine::new(cfg.engine.engine_config()).context("invalid indicator configuration")?;
-    if cfg.kafka.create_topics {
-        cfg.kafka
-            .ensure_topics()
-            .await
-            .context("failed to provision topics")?;
-    }
-    // Rebuild the indicators from the history this group already consumed, before serving.
-    let mut warm_bars = Vec::new();
-    if !cfg.warm_start.is_zero() {
-        let started = std::time::Instant::now();
-        let r = warm::from_kafka(
-            &cfg.kafka,
-            &cfg.input_topic,
-            &cfg.group,
-            cfg.warm_start,
-            &mut engine,
-            shutdown.clone(),
-        )
-        .await
-        .context("warm start failed")?;
-        tracing::info!(
-            ticks = r.ticks,
-            partitions = r.partitions,
-            bars = r.bars.len(),
-            elapsed = ?started.elapsed(),
-            "warm start: indicators rebuilt from recent history"
-        );
-        warm_bars = r.bars;
-    }
-    let consumer = cfg
-        .kafka
-        .consumer(&cfg.group, &cfg.input_topic, shutdown.clone())
-        .context("failed to create the consumer")?;
-    let producer = cfg
-        .kafka
-        .producer(true)
-        .context("failed to create the producer")?;
-    // Bars the previous instance may not have published (see `warm`); storage ignores copies.
-    tick_core::bus::publish_all(
-        &producer,
-        topics::BARS,
-        warm_bars
-            .iter()
-            .map(|b| (b.symbol.as_bytes(), b.encode_to_vec())),
-    )
-    .await
-    .context("failed to publish the warm start's bars")?;
-    let (snap_tx, snap_task) = match &cfg.redis_url {
-        Some(url) => {
-            let (tx, task) = snapshots::start_writer(url, cfg.snapshot_ttl)
-                .await
-                .with_context(|| format!("failed to connect to redis at {url}"))?;
-            (Some(tx), Some(task))
-        }
-        None => (None, None),
-    };
-    let serve_options = cfg.engine.grpc.serve_options()?;
-    let listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
-        .await
-        .with_context(|| format!("failed to listen on {}", cfg.grpc_addr))?;
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        tls = serve_options.tls.is_some(),
-        auth = serve_options.auth_token.is_some(),
-        "gRPC SignalService listening"
-    );
-    let hub = cfg.engine.hub();
-    let (query_tx, query_rx) = mpsc::channel(64);
-    let server_stop = CancellationToken::new();
-    let server = tokio::spawn(service::serve_with(
-        listener,
-        Service::new(hub.clone(), query_tx),
-        serve_options,
-        server_stop.clone(),
-    ));
-    health.set_ready(true);
-    let outputs = Outputs {
-        producer: Some(Arc::new(producer)),
-        signals_topic: Some(cfg.signals_topic.clone()),
-        snapshots: snap_tx,
-    };
-    let stats = Arc::new(IndicatorStats::default());
-    let result = run_indicators(Box::new(consumer), engine, hub, query_rx, outputs, stats).await;
-    server_stop.cancel();
-    server.await.context("gRPC server panicked")??;
-    if let Some(t) = snap_task {
-        let _ = t.await;
-    }
-    result
 }
 
 /// Processes every tick of `consumer` until its stream ends; answers snapshot queries from the

@@ -14,7 +14,7 @@ struct Args {
     #[command(flatten)]
     process: ProcessArgs,
     #[command(flatten)]
-    config: indicators::config::IndicatorsArgs,
+    config: indicators::IndicatorsArgs,
 }
 
 #[tokio::main]

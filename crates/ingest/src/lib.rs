@@ -16,12 +16,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{Producer, Receipt, topics};
-use tick_core::health::Health;
 use tick_core::shutdown::CancellationToken;
-use tick_kafka::KafkaArgs;
 
 // The sources, one registration line each: `--source NAME` and the options of each come from
 // here in every binary that flattens `SourceArgs` (ingest, tickflow run).
+#[cfg(feature = "kafka")]
+mod distributed;
+#[cfg(feature = "kafka")]
+pub use distributed::{IngestConfig, run};
+
 crate::register_sources! {
     /// The seeded simulator.
     sim: Sim => sim::SimArgs,
@@ -33,64 +36,6 @@ crate::register_sources! {
     mt5: Mt5 => mt5::Mt5Args,
     /// The OANDA v20 pricing stream.
     oanda: Oanda => oanda::OandaArgs,
-}
-
-/// Configuration of the `ingest` binary.
-#[derive(Debug, Clone, clap::Args)]
-pub struct IngestConfig {
-    /// The source and its options.
-    #[command(flatten)]
-    pub source: SourceArgs,
-    /// Directory of the local spool used while Kafka does not confirm.
-    #[arg(long, env = "TICKFLOW_SPOOL_DIR", default_value = "tickflow-spool")]
-    pub spool_dir: std::path::PathBuf,
-    /// How long a publication may stay unconfirmed before ingest starts spooling to disk.
-    #[arg(long, env = "TICKFLOW_SPOOL_AFTER", value_parser = humantime::parse_duration, default_value = "2s")]
-    pub spool_after: Duration,
-    /// Kafka connection.
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-}
-
-/// Runs the ingest stage against Kafka until the source ends or `shutdown` fires.
-pub async fn run(
-    cfg: IngestConfig,
-    shutdown: CancellationToken,
-    health: Arc<Health>,
-) -> anyhow::Result<()> {
-    if cfg.kafka.create_topics {
-        cfg.kafka
-            .ensure_topics()
-            .await
-            .context("failed to provision topics")?;
-    }
-    let producer = cfg
-        .kafka
-        .producer(true)
-        .context("failed to create the producer")?;
-    let stats = Arc::new(IngestStats::default());
-    let source = cfg.source.build(&shutdown, stats.durable.clone()).await?;
-    let spool = spool::Spool::open(&cfg.spool_dir)
-        .with_context(|| format!("failed to open the spool in {}", cfg.spool_dir.display()))?;
-    if spool.depth() > 0 {
-        tracing::warn!(
-            ticks = spool.depth(),
-            "spool holds ticks from an earlier run; they are sent first"
-        );
-    }
-    health.set_ready(true);
-    let spooler = Spooler {
-        spool,
-        after: cfg.spool_after,
-    };
-    run_source(
-        source,
-        Arc::new(producer),
-        stats,
-        cfg.source.intake_token(&shutdown),
-        Some(spooler),
-    )
-    .await
 }
 
 /// The spool and when to use it.

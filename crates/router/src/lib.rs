@@ -8,23 +8,25 @@ pub mod core;
 pub mod dedup;
 pub mod spike;
 pub mod symbols;
+#[cfg(feature = "kafka")]
 pub mod tail;
+
+#[cfg(feature = "kafka")]
+mod distributed;
+#[cfg(feature = "kafka")]
+pub use distributed::{RouterArgs, run};
 
 use crate::arbitration::Arbitration;
 use crate::core::{Decision, HoldId, RejectReason, Router, RouterConfig};
 use crate::spike::SpikeConfig;
 use crate::symbols::SymbolMap;
-use anyhow::Context;
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{BusError, Consumer, InFlight, Producer, Receipt, topics};
-use tick_core::health::Health;
-use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock, pb};
-use tick_kafka::KafkaArgs;
 use tokio::sync::{mpsc, oneshot};
 
 /// Inputs whose outputs await confirmation, at most. In embedded mode a confirmation is a SQLite
@@ -130,59 +132,6 @@ impl RulesArgs {
             silence_ns: self.silence.as_nanos() as i64,
         })
     }
-}
-
-/// Configuration of the `router` binary.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RouterArgs {
-    /// Routing rules.
-    #[command(flatten)]
-    pub rules: RulesArgs,
-    /// Consumer group; router pods of one group share the partitions of `ticks.raw`.
-    #[arg(long, env = "TICKFLOW_GROUP", default_value = "router")]
-    pub group: String,
-    /// Kafka connection.
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-}
-
-/// Runs the router stage on Kafka (group `--group`, default `router`) until `shutdown` fires.
-pub async fn run(
-    cfg: RouterArgs,
-    shutdown: CancellationToken,
-    health: Arc<Health>,
-) -> anyhow::Result<()> {
-    let mut router = Router::new(cfg.rules.router_config()?);
-    if cfg.kafka.create_topics {
-        cfg.kafka
-            .ensure_topics()
-            .await
-            .context("failed to provision topics")?;
-    }
-    let (_, tail) =
-        tail::follow_clean_with(&cfg.kafka, cfg.rules.dedup_window, shutdown.clone(), |t| {
-            router.remember(&t)
-        })
-        .await?;
-    let producer = cfg
-        .kafka
-        .producer(true)
-        .context("failed to create the producer")?;
-    let consumer = cfg
-        .kafka
-        .consumer(&cfg.group, topics::RAW, shutdown)
-        .context("failed to create the consumer")?;
-    health.set_ready(true);
-    let stats = Arc::new(RouterStats::default());
-    run_router(
-        Box::new(consumer),
-        Arc::new(producer),
-        router,
-        stats,
-        Some(tail),
-        false,
-    )
-    .await
 }
 
 /// Counters of the router stage.

@@ -21,20 +21,20 @@
 //! percentiles as ratios to it.
 
 use anyhow::{Context, bail};
-use prost::Message;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tick_core::bus::{Consumer, Producer};
 use tick_core::latency::{LatencyRecorder, LatencySummary, fmt_ns};
 use tick_core::pb::event::Kind;
 use tick_core::pb::signal_service_client::SignalServiceClient;
 use tick_core::shutdown::CancellationToken;
 use tick_core::{clock, pb};
-use tick_kafka::KafkaArgs;
 use tokio::time::Instant;
+
+#[cfg(feature = "kafka")]
+mod distributed;
 
 /// Options of `tickflow bench`.
 #[derive(Debug, clap::Args)]
@@ -50,8 +50,9 @@ pub enum Scenario {
     /// `tickflow run` (one process) -> gRPC subscriber.
     Embedded(LoadArgs),
     /// ingest -> Kafka -> router -> Kafka -> indicators -> gRPC subscriber, next to the bare
-    /// two-hop Kafka floor.
-    Distributed(DistributedArgs),
+    /// two-hop Kafka floor (built with the `kafka` feature).
+    #[cfg(feature = "kafka")]
+    Distributed(distributed::DistributedArgs),
 }
 
 /// The load and how it is measured.
@@ -75,21 +76,6 @@ pub struct LoadArgs {
     /// Directory of the JSON results.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
-}
-
-/// Options of the distributed scenario.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DistributedArgs {
-    /// The load.
-    #[command(flatten)]
-    pub load: LoadArgs,
-    /// The persister's store, `postgres://...` (it runs, as in production, but is not on the
-    /// latency path).
-    #[arg(long, env = "TICKFLOW_STORE")]
-    pub store: String,
-    /// Kafka connection.
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
 }
 
 /// One measured run.
@@ -138,7 +124,8 @@ impl RunResult {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Embedded(load) => embedded(load).await,
-        Scenario::Distributed(d) => distributed(d).await,
+        #[cfg(feature = "kafka")]
+        Scenario::Distributed(d) => distributed::distributed(d).await,
     }
 }
 
@@ -152,19 +139,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let p = me.with_file_name(name);
-    if !p.exists() {
-        bail!(
-            "{} not found next to {}: build every binary first (cargo build --release --workspace --bins)",
-            name,
-            me.display()
-        );
-    }
-    Ok(p)
 }
 
 /// Reads the peak resident set size of a process, in KiB.
@@ -194,16 +168,6 @@ fn watch_rss(pids: Vec<u32>, stop: CancellationToken) -> tokio::task::JoinHandle
     })
 }
 
-fn terminate(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(None)) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 async fn wait_exit(
     child: &mut Child,
     timeout: Duration,
@@ -218,31 +182,6 @@ async fn wait_exit(
             bail!("process {} did not exit", child.id());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until `GET /readyz` on `port` answers 200.
-async fn wait_ready(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(s) = child.try_wait()? {
-            bail!("{what} exited early: {s}");
-        }
-        if let Ok(mut c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let _ = c
-                .write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                .await;
-            let mut buf = Vec::new();
-            let _ = c.read_to_end(&mut buf).await;
-            if buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200") {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{what} not ready after 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -414,193 +353,6 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("tickflow-bench-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
-}
-
-async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::Result<RunResult> {
-    let load = &d.load;
-    let (names, instruments) = symbols(load.symbols);
-    let run = format!("bench-{}", clock::now_ns());
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let log = |name: &str| -> anyhow::Result<Stdio> {
-        Ok(std::fs::File::create(dir.join(format!("{run}-{name}.log")))?.into())
-    };
-    let common = |name: &str, port: u16| -> anyhow::Result<Command> {
-        let mut c = Command::new(sibling(name)?);
-        c.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--kafka-brokers", &d.kafka.brokers])
-            .env("TICKFLOW_LOG_FORMAT", "text")
-            .stdout(Stdio::null())
-            .stderr(log(name)?);
-        Ok(c)
-    };
-    // Fresh groups positioned at the end of their topics: only this run's ticks are measured,
-    // however much earlier runs left in the topics.
-    use tick_core::bus::topics;
-    for (group, topic) in [
-        (format!("{run}-router"), topics::RAW),
-        (format!("{run}-indicators"), topics::CLEAN),
-        (format!("{run}-persister"), topics::CLEAN),
-        (format!("{run}-persister-dlq"), topics::DLQ),
-        (format!("{run}-persister-bars"), topics::BARS),
-    ] {
-        d.kafka.commit_end_offsets(&group, topic).await?;
-    }
-    let mut children: Vec<(String, Child, u16)> = Vec::new();
-    let result: anyhow::Result<RunResult> = async {
-        let mut router = common("router", ports[0])?;
-        router.args([
-            "--group",
-            &format!("{run}-router"),
-            "--instrument",
-            &instruments,
-        ]);
-        children.push(("router".into(), router.spawn()?, ports[0]));
-        let mut ind = common("indicators", ports[1])?;
-        ind.args(["--group", &format!("{run}-indicators")])
-            .args(["--grpc-addr", &format!("127.0.0.1:{}", ports[4])]);
-        children.push(("indicators".into(), ind.spawn()?, ports[1]));
-        let mut pers = common("persister", ports[2])?;
-        pers.args(["--group", &format!("{run}-persister")])
-            .args(["--store", &d.store]);
-        children.push(("persister".into(), pers.spawn()?, ports[2]));
-        for (name, child, port) in children.iter_mut() {
-            wait_ready(*port, child, name).await?;
-        }
-        // Consumer groups join before the first tick is sent.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let total = load.warmup + load.duration + Duration::from_secs(1);
-        let mut ingest = common("ingest", ports[3])?;
-        ingest
-            .args(["--rate", &rate.to_string(), "--symbols", &names])
-            .args(["--duration", &humantime::format_duration(total).to_string()]);
-        children.push(("ingest".into(), ingest.spawn()?, ports[3]));
-        let stop = CancellationToken::new();
-        let rss = watch_rss(children.iter().map(|c| c.1.id()).collect(), stop.clone());
-        let start = clock::now_ns();
-        let w0 = start + load.warmup.as_nanos() as i64;
-        let w1 = w0 + load.duration.as_nanos() as i64;
-        let until = Instant::now() + load.warmup + load.duration + Duration::from_secs(2);
-        let sub = subscribe(format!("http://127.0.0.1:{}", ports[4]), w0, w1, until).await?;
-        let ingest = &mut children.last_mut().expect("ingest").1;
-        let status = wait_exit(ingest, Duration::from_secs(60)).await?;
-        stop.cancel();
-        let peaks = rss.await?;
-        let per_process: Vec<String> = children
-            .iter()
-            .zip(&peaks)
-            .map(|((name, _, _), kb)| format!("{name} {} MiB", kb / 1024))
-            .collect();
-        eprintln!("peak RSS: {}", per_process.join(", "));
-        let peak = peaks.iter().sum();
-        if !status.success() {
-            bail!("ingest exited with {status}");
-        }
-        Ok(result(&sub, rate, load.duration, peak))
-    }
-    .await;
-    for (_, child, _) in children.iter_mut() {
-        terminate(child);
-    }
-    for (name, child, _) in children.iter_mut() {
-        if let Err(e) = wait_exit(child, Duration::from_secs(30)).await {
-            eprintln!("{name}: {e}");
-        }
-    }
-    result
-}
-
-/// The floor: ticks relayed over two Kafka topics by tickflow's own producer and consumer
-/// settings, no pipeline logic, at `rate` on a fixed schedule.
-async fn floor_run(d: &DistributedArgs, rate: u64) -> anyhow::Result<RunResult> {
-    let load = &d.load;
-    let run = format!("bench-floor-{}", clock::now_ns());
-    let (a, b) = (format!("{run}.a"), format!("{run}.b"));
-    d.kafka.create_topic(&a, d.kafka.topic_partitions).await?;
-    d.kafka.create_topic(&b, d.kafka.topic_partitions).await?;
-    let stop = CancellationToken::new();
-    let mut c1 = d.kafka.consumer(&format!("{run}-1"), &a, stop.clone())?;
-    let mut c2 = d.kafka.consumer(&format!("{run}-2"), &b, stop.clone())?;
-    let p1 = d.kafka.producer(true)?;
-    let p2 = d.kafka.producer(true)?;
-    let relay = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = c1.recv().await {
-                if let Ok(r) = p2.send(&b, &m.key, m.payload).await {
-                    tokio::spawn(r);
-                }
-            }
-        })
-    };
-    // The same warm-up as the pipeline gets (its groups join before its feed starts).
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let start = clock::now_ns();
-    let w0 = start + load.warmup.as_nanos() as i64;
-    let w1 = w0 + load.duration.as_nanos() as i64;
-    let sub = Subscription::new(w0, w1);
-    let sink = {
-        let s = sub.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = c2.recv().await {
-                let now = clock::now_ns();
-                if let Ok(t) = pb::Tick::decode(m.payload.as_slice()) {
-                    s.record(t.ts_recv_ns, t.ts_event_ns, now);
-                }
-            }
-        })
-    };
-    // The simulated feed, paced exactly as `ingest` paces it.
-    let (names, _) = symbols(load.symbols);
-    let mut source = ingest::sim::SimSource::new(&ingest::sim::SimConfig {
-        symbols: names.split(',').map(str::to_string).collect(),
-        rate: rate as f64,
-        max_ticks: Some((rate as f64 * (load.warmup + load.duration).as_secs_f64()) as u64),
-        ..Default::default()
-    });
-    let mut batch = Vec::new();
-    use ingest::source::TickSource;
-    while source.next_batch(&mut batch).await? {
-        for t in batch.drain(..) {
-            let r = p1.send(&a, t.symbol.as_bytes(), t.encode()).await?;
-            tokio::spawn(r);
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.cancel();
-    let _ = relay.await;
-    let _ = sink.await;
-    Ok(result(&sub, rate, load.duration, 0))
-}
-
-async fn distributed(d: DistributedArgs) -> anyhow::Result<()> {
-    d.kafka.ensure_topics().await?;
-    let dir = tempfile_dir()?;
-    let mut rows = Vec::new();
-    for &rate in &d.load.rates {
-        let (mut runs, mut floors) = (Vec::new(), Vec::new());
-        for rep in 0..d.load.repeat.max(1) {
-            let r = distributed_run(&d, rate, &dir).await?;
-            let f = floor_run(&d, rate).await?;
-            eprintln!(
-                "distributed {rate}/s run {}: received {}/{} p50 {} p99 {} p99.9 {} (floor p50 {} p99 {}) sustained {} rss {} MiB; logs in {}",
-                rep + 1,
-                r.received,
-                r.expected,
-                fmt_ns(r.from_recv.p50),
-                fmt_ns(r.from_recv.p99),
-                fmt_ns(r.from_recv.p999),
-                fmt_ns(f.from_recv.p50),
-                fmt_ns(f.from_recv.p99),
-                r.sustained(),
-                r.peak_rss_kb / 1024,
-                dir.display()
-            );
-            runs.push(r);
-            floors.push(f);
-        }
-        rows.push((rate, runs, floors));
-    }
-    report("distributed", &d.load, &rows)
 }
 
 fn median(mut v: Vec<u64>) -> u64 {

@@ -33,7 +33,8 @@ enum Command {
     /// Measures tick-to-bot latency at a gRPC subscriber under a fixed-schedule feed
     /// (`embedded`, or `distributed` next to the bare Kafka floor); prints a table, writes JSON.
     Bench(bench::BenchArgs),
-    /// Creates the tickflow Kafka topics that do not exist yet.
+    /// Creates the tickflow Kafka topics that do not exist yet (built with the `kafka` feature).
+    #[cfg(feature = "kafka")]
     Topics(tick_kafka::KafkaArgs),
     /// Prints the current state of one symbol from a running SignalService.
     Snapshot {
@@ -73,6 +74,7 @@ async fn run(command: Option<Command>) -> anyhow::Result<()> {
             connect,
         }) => subscribe::snapshot(addr, symbol, connect).await,
         Some(Command::Bench(args)) => bench::run(args).await,
+        #[cfg(feature = "kafka")]
         Some(Command::Topics(kafka)) => {
             kafka.ensure_topics().await?;
             println!("topics ready on {}", kafka.brokers);
