@@ -4,7 +4,6 @@
 use super::*;
 use crate::config::EngineArgs;
 use anyhow::Context;
-use service::Service;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tick_core::health::Health;
@@ -54,12 +53,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut engine =
         Engine::new(cfg.engine.engine_config()).context("invalid indicator configuration")?;
-    if cfg.kafka.create_topics {
-        cfg.kafka
-            .ensure_topics()
-            .await
-            .context("failed to provision topics")?;
-    }
+    cfg.kafka.provision().await?;
     // Rebuild the indicators from the history this group already consumed, before serving.
     let mut warm_bars = Vec::new();
     if !cfg.warm_start.is_zero() {
@@ -110,25 +104,10 @@ pub async fn run(
         }
         None => (None, None),
     };
-    let serve_options = cfg.engine.grpc.serve_options()?;
-    let listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
-        .await
-        .with_context(|| format!("failed to listen on {}", cfg.grpc_addr))?;
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        tls = serve_options.tls.is_some(),
-        auth = serve_options.auth_token.is_some(),
-        "gRPC SignalService listening"
-    );
     let hub = cfg.engine.hub();
     let (query_tx, query_rx) = mpsc::channel(64);
-    let server_stop = CancellationToken::new();
-    let server = tokio::spawn(service::serve_with(
-        listener,
-        Service::new(hub.clone(), query_tx),
-        serve_options,
-        server_stop.clone(),
-    ));
+    let server =
+        service::GrpcServer::start(cfg.grpc_addr, &cfg.engine, hub.clone(), query_tx).await?;
     health.set_ready(true);
     let outputs = Outputs {
         producer: Some(Arc::new(producer)),
@@ -137,8 +116,7 @@ pub async fn run(
     };
     let stats = Arc::new(IndicatorStats::default());
     let result = run_indicators(Box::new(consumer), engine, hub, query_rx, outputs, stats).await;
-    server_stop.cancel();
-    server.await.context("gRPC server panicked")??;
+    server.stop().await?;
     if let Some(t) = snap_task {
         let _ = t.await;
     }

@@ -23,7 +23,7 @@ use service::{Hub, SnapshotQuery};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tick_core::bus::{Consumer, InFlight, Producer, topics};
+use tick_core::bus::{BusError, Consumer, InFlight, Producer, Receipt, topics};
 use tick_core::latency::LatencyRecorder;
 use tick_core::{Tick, clock, pb};
 use tokio::sync::mpsc;
@@ -61,6 +61,53 @@ pub struct Outputs {
     pub snapshots: Option<mpsc::Sender<Vec<pb::Snapshot>>>,
 }
 
+/// Where the indicators stage sends what the engine computed: the gRPC hub always, closed bars
+/// to the `bars` topic and signals to the signals topic when it has a producer for them.
+struct Publisher {
+    producer: Option<Arc<dyn Producer>>,
+    signals: Option<(Arc<dyn Producer>, String)>,
+    hub: Arc<Hub>,
+    stats: Arc<IndicatorStats>,
+}
+
+impl Publisher {
+    /// Publishes bars, then indicator updates, then signals, in that order (the same for a tick
+    /// and for the clock); returns the receipts of what went to the bus.
+    async fn publish(
+        &self,
+        bars: Vec<pb::Bar>,
+        updates: impl IntoIterator<Item = pb::IndicatorUpdate>,
+        signals: Vec<pb::Signal>,
+    ) -> Result<Vec<Receipt>, BusError> {
+        let mut receipts = Vec::new();
+        for bar in bars {
+            self.stats.bars.fetch_add(1, Ordering::Relaxed);
+            if let Some(p) = &self.producer {
+                receipts.push(
+                    p.send(topics::BARS, bar.symbol.as_bytes(), bar.encode_to_vec())
+                        .await?,
+                );
+            }
+            self.hub.publish(Kind::Bar(bar));
+        }
+        for u in updates {
+            self.stats.updates.fetch_add(1, Ordering::Relaxed);
+            self.hub.publish(Kind::Update(u));
+        }
+        for s in signals {
+            self.stats.signals.fetch_add(1, Ordering::Relaxed);
+            if let Some((p, topic)) = &self.signals {
+                receipts.push(
+                    p.send(topic, s.symbol.as_bytes(), s.encode_to_vec())
+                        .await?,
+                );
+            }
+            self.hub.publish(Kind::Signal(s));
+        }
+        Ok(receipts)
+    }
+}
+
 /// Processes every tick of `consumer` until its stream ends; answers snapshot queries from the
 /// gRPC service meanwhile; closes the hub (ending subscriber streams) when done.
 pub async fn run_indicators(
@@ -76,8 +123,13 @@ pub async fn run_indicators(
         signals_topic,
         snapshots,
     } = outputs;
-    // Where signals are published: a producer and a topic both given.
-    let signals = producer.clone().zip(signals_topic);
+    let publisher = Publisher {
+        // Where signals are published: a producer and a topic both given.
+        signals: producer.clone().zip(signals_topic),
+        producer,
+        hub: hub.clone(),
+        stats: stats.clone(),
+    };
     let mut in_flight = InFlight::default();
     let mut clock_timer = tokio::time::interval(Duration::from_millis(50));
     clock_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -104,37 +156,19 @@ pub async fn run_indicators(
                     }
                 }
                 _ = clock_timer.tick() => {
+                    // Bars the clock closed, with their bar-fed indicators and rules.
                     let closed = engine.on_clock(clock::now_ns());
-                    for bar in closed.bars {
-                        stats.bars.fetch_add(1, Ordering::Relaxed);
-                        // A bar the clock closed answers to no input message: its delivery is
-                        // watched on its own (a crash in between loses it from storage).
-                        if let Some(p) = &producer {
-                            let receipt = p.send(topics::BARS, bar.symbol.as_bytes(), bar.encode_to_vec()).await?;
-                            tokio::spawn(async move {
-                                if let Err(e) = receipt.await {
-                                    tracing::warn!(error = %e, "a closed bar was not published");
+                    let receipts = publisher.publish(closed.bars, closed.bar_updates, closed.signals).await?;
+                    // They answer to no input message: their delivery is watched on its own (a
+                    // crash in between loses them from storage; warm start publishes them again).
+                    if !receipts.is_empty() {
+                        tokio::spawn(async move {
+                            for r in receipts {
+                                if let Err(e) = r.await {
+                                    tracing::warn!(error = %e, "a bar or signal the clock closed was not published");
                                 }
-                            });
-                        }
-                        hub.publish(Kind::Bar(bar));
-                    }
-                    // Bar-fed indicators and their rules, on bars the clock closed.
-                    for u in closed.bar_updates {
-                        stats.updates.fetch_add(1, Ordering::Relaxed);
-                        hub.publish(Kind::Update(u));
-                    }
-                    for s in closed.signals {
-                        stats.signals.fetch_add(1, Ordering::Relaxed);
-                        if let Some((p, topic)) = &signals {
-                            let receipt = p.send(topic, s.symbol.as_bytes(), s.encode_to_vec()).await?;
-                            tokio::spawn(async move {
-                                if let Err(e) = receipt.await {
-                                    tracing::warn!(error = %e, "a signal of a clock-closed bar was not published");
-                                }
-                            });
-                        }
-                        hub.publish(Kind::Signal(s));
+                            }
+                        });
                     }
                 }
                 next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
@@ -152,25 +186,9 @@ pub async fn run_indicators(
                     };
                     let ts_recv = tick.ts_recv_ns;
                     let updates = engine.on_tick(tick);
-                    let mut receipts = Vec::new();
-                    for bar in updates.bars {
-                        stats.bars.fetch_add(1, Ordering::Relaxed);
-                        if let Some(p) = &producer {
-                            receipts.push(p.send(topics::BARS, bar.symbol.as_bytes(), bar.encode_to_vec()).await?);
-                        }
-                        hub.publish(Kind::Bar(bar));
-                    }
-                    for u in updates.bar_updates.into_iter().chain(updates.update) {
-                        stats.updates.fetch_add(1, Ordering::Relaxed);
-                        hub.publish(Kind::Update(u));
-                    }
-                    for s in updates.signals {
-                        stats.signals.fetch_add(1, Ordering::Relaxed);
-                        if let Some((p, topic)) = &signals {
-                            receipts.push(p.send(topic, s.symbol.as_bytes(), s.encode_to_vec()).await?);
-                        }
-                        hub.publish(Kind::Signal(s));
-                    }
+                    let receipts = publisher
+                        .publish(updates.bars, updates.bar_updates.into_iter().chain(updates.update), updates.signals)
+                        .await?;
                     let latency = clock::now_ns().saturating_sub(ts_recv);
                     stats.latency.record(latency);
                     metrics::counter!("tickflow_indicators_ticks_total").increment(1);
@@ -183,7 +201,7 @@ pub async fn run_indicators(
             result?;
             consumer.ack(id)?;
         }
-        if let Some(p) = &producer {
+        if let Some(p) = &publisher.producer {
             p.flush().await?;
         }
         consumer.commit().await?;

@@ -76,18 +76,57 @@ impl fmt::Display for ValueRef {
     }
 }
 
-/// How the two sides of a rule are compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// The left side moved from at or below the right side to above it.
-    CrossesAbove,
-    /// The left side moved from at or above the right side to below it.
-    CrossesBelow,
-    /// The left side became greater than the right side.
-    Above,
-    /// The left side became less than the right side.
-    Below,
+/// How the two sides of a rule are compared: one entry of [`OPS`].
+pub type Op = &'static OpDef;
+
+/// Both sides of a rule, `(left, right)`.
+pub type Sides = (f64, f64);
+
+/// A comparison operator of signal rules.
+#[derive(Debug)]
+pub struct OpDef {
+    /// How rules spell it.
+    pub name: &'static str,
+    /// +1 for an upward signal, -1 for a downward one.
+    pub direction: i32,
+    /// Whether a rule fires, given both sides' previous values (none on the first evaluation)
+    /// and their current values `(left, right)`.
+    pub fires: fn(Option<Sides>, Sides) -> bool,
 }
+
+impl PartialEq for OpDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// The rule operators: adding one is one entry here.
+pub static OPS: &[OpDef] = &[
+    // The left side moved from at or below the right side to above it.
+    OpDef {
+        name: "crosses_above",
+        direction: 1,
+        fires: |prev, (l, r)| prev.is_some_and(|(pl, pr)| pl <= pr) && l > r,
+    },
+    // The left side moved from at or above the right side to below it.
+    OpDef {
+        name: "crosses_below",
+        direction: -1,
+        fires: |prev, (l, r)| prev.is_some_and(|(pl, pr)| pl >= pr) && l < r,
+    },
+    // The left side became greater than the right side.
+    OpDef {
+        name: ">",
+        direction: 1,
+        fires: |prev, (l, r)| l > r && !prev.is_some_and(|(pl, pr)| pl > pr),
+    },
+    // The left side became less than the right side.
+    OpDef {
+        name: "<",
+        direction: -1,
+        fires: |prev, (l, r)| l < r && !prev.is_some_and(|(pl, pr)| pl < pr),
+    },
+];
 
 /// The right-hand side of a rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,10 +153,7 @@ pub struct Rule {
 impl Rule {
     /// Returns +1 for upward rules (`crosses_above`, `>`) and -1 for downward ones.
     pub fn direction(&self) -> i32 {
-        match self.op {
-            Op::CrossesAbove | Op::Above => 1,
-            Op::CrossesBelow | Op::Below => -1,
-        }
+        self.op.direction
     }
 
     /// The timeframe the rule is evaluated on (its left side's): `None` per tick.
@@ -143,13 +179,7 @@ impl Rule {
 
     /// Returns whether the rule fires given the previous and current values of both sides.
     pub fn fires(&self, prev: Option<(f64, f64)>, cur: (f64, f64)) -> bool {
-        let (l, r) = cur;
-        match self.op {
-            Op::CrossesAbove => prev.is_some_and(|(pl, pr)| pl <= pr) && l > r,
-            Op::CrossesBelow => prev.is_some_and(|(pl, pr)| pl >= pr) && l < r,
-            Op::Above => l > r && !prev.is_some_and(|(pl, pr)| pl > pr),
-            Op::Below => l < r && !prev.is_some_and(|(pl, pr)| pl < pr),
-        }
+        (self.op.fires)(prev, cur)
     }
 }
 
@@ -165,12 +195,12 @@ impl FromStr for Rule {
         let [lhs, op, rhs] = parts[..] else {
             return Err(err("expected `indicator op indicator|number`"));
         };
-        let op = match op {
-            "crosses_above" => Op::CrossesAbove,
-            "crosses_below" => Op::CrossesBelow,
-            ">" => Op::Above,
-            "<" => Op::Below,
-            _ => return Err(err("operator must be crosses_above, crosses_below, > or <")),
+        let Some(op) = OPS.iter().find(|o| o.name == op) else {
+            let names: Vec<&str> = OPS.iter().map(|o| o.name).collect();
+            return Err(err(&format!(
+                "operator must be one of {}",
+                names.join(", ")
+            )));
         };
         let lhs: ValueRef = lhs.parse()?;
         let rhs = match rhs.parse::<f64>() {
@@ -192,12 +222,7 @@ impl FromStr for Rule {
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let op = match self.op {
-            Op::CrossesAbove => "crosses_above",
-            Op::CrossesBelow => "crosses_below",
-            Op::Above => ">",
-            Op::Below => "<",
-        };
+        let op = self.op.name;
         match &self.rhs {
             Operand::Indicator(i) => write!(f, "{} {op} {i}", self.lhs),
             Operand::Const(c) => write!(f, "{} {op} {c}", self.lhs),

@@ -595,3 +595,56 @@ pub async fn serve_with(
         .await?;
     Ok(())
 }
+
+/// A running gRPC server (SignalService, health, reflection): how both modes serve bots.
+pub struct GrpcServer {
+    /// The address it is bound to.
+    pub addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl GrpcServer {
+    /// Binds `addr` and serves the hub of `engine` (with its token and TLS options); snapshot
+    /// queries go to `snapshots`.
+    pub async fn start(
+        addr: std::net::SocketAddr,
+        engine: &crate::config::EngineArgs,
+        hub: Arc<Hub>,
+        snapshots: mpsc::Sender<SnapshotQuery>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let options = engine.grpc.serve_options()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("failed to listen on {addr} for gRPC"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            %addr,
+            tls = options.tls.is_some(),
+            auth = options.auth_token.is_some(),
+            "gRPC SignalService listening"
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve_with(
+            listener,
+            Service::new(hub, snapshots),
+            options,
+            stop.clone(),
+        ));
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Returns a token that stops the server when cancelled (for teardown on an early return).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Stops serving once every open stream has ended (the hub closes them) and waits.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task
+            .await
+            .map_err(|e| anyhow::anyhow!("gRPC server panicked: {e}"))?
+    }
+}

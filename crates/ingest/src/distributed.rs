@@ -28,12 +28,7 @@ pub async fn run(
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
-    if cfg.kafka.create_topics {
-        cfg.kafka
-            .ensure_topics()
-            .await
-            .context("failed to provision topics")?;
-    }
+    cfg.kafka.provision().await?;
     let producer = cfg
         .kafka
         .producer(true)

@@ -38,12 +38,7 @@ pub async fn run(
     with_retry("database migration", &shutdown, || store.migrate())
         .await
         .context("failed to migrate the database")?;
-    if cfg.kafka.create_topics {
-        cfg.kafka
-            .ensure_topics()
-            .await
-            .context("failed to provision topics")?;
-    }
+    cfg.kafka.provision().await?;
     let clean = cfg
         .kafka
         .consumer(&cfg.group, topics::CLEAN, shutdown.clone())?;

@@ -5,6 +5,7 @@
 pub mod breaker;
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
+pub mod core;
 pub mod postgres;
 pub mod sqlite;
 pub mod stores;
@@ -14,14 +15,15 @@ mod distributed;
 #[cfg(feature = "kafka")]
 pub use distributed::{PersisterArgs, run};
 
+use crate::core::Batch;
 use anyhow::Context;
 use breaker::{Breaker, BreakerArgs, BreakerState};
 use prost::Message;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tick_core::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, topics};
+use tick_core::bus::{BusError, Consumer, Delivery, Producer, topics};
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::{DeadLetterRecord, StoreError, TickWriter};
 use tick_core::{Tick, pb};
@@ -94,50 +96,6 @@ pub struct PersisterStats {
     pub dead_letters_stored: AtomicU64,
     /// Closed bars stored (new rows).
     pub bars_stored: AtomicU64,
-}
-
-struct Batch<T> {
-    rows: Vec<T>,
-    last: HashMap<i32, DeliveryId>,
-    started: Option<Instant>,
-}
-
-impl<T> Batch<T> {
-    fn new(cap: usize) -> Self {
-        Self {
-            rows: Vec::with_capacity(cap),
-            last: HashMap::new(),
-            started: None,
-        }
-    }
-
-    fn note(&mut self, id: DeliveryId) {
-        self.started.get_or_insert_with(Instant::now);
-        let e = self.last.entry(id.partition).or_insert(id);
-        if id.offset > e.offset {
-            *e = id;
-        }
-    }
-
-    fn deadline(&self, cfg: &BatchConfig) -> Instant {
-        self.started
-            .map_or_else(Instant::now, |s| s + cfg.max_delay)
-    }
-
-    fn is_pending(&self) -> bool {
-        self.started.is_some()
-    }
-
-    /// Acknowledges everything the batch read (its rows are stored) and empties it.
-    fn acknowledge(&mut self, consumer: &mut dyn Consumer) -> anyhow::Result<()> {
-        for id in self.last.values() {
-            consumer.ack(*id)?;
-        }
-        self.rows.clear();
-        self.last.clear();
-        self.started = None;
-        Ok(())
-    }
 }
 
 /// One consumed stream and the breaker guarding its writes: messages received while the
@@ -303,7 +261,7 @@ pub async fn run_persister(
     // breaker), which holds intake meanwhile.
     let mut in_flight: VecDeque<(Batch<Tick>, Vec<DeadLetterRecord>, WriteTask)> = VecDeque::new();
     loop {
-        let deadline = batch.deadline(&cfg);
+        let deadline = batch.deadline(&cfg, Instant::now());
         let written = async {
             match in_flight.front_mut() {
                 Some((_, _, task)) => task.await,
@@ -325,7 +283,7 @@ pub async fn run_persister(
                         bad.push(rejected("malformed_payload", e.to_string(), d.payload.clone(), &d.topic));
                     }
                 }
-                batch.note(d.id);
+                batch.note(d.id, Instant::now());
                 if batch.rows.len() + bad.len() >= cfg.max_rows { Step::Flush } else { Step::Read }
             }
         };
@@ -440,7 +398,7 @@ impl TickSink<'_> {
                 Err(StoreError::Data(e)) => self.isolate_bad_rows(rows, e, bad, intake).await?,
                 Err(e) => return Err(e.into()),
             };
-            let dup = rows.len() as u64 - new.min(rows.len() as u64);
+            let (new, dup) = crate::core::tally(rows.len(), new);
             stats.stored.fetch_add(new, Ordering::Relaxed);
             stats.duplicates.fetch_add(dup, Ordering::Relaxed);
             stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -472,7 +430,7 @@ impl TickSink<'_> {
             stats.dead_letters.fetch_add(n, Ordering::Relaxed);
             metrics::counter!("tickflow_persister_dead_letters_total").increment(n);
         }
-        batch.acknowledge(intake.consumer.as_mut())
+        Ok(batch.acknowledge(intake.consumer.as_mut())?)
     }
 
     /// Stores a batch the database refused row by row, so only the offending rows become dead
@@ -620,7 +578,7 @@ async fn run_records<R: Record>(
     let mut intake = Intake::new(consumer, breaker, R::STREAM);
     let mut batch: Batch<R> = Batch::new(cfg.max_rows);
     loop {
-        let deadline = batch.deadline(&cfg);
+        let deadline = batch.deadline(&cfg, Instant::now());
         let flush = tokio::select! {
             biased;
             _ = tokio::time::sleep_until(deadline), if batch.is_pending() => true,
@@ -629,7 +587,7 @@ async fn run_records<R: Record>(
                 if let Some(r) = R::decode(&d) {
                     batch.rows.push(r);
                 }
-                batch.note(d.id);
+                batch.note(d.id, Instant::now());
                 batch.rows.len() >= cfg.max_rows
             }
         };
@@ -660,5 +618,5 @@ async fn flush_records<R: Record>(
             .await?;
         R::count(stats, n);
     }
-    batch.acknowledge(intake.consumer.as_mut())
+    Ok(batch.acknowledge(intake.consumer.as_mut())?)
 }

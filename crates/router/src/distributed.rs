@@ -28,12 +28,7 @@ pub async fn run(
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
     let mut router = Router::new(cfg.rules.router_config()?);
-    if cfg.kafka.create_topics {
-        cfg.kafka
-            .ensure_topics()
-            .await
-            .context("failed to provision topics")?;
-    }
+    cfg.kafka.provision().await?;
     let (_, tail) =
         tail::follow_clean_with(&cfg.kafka, cfg.rules.dedup_window, shutdown.clone(), |t| {
             router.remember(&t)

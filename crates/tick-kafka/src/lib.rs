@@ -134,6 +134,18 @@ impl KafkaArgs {
         })
     }
 
+    /// Creates the tickflow topics at a stage's start unless `--create-topics false`: the one
+    /// place every stage provisions them.
+    pub async fn provision(&self) -> anyhow::Result<()> {
+        if self.create_topics {
+            use anyhow::Context;
+            self.ensure_topics()
+                .await
+                .context("failed to provision topics")?;
+        }
+        Ok(())
+    }
+
     /// Creates the tickflow topics that do not exist yet (partitions, replication, retention,
     /// lz4 compression); existing topics are left as they are.
     pub async fn ensure_topics(&self) -> Result<(), BusError> {

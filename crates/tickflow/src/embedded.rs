@@ -12,7 +12,7 @@
 use anyhow::Context;
 use indicators::config::EngineArgs;
 use indicators::engine::Engine;
-use indicators::service::Service;
+use indicators::service::GrpcServer;
 use persister::BatchArgs;
 use persister::stores::{StoreOptions, StoreUrl};
 use router::core::Router;
@@ -20,9 +20,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tick_core::bus::{MemoryBus, topics};
+use tick_core::bus::{MemoryBus, MemoryConsumer, topics};
 use tick_core::latency::{LatencySummary, fmt_ns};
 use tick_core::shutdown::CancellationToken;
+use tick_core::store::TickWriter;
 
 /// Options of `tickflow run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -113,196 +114,291 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Runs the whole pipeline until intake stops (duration, tick count or `shutdown`), drains every
-/// stage in order and returns the summary. `on_listen` receives the bound gRPC address.
+/// Runs the whole pipeline until intake stops (duration, tick count, the end of a history source
+/// or `shutdown`), drains every stage in order and returns the summary. `on_listen` receives the
+/// bound gRPC address.
 pub async fn run(
     args: RunArgs,
     shutdown: CancellationToken,
     on_listen: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let ingest_stats = Arc::new(ingest::IngestStats::default());
+    let stats = Stats::default();
     // The source first: a missing option or a port in use fails before anything starts.
     let source = args
         .source
-        .build(&shutdown, ingest_stats.durable.clone())
+        .build(&shutdown, stats.ingest.durable.clone())
         .await
         .context("failed to start the source")?;
     let engine =
         Engine::new(args.engine.engine_config()).context("invalid indicator configuration")?;
     let stores = args.store.open(&StoreOptions { pool_size: 4 }).await?;
     let reader = stores.reader()?;
-    let store = stores.writer;
-
     let bus = MemoryBus::new();
-    // The router's acknowledgements of `ticks.raw` confirm ingest's publications: it
-    // acknowledges a tick once its outputs are confirmed, that is stored (below).
-    let raw = bus.subscribe_confirming(topics::RAW, 65_536);
-    let clean_rt = bus.subscribe(topics::CLEAN, 65_536);
-    // The storage branch gets a deep queue so a slow disk never holds back the bots. It and
-    // the dead letters run on the runtime's workers and look for work every 2 ms, so the stages
-    // on the hot thread never wake them (see `HotThread`); they batch for 50 ms anyway.
-    let clean_store = bus
-        .subscribe_confirming(topics::CLEAN, 1 << 20)
-        .polled(Duration::from_millis(2));
-    let dlq = bus
-        .subscribe_confirming(topics::DLQ, 65_536)
-        .polled(Duration::from_millis(2));
-    let bars = bus
-        .subscribe(topics::BARS, 65_536)
-        .polled(Duration::from_millis(2));
-
-    let serve_options = args.engine.grpc.serve_options()?;
-    let (tls, auth) = (
-        serve_options.tls.is_some(),
-        serve_options.auth_token.is_some(),
-    );
-    let listener = tokio::net::TcpListener::bind(args.grpc_addr)
-        .await
-        .with_context(|| format!("failed to listen on {}", args.grpc_addr))?;
-    let addr = listener.local_addr()?;
-    on_listen(addr);
+    let queues = Queues::subscribe(&bus);
     let hub = args.engine.hub();
     let (snap_tx, snap_rx) = tokio::sync::mpsc::channel(64);
-    let server_stop = CancellationToken::new();
-    let server = tokio::spawn(indicators::service::serve_with(
-        listener,
-        Service::new(hub.clone(), snap_tx),
-        serve_options,
-        server_stop.clone(),
-    ));
-    tracing::info!(%addr, tls, auth, store = %args.store, "tickflow embedded: gRPC SignalService listening");
-
-    let router_stats = Arc::new(router::RouterStats::default());
-    let ind_stats = Arc::new(indicators::IndicatorStats::default());
-    let pers_stats = Arc::new(persister::PersisterStats::default());
-    let batch = args.batch.to_config();
-    let abort = CancellationToken::new();
+    let server = GrpcServer::start(args.grpc_addr, &args.engine, hub.clone(), snap_tx).await?;
+    on_listen(server.addr);
+    tracing::info!(addr = %server.addr, store = %args.store, source = ?args.source.source, "tickflow embedded: running");
 
     let intake = args.source.intake_token(&shutdown);
+    let abort = CancellationToken::new();
     // Should `run` return early (an error, or its future dropped), the guard ends every stage
     // it started: each input topic closes, storage aborts, the server stops.
     let mut teardown = Teardown {
         bus: bus.clone(),
-        stop: [intake.clone(), abort.clone(), server_stop.clone()],
+        stop: [intake.clone(), abort.clone(), server.stop_token()],
         armed: true,
     };
-    // Intake, router and indicators share one thread (see `HotThread`); storage, dead letters
-    // and the gRPC server run on the multi-threaded runtime.
-    let hot = HotThread::start().context("failed to start the hot-path thread")?;
-    let router_task = hot.handle.spawn(router::run_router(
-        Box::new(raw),
-        Arc::new(bus.producer()),
-        Router::new(args.rules.router_config()?),
-        router_stats.clone(),
-        None,
-        true,
-    ));
-    let ind_task = hot.handle.spawn(indicators::run_indicators(
-        Box::new(clean_rt),
-        engine,
-        hub.clone(),
-        snap_rx,
-        // Closed bars go to the `bars` topic for storage, as in distributed mode. Signals go
-        // to the gRPC hub only: nothing in this process reads a signals topic.
-        indicators::Outputs {
-            producer: Some(Arc::new(bus.producer())),
-            ..Default::default()
-        },
-        ind_stats.clone(),
-    ));
-    let pers_task = tokio::spawn(persister::run_persister(
-        Box::new(clean_store),
-        store.clone(),
-        batch,
-        persister::breaker::BreakerArgs::default(),
-        persister::DeadLetters::Topic(Arc::new(bus.producer())),
-        pers_stats.clone(),
-        abort.clone(),
-    ));
-    let dlq_task = tokio::spawn(persister::run_dead_letters(
-        Box::new(dlq),
-        store.clone(),
-        batch,
-        persister::breaker::BreakerArgs::default(),
-        pers_stats.clone(),
-        abort.clone(),
-    ));
-    let bars_task = tokio::spawn(persister::run_bars(
-        Box::new(bars),
-        store.clone(),
-        batch,
-        persister::breaker::BreakerArgs::default(),
-        pers_stats.clone(),
-        abort.clone(),
-    ));
-
-    let mut ingest_task = hot.handle.spawn(ingest::run_source(
+    let wiring = Wiring {
+        bus: bus.clone(),
+        store: stores.writer,
+        batch: args.batch.to_config(),
+        abort,
+    };
+    let mut stages = Stages::spawn(&wiring, queues, &args, engine, &hub, snap_rx, &stats)?;
+    stages.ingest = Some(stages.hot.handle.spawn(ingest::run_source(
         source,
         Arc::new(bus.producer()),
-        ingest_stats.clone(),
-        intake.clone(),
+        stats.ingest.clone(),
+        intake,
         None,
-    ));
+    )));
+    let ingest_result = status_lines(&mut stages, &args, &stats, &hub, started).await;
+    stages.drain(&bus, ingest_result).await?;
+    server.stop().await?;
+    teardown.armed = false;
+    Ok(stats.summary(started, reader.count_ticks().await?))
+}
 
-    // A status line every interval until intake stops.
+/// The counters of every stage of one run.
+#[derive(Default)]
+struct Stats {
+    ingest: Arc<ingest::IngestStats>,
+    router: Arc<router::RouterStats>,
+    indicators: Arc<indicators::IndicatorStats>,
+    persister: Arc<persister::PersisterStats>,
+}
+
+impl Stats {
+    fn summary(&self, started: Instant, rows_in_db: u64) -> Summary {
+        let (i, r, n, p) = (
+            &self.ingest,
+            &self.router,
+            &self.indicators,
+            &self.persister,
+        );
+        Summary {
+            elapsed: started.elapsed(),
+            ticks_in: i.received.load(Ordering::Relaxed),
+            clean: r.clean.load(Ordering::Relaxed),
+            rejected: r.rejected_total(),
+            stored: p.stored.load(Ordering::Relaxed),
+            rows_in_db,
+            dead_letters: p.dead_letters_stored.load(Ordering::Relaxed),
+            updates: n.updates.load(Ordering::Relaxed),
+            bars: n.bars.load(Ordering::Relaxed),
+            bars_stored: p.bars_stored.load(Ordering::Relaxed),
+            signals: n.signals.load(Ordering::Relaxed),
+            latency: n.latency.summary(),
+        }
+    }
+}
+
+/// Each stage's queue on the in-memory bus, subscribed before anything is published.
+struct Queues {
+    raw: MemoryConsumer,
+    clean_realtime: MemoryConsumer,
+    clean_store: MemoryConsumer,
+    dlq: MemoryConsumer,
+    bars: MemoryConsumer,
+}
+
+impl Queues {
+    fn subscribe(bus: &MemoryBus) -> Self {
+        let polled = Duration::from_millis(2);
+        Self {
+            // The router's acknowledgements of `ticks.raw` confirm ingest's publications: it
+            // acknowledges a tick once its outputs are confirmed, that is stored (below).
+            raw: bus.subscribe_confirming(topics::RAW, 65_536),
+            clean_realtime: bus.subscribe(topics::CLEAN, 65_536),
+            // The storage branch gets a deep queue so a slow disk never holds back the bots. It
+            // and the dead letters run on the runtime's workers and look for work every 2 ms, so
+            // the stages on the hot thread never wake them (see `HotThread`); they batch for
+            // 50 ms anyway. Their acknowledgements (after the commit) confirm what they store.
+            clean_store: bus
+                .subscribe_confirming(topics::CLEAN, 1 << 20)
+                .polled(polled),
+            dlq: bus.subscribe_confirming(topics::DLQ, 65_536).polled(polled),
+            bars: bus.subscribe(topics::BARS, 65_536).polled(polled),
+        }
+    }
+}
+
+/// What the storage stages are given: the bus, the store and how to batch.
+struct Wiring {
+    bus: MemoryBus,
+    store: Arc<dyn TickWriter>,
+    batch: persister::BatchConfig,
+    abort: CancellationToken,
+}
+
+type StageTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// The running stages. Intake, router and indicators share one thread (see `HotThread`);
+/// storage and dead letters run on the multi-threaded runtime.
+struct Stages {
+    hot: HotThread,
+    ingest: Option<StageTask>,
+    router: StageTask,
+    indicators: StageTask,
+    /// Ticks, dead letters and bars, in the order they are drained.
+    storage: [(&'static str, StageTask); 3],
+}
+
+impl Stages {
+    fn spawn(
+        w: &Wiring,
+        q: Queues,
+        args: &RunArgs,
+        engine: Engine,
+        hub: &Arc<indicators::service::Hub>,
+        snapshots: tokio::sync::mpsc::Receiver<indicators::service::SnapshotQuery>,
+        stats: &Stats,
+    ) -> anyhow::Result<Self> {
+        let hot = HotThread::start().context("failed to start the hot-path thread")?;
+        let producer = || Arc::new(w.bus.producer());
+        let router = hot.handle.spawn(router::run_router(
+            Box::new(q.raw),
+            producer(),
+            Router::new(args.rules.router_config()?),
+            stats.router.clone(),
+            None,
+            true,
+        ));
+        let indicators = hot.handle.spawn(indicators::run_indicators(
+            Box::new(q.clean_realtime),
+            engine,
+            hub.clone(),
+            snapshots,
+            // Closed bars go to the `bars` topic for storage, as in distributed mode. Signals
+            // go to the gRPC hub only: nothing in this process reads a signals topic.
+            indicators::Outputs {
+                producer: Some(producer()),
+                ..Default::default()
+            },
+            stats.indicators.clone(),
+        ));
+        let breaker = persister::breaker::BreakerArgs::default;
+        let (store, batch, p) = (&w.store, w.batch, &stats.persister);
+        let storage = [
+            (
+                "persister",
+                tokio::spawn(persister::run_persister(
+                    Box::new(q.clean_store),
+                    store.clone(),
+                    batch,
+                    breaker(),
+                    persister::DeadLetters::Topic(producer()),
+                    p.clone(),
+                    w.abort.clone(),
+                )),
+            ),
+            (
+                "dead-letter storage",
+                tokio::spawn(persister::run_dead_letters(
+                    Box::new(q.dlq),
+                    store.clone(),
+                    batch,
+                    breaker(),
+                    p.clone(),
+                    w.abort.clone(),
+                )),
+            ),
+            (
+                "bar storage",
+                tokio::spawn(persister::run_bars(
+                    Box::new(q.bars),
+                    store.clone(),
+                    batch,
+                    breaker(),
+                    p.clone(),
+                    w.abort.clone(),
+                )),
+            ),
+        ];
+        Ok(Self {
+            hot,
+            ingest: None,
+            router,
+            indicators,
+            storage,
+        })
+    }
+
+    /// Drains in pipeline order: intake (already ended), router, indicators, then storage.
+    /// The persister publishes the rows the store refuses as dead letters, so `ticks.dlq`
+    /// closes only once it is done.
+    async fn drain(
+        self,
+        bus: &MemoryBus,
+        ingest: Result<anyhow::Result<()>, tokio::task::JoinError>,
+    ) -> anyhow::Result<()> {
+        ingest.context("ingest task panicked")??;
+        bus.close(topics::RAW);
+        self.router.await.context("router task panicked")??;
+        bus.close(topics::CLEAN);
+        self.indicators
+            .await
+            .context("indicators task panicked")??;
+        bus.close(topics::BARS);
+        let [(_, ticks), dead_letters, bars] = self.storage;
+        ticks.await.context("persister task panicked")??;
+        bus.close(topics::DLQ);
+        for (name, task) in [dead_letters, bars] {
+            task.await
+                .with_context(|| format!("{name} task panicked"))??;
+        }
+        let hot = self.hot;
+        tokio::task::spawn_blocking(move || drop(hot)).await?;
+        Ok(())
+    }
+}
+
+/// Prints a status line every `--status-interval` until intake stops; returns how it stopped.
+async fn status_lines(
+    stages: &mut Stages,
+    args: &RunArgs,
+    stats: &Stats,
+    hub: &indicators::service::Hub,
+    started: Instant,
+) -> Result<anyhow::Result<()>, tokio::task::JoinError> {
+    let ingest = stages.ingest.as_mut().expect("ingest was spawned");
     let mut ticker = tokio::time::interval(args.status_interval.max(Duration::from_millis(100)));
     ticker.tick().await;
     let (mut last_in, mut last_at) = (0, Instant::now());
-    let ingest_result = loop {
+    loop {
         tokio::select! {
-            r = &mut ingest_task => break r,
+            r = &mut *ingest => return r,
             _ = ticker.tick() => {}
         }
-        let now_in = ingest_stats.received.load(Ordering::Relaxed);
+        let now_in = stats.ingest.received.load(Ordering::Relaxed);
         let rate = (now_in - last_in) as f64 / last_at.elapsed().as_secs_f64();
         (last_in, last_at) = (now_in, Instant::now());
-        let l = ind_stats.latency.summary();
+        let l = stats.indicators.latency.summary();
         println!(
             "[{:>6.1}s] in {:>7.0}/s | total {:>8} | stored {:>8} | rejected {:>5} | subscribers {} | tick->update p50 {} p99 {}",
             started.elapsed().as_secs_f64(),
             rate,
             now_in,
-            pers_stats.stored.load(Ordering::Relaxed),
-            router_stats.rejected_total(),
+            stats.persister.stored.load(Ordering::Relaxed),
+            stats.router.rejected_total(),
             hub.subscribers(),
             fmt_ns(l.p50),
             fmt_ns(l.p99),
         );
-    };
-
-    // Drain in pipeline order: intake, router, then the branches, then the server.
-    ingest_result.context("ingest task panicked")??;
-    bus.close(topics::RAW);
-    router_task.await.context("router task panicked")??;
-    bus.close(topics::CLEAN);
-    ind_task.await.context("indicators task panicked")??;
-    bus.close(topics::BARS);
-    pers_task.await.context("persister task panicked")??;
-    // The persister publishes the rows the store refuses as dead letters: close their topic
-    // only once it is done.
-    bus.close(topics::DLQ);
-    dlq_task.await.context("dead-letter task panicked")??;
-    bars_task.await.context("bar-storage task panicked")??;
-    server_stop.cancel();
-    server.await.context("gRPC server panicked")??;
-    tokio::task::spawn_blocking(move || drop(hot)).await?;
-    teardown.armed = false;
-
-    Ok(Summary {
-        elapsed: started.elapsed(),
-        ticks_in: ingest_stats.received.load(Ordering::Relaxed),
-        clean: router_stats.clean.load(Ordering::Relaxed),
-        rejected: router_stats.rejected_total(),
-        stored: pers_stats.stored.load(Ordering::Relaxed),
-        rows_in_db: reader.count_ticks().await?,
-        dead_letters: pers_stats.dead_letters_stored.load(Ordering::Relaxed),
-        updates: ind_stats.updates.load(Ordering::Relaxed),
-        bars: ind_stats.bars.load(Ordering::Relaxed),
-        bars_stored: pers_stats.bars_stored.load(Ordering::Relaxed),
-        signals: ind_stats.signals.load(Ordering::Relaxed),
-        latency: ind_stats.latency.summary(),
-    })
+    }
 }
 
 /// One thread running a current-thread tokio runtime for the hot path. A tick handed from intake
