@@ -61,6 +61,18 @@ pub struct Outputs {
     pub snapshots: Option<mpsc::Sender<Vec<pb::Snapshot>>>,
 }
 
+/// Hands the snapshots that changed to the Redis writer; skips a round (counted) rather than
+/// wait when the writer is behind.
+fn push_snapshots(engine: &mut Engine, snapshots: &Option<mpsc::Sender<Vec<pb::Snapshot>>>) {
+    let changed = engine.take_changed_snapshots();
+    if let Some(tx) = snapshots
+        && !changed.is_empty()
+        && tx.try_send(changed).is_err()
+    {
+        metrics::counter!("tickflow_indicators_snapshots_skipped_total").increment(1);
+    }
+}
+
 /// Where the indicators stage sends what the engine computed: the gRPC hub always, closed bars
 /// to the `bars` topic and signals to the signals topic when it has a producer for them.
 struct Publisher {
@@ -146,15 +158,7 @@ pub async fn run_indicators(
                 Some((symbol, reply)) = queries.recv() => {
                     let _ = reply.send(engine.snapshot(&symbol));
                 }
-                _ = snapshot_timer.tick(), if snapshots.is_some() => {
-                    let changed = engine.take_changed_snapshots();
-                    if let Some(tx) = &snapshots
-                        && !changed.is_empty()
-                        && tx.try_send(changed).is_err()
-                    {
-                        metrics::counter!("tickflow_indicators_snapshots_skipped_total").increment(1);
-                    }
-                }
+                _ = snapshot_timer.tick(), if snapshots.is_some() => push_snapshots(&mut engine, &snapshots),
                 _ = clock_timer.tick() => {
                     // Bars the clock closed, with their bar-fed indicators and rules.
                     let closed = engine.on_clock(clock::now_ns());

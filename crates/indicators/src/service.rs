@@ -525,9 +525,11 @@ impl std::fmt::Debug for ServeOptions {
     }
 }
 
-/// Returns whether two byte strings are equal, in time independent of where they differ.
+/// Returns whether two byte strings are equal, in time independent of where they differ
+/// (`subtle`'s constant-time comparison).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// Returns the interceptor that checks the bearer token, if one is required.

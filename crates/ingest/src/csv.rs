@@ -3,6 +3,7 @@
 
 pub use tick_formats::csv::*;
 
+use tick_core::error::Cause;
 use crate::source::{BuildSource, Rejected, SourceContext, SourceError, TickSource};
 use async_trait::async_trait;
 use std::io::BufRead;
@@ -34,7 +35,7 @@ impl CsvSource {
     /// Opens `path`.
     pub fn open(path: &Path, parser: CsvParser) -> Result<Self, SourceError> {
         let f = std::fs::File::open(path)
-            .map_err(|e| SourceError::Input(format!("{}: {e}", path.display())))?;
+            .map_err(|e| SourceError::Input(Cause::new(path.display().to_string(), e)))?;
         Ok(Self {
             path: path.to_path_buf(),
             lines: std::io::BufReader::new(f).lines(),
@@ -58,7 +59,7 @@ impl TickSource for CsvSource {
             };
             self.line_no += 1;
             let line = line.map_err(|e| {
-                SourceError::Input(format!("{}:{}: {e}", self.path.display(), self.line_no))
+                SourceError::Input(Cause::new(format!("{}:{}", self.path.display(), self.line_no), e))
             })?;
             match self.parser.parse_line(&line) {
                 Ok(Some(t)) => out.push(t),

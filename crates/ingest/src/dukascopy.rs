@@ -4,6 +4,7 @@
 
 pub use tick_formats::dukascopy::*;
 
+use tick_core::error::Cause;
 use crate::source::{BuildSource, SourceContext, SourceError, TickSource};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -84,10 +85,10 @@ impl TickSource for DukascopySource {
                     .location
                     .hour(&self.client, s, hour)
                     .await
-                    .map_err(|e| SourceError::Input(e.to_string()))?;
+                    .map_err(|e| SourceError::Input(Cause::wrap(e)))?;
                 ticks.extend(
                     to_ticks(s, hour, &recs, clock::now_ns(), &mut self.ordinals)
-                        .map_err(|e| SourceError::Input(e.to_string()))?,
+                        .map_err(|e| SourceError::Input(Cause::wrap(e)))?,
                 );
             }
             // Several symbols of one hour: play them in event-time order.

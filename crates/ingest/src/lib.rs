@@ -1,11 +1,6 @@
 //! The ingest stage: reads ticks from a [`source::TickSource`] and publishes each, keyed by
 //! symbol, to `ticks.raw`.
 
-pub mod csv;
-pub mod dukascopy;
-pub mod mt5;
-pub mod oanda;
-pub mod sim;
 pub mod source;
 pub mod spool;
 
@@ -17,25 +12,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{Producer, Receipt, topics};
 use tick_core::shutdown::CancellationToken;
+use tick_core::store::DeadLetterRecord;
 
-// The sources, one registration line each: `--source NAME` and the options of each come from
-// here in every binary that flattens `SourceArgs` (ingest, tickflow run).
 #[cfg(feature = "kafka")]
 mod distributed;
 #[cfg(feature = "kafka")]
 pub use distributed::{IngestConfig, run};
 
+// The sources, one registration line each (it also declares the module `src/<name>.rs`):
+// `--source NAME` and the options of each come from here in every binary that flattens
+// `SourceArgs` (ingest, tickflow run).
 crate::register_sources! {
     /// The seeded simulator.
-    sim: Sim => sim::SimArgs,
+    sim: Sim => SimArgs,
     /// Dukascopy `.bi5` history from a directory or URL in Dukascopy's layout.
-    dukascopy: Dukascopy => dukascopy::DukascopyArgs,
+    dukascopy: Dukascopy => DukascopyArgs,
     /// A CSV tick file (MT5 export or plain).
-    csv: Csv => csv::CsvArgs,
+    csv: Csv => CsvArgs,
     /// MetaTrader 5 terminals running the TickflowStreamer expert advisor.
-    mt5: Mt5 => mt5::Mt5Args,
+    mt5: Mt5 => Mt5Args,
     /// The OANDA v20 pricing stream.
-    oanda: Oanda => oanda::OandaArgs,
+    oanda: Oanda => OandaArgs,
 }
 
 /// The spool and when to use it.
@@ -78,12 +75,17 @@ pub async fn run_source(
     producer: Arc<dyn Producer>,
     stats: Arc<IngestStats>,
     shutdown: CancellationToken,
-    mut spooler: Option<Spooler>,
+    spooler: Option<Spooler>,
 ) -> anyhow::Result<()> {
+    let mut out = Outbox {
+        spooling: spooler.as_ref().is_some_and(|s| s.spool.depth() > 0),
+        spooler,
+        producer,
+        stats,
+        pending: Default::default(),
+        emitted: 0,
+    };
     let mut batch = Vec::with_capacity(1024);
-    let mut pending: std::collections::VecDeque<Pending> = Default::default();
-    let mut spooling = spooler.as_ref().is_some_and(|s| s.spool.depth() > 0);
-    let mut emitted = 0u64;
     let mut feed = FeedWatch::new(source.name());
     let mut next_probe = tokio::time::Instant::now();
     loop {
@@ -94,131 +96,175 @@ pub async fn run_source(
             r = source.next_batch(&mut batch) => r?,
             // Wake up to take confirmations even when the source is quiet, so durability
             // (and MT5 acknowledgements) advance without waiting for the next tick.
-            _ = tokio::time::sleep(if pending.is_empty() && !spooling {
+            _ = tokio::time::sleep(if out.pending.is_empty() && !out.spooling {
                 Duration::from_millis(250)
             } else {
                 Duration::from_millis(20)
             }) => true,
         };
-        stats
+        out.stats
             .received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         feed.saw(&batch);
-        feed.report(
-            spooler
-                .as_ref()
-                .filter(|_| spooling)
-                .map(|s| s.spool.depth()),
-        );
+        feed.report(out.spool_depth());
         metrics::counter!("tickflow_ingest_ticks_received_total", "source" => source.name().to_string())
             .increment(batch.len() as u64);
-        match (&mut spooler, spooling) {
-            (Some(sp), true) => {
-                sp.spool
-                    .append(&batch)
-                    .context("failed to write the spool")?;
-                emitted += batch.len() as u64;
-                metrics::counter!("tickflow_ingest_spooled_total").increment(batch.len() as u64);
-            }
-            _ => {
-                for tick in batch.drain(..) {
-                    let receipt = producer
-                        .send(topics::RAW, raw_key(&tick.symbol).as_bytes(), tick.encode())
-                        .await?;
-                    let keep = spooler.is_some().then_some(tick);
-                    pending.push_back(Pending {
-                        sent: tokio::time::Instant::now(),
-                        receipt,
-                        tick: keep,
-                        index: emitted,
-                    });
-                    emitted += 1;
-                }
-            }
-        }
+        out.publish(&mut batch).await?;
         for r in source.take_rejects() {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("tickflow_ingest_rejected_total", "source" => source.name().to_string(), "reason" => r.reason.clone())
-                .increment(1);
-            tracing::warn!(reason = %r.reason, detail = %r.detail, "input rejected");
-            let record = tick_core::pb::DeadLetter {
-                reason: r.reason,
-                detail: r.detail,
-                payload: r.payload,
-                origin: source.name().to_string(),
-                ts_rejected_ns: tick_core::clock::now_ns(),
-                component: "ingest".into(),
-            };
-            let receipt = producer
-                .send(topics::DLQ, b"", prost::Message::encode_to_vec(&record))
-                .await?;
-            pending.push_back(Pending {
-                sent: tokio::time::Instant::now(),
-                receipt,
-                tick: None,
-                index: emitted,
-            });
+            out.reject(source.name(), r).await?;
         }
-        reap(&mut pending, &mut spooler, &mut spooling, &stats)?;
-        stats
-            .durable
-            .set(pending.front().map_or(emitted, |p| p.index));
-        if spooling && tokio::time::Instant::now() >= next_probe && pending.is_empty() {
+        out.reap()?;
+        if out.spooling && tokio::time::Instant::now() >= next_probe && out.pending.is_empty() {
             next_probe = tokio::time::Instant::now() + Duration::from_secs(1);
-            if let Some(sp) = &mut spooler {
-                spooling = !drain(sp, producer.as_ref(), &stats).await?;
-            }
+            out.try_drain().await?;
         }
-        if let Some(sp) = &spooler {
+        if let Some(sp) = &out.spooler {
             metrics::gauge!("tickflow_ingest_spool_depth").set(sp.spool.depth() as f64);
         }
         if !more {
             break;
         }
     }
-    // The source is done: keep trying to empty the spool for a while (a restart would drain
-    // it anyway), unless shutdown was asked for.
-    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while spooling && !shutdown.is_cancelled() && tokio::time::Instant::now() < drain_deadline {
-        reap(&mut pending, &mut spooler, &mut spooling, &stats)?;
-        if pending.is_empty()
-            && let Some(sp) = &mut spooler
-        {
-            spooling = !drain(sp, producer.as_ref(), &stats).await?;
-        }
-        if spooling {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    // Wait a bounded time for confirmations; what stays unconfirmed goes to the spool, so a
-    // restart sends it again (the idempotency key removes any double).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !pending.is_empty() && tokio::time::Instant::now() < deadline {
-        reap(&mut pending, &mut spooler, &mut spooling, &stats)?;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    if let Some(sp) = &mut spooler {
-        let left: Vec<_> = pending.drain(..).filter_map(|p| p.tick).collect();
-        if !left.is_empty() {
-            tracing::warn!(
-                ticks = left.len(),
-                "unconfirmed at shutdown; kept in the spool"
-            );
-            sp.spool.append(&left)?;
-        }
-    } else {
-        for p in pending.drain(..) {
-            settle_one(p.receipt.await, &stats);
-        }
-        producer.flush().await?;
-    }
+    out.finish(&shutdown).await?;
     tracing::info!(
         source = source.name(),
-        received = stats.received.load(Ordering::Relaxed),
-        spooled = spooler.as_ref().map_or(0, |s| s.spool.depth()),
+        received = out.stats.received.load(Ordering::Relaxed),
+        spooled = out.spooler.as_ref().map_or(0, |s| s.spool.depth()),
         "ingest stopped"
     );
     Ok(())
+}
+
+/// What ingest has sent and not yet seen confirmed, and where it goes while the bus does not
+/// confirm: the spool.
+struct Outbox {
+    spooler: Option<Spooler>,
+    spooling: bool,
+    producer: Arc<dyn Producer>,
+    stats: Arc<IngestStats>,
+    pending: std::collections::VecDeque<Pending>,
+    /// Ticks taken from the source so far (the next tick's position).
+    emitted: u64,
+}
+
+impl Outbox {
+    fn spool_depth(&self) -> Option<u64> {
+        self.spooler
+            .as_ref()
+            .filter(|_| self.spooling)
+            .map(|s| s.spool.depth())
+    }
+
+    /// Publishes a batch of ticks, or spools it while the bus does not confirm.
+    async fn publish(&mut self, batch: &mut Vec<tick_core::Tick>) -> anyhow::Result<()> {
+        if let (Some(sp), true) = (&mut self.spooler, self.spooling) {
+            sp.spool
+                .append(batch)
+                .context("failed to write the spool")?;
+            self.emitted += batch.len() as u64;
+            metrics::counter!("tickflow_ingest_spooled_total").increment(batch.len() as u64);
+            return Ok(());
+        }
+        for tick in batch.drain(..) {
+            let receipt = self
+                .producer
+                .send(topics::RAW, raw_key(&tick.symbol).as_bytes(), tick.encode())
+                .await?;
+            let keep = self.spooler.is_some().then_some(tick);
+            self.pending.push_back(Pending {
+                sent: tokio::time::Instant::now(),
+                receipt,
+                tick: keep,
+                index: self.emitted,
+            });
+            self.emitted += 1;
+        }
+        Ok(())
+    }
+
+    /// Publishes a rejected input to `ticks.dlq` with its reason (its payload bounded).
+    async fn reject(&mut self, source: &str, r: source::Rejected) -> anyhow::Result<()> {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tickflow_ingest_rejected_total", "source" => source.to_string(), "reason" => r.reason.clone())
+            .increment(1);
+        tracing::warn!(reason = %r.reason, detail = %r.detail, "input rejected");
+        let record = DeadLetterRecord::new("ingest", &r.reason, r.detail, r.payload, source);
+        let receipt = self
+            .producer
+            .send(topics::DLQ, b"", record.encode())
+            .await?;
+        self.pending.push_back(Pending {
+            sent: tokio::time::Instant::now(),
+            receipt,
+            tick: None,
+            index: self.emitted,
+        });
+        Ok(())
+    }
+
+    /// Takes confirmations and advances the durability count the source's acknowledgements
+    /// follow.
+    fn reap(&mut self) -> anyhow::Result<()> {
+        reap(
+            &mut self.pending,
+            &mut self.spooler,
+            &mut self.spooling,
+            &self.stats,
+        )?;
+        self.stats
+            .durable
+            .set(self.pending.front().map_or(self.emitted, |p| p.index));
+        Ok(())
+    }
+
+    /// Tries to send the spool; spooling stops once Kafka confirmed all of it.
+    async fn try_drain(&mut self) -> anyhow::Result<()> {
+        if let Some(sp) = &mut self.spooler {
+            self.spooling = !drain(sp, self.producer.as_ref(), &self.stats).await?;
+        }
+        Ok(())
+    }
+
+    /// After the source ended: keeps trying to empty the spool for a while (a restart would
+    /// drain it anyway) unless shutdown was asked for, then waits a bounded time for the last
+    /// confirmations; what stays unconfirmed goes to the spool, so a restart sends it again (the
+    /// idempotency key removes any double).
+    async fn finish(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.spooling
+            && !shutdown.is_cancelled()
+            && tokio::time::Instant::now() < drain_deadline
+        {
+            self.reap()?;
+            if self.pending.is_empty() {
+                self.try_drain().await?;
+            }
+            if self.spooling {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.pending.is_empty() && tokio::time::Instant::now() < deadline {
+            self.reap()?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(sp) = &mut self.spooler {
+            let left: Vec<_> = self.pending.drain(..).filter_map(|p| p.tick).collect();
+            if !left.is_empty() {
+                tracing::warn!(
+                    ticks = left.len(),
+                    "unconfirmed at shutdown; kept in the spool"
+                );
+                sp.spool.append(&left)?;
+            }
+        } else {
+            for p in self.pending.drain(..) {
+                settle_one(p.receipt.await, &self.stats);
+            }
+            self.producer.flush().await?;
+        }
+        Ok(())
+    }
 }
 
 /// Returns the `ticks.raw` key of a symbol: its canonical spelling, so every source's spelling

@@ -15,6 +15,7 @@
 //! taken from the JSON text as decimals, never through a float. Broker server time is
 //! converted to UTC with the offset the EA reports.
 
+use tick_core::error::Cause;
 use crate::source::{BuildSource, Durability, Rejected, SourceContext, SourceError, TickSource};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -294,7 +295,7 @@ impl TickSource for Mt5Source {
         let mut book = self
             .book
             .lock()
-            .map_err(|_| SourceError::Input("ack book poisoned".into()))?;
+            .map_err(|_| SourceError::Input(Cause::msg("ack book poisoned")))?;
         let mut next = Some(first);
         while let Some(i) = next.take() {
             book.entry(i.conn)

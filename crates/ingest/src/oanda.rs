@@ -7,6 +7,7 @@
 //! price: prices not newer than the last one seen for an instrument are skipped, so each price
 //! is delivered once.
 
+use tick_core::error::Cause;
 use crate::source::{BuildSource, Rejected, SourceContext, SourceError, TickSource};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -184,7 +185,7 @@ impl OandaSource {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| SourceError::Input(format!("http client: {e}")))?;
+            .map_err(|e| SourceError::Input(Cause::new("http client", e)))?;
         let (tx, rx) = mpsc::channel(65_536);
         tokio::spawn(run(client, cfg, tx));
         Ok(Self {

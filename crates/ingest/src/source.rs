@@ -14,9 +14,9 @@ use tick_core::shutdown::CancellationToken;
 /// Why a source failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The source's input could not be read or parsed.
+    /// The source's input could not be read or parsed; the cause says where and why.
     #[error("{0}")]
-    Input(String),
+    Input(#[source] tick_core::error::Cause),
 }
 
 /// Input a source could not turn into a tick: it goes to `ticks.dlq` with the reason.
@@ -126,12 +126,15 @@ pub trait BuildSource {
     }
 }
 
-/// Registers the sources: one line each, `field: Variant => OptionsType`, with a doc comment
-/// that becomes the `--source` value's help. It generates [`SourceKind`](crate::SourceKind) and
-/// [`SourceArgs`](crate::SourceArgs), the options every binary that reads a source flattens.
+/// Registers the sources: one line each, `module: Variant => OptionsType`, with a doc comment
+/// that becomes the `--source` value's help. It declares each source's module (`src/<module>.rs`)
+/// and generates [`SourceKind`](crate::SourceKind) and [`SourceArgs`](crate::SourceArgs), the
+/// options every binary that reads a source flattens.
 #[macro_export]
 macro_rules! register_sources {
-    ($( $(#[$doc:meta])* $field:ident : $variant:ident => $args:ty ),+ $(,)?) => {
+    ($( $(#[$doc:meta])* $field:ident : $variant:ident => $args:ident ),+ $(,)?) => {
+        $( pub mod $field; )+
+
         /// Which source to read (`--source`).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
         pub enum SourceKind {
@@ -151,7 +154,7 @@ macro_rules! register_sources {
             $(
                 #[allow(missing_docs)]
                 #[command(flatten)]
-                pub $field: $args,
+                pub $field: $field::$args,
             )+
         }
 

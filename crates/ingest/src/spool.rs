@@ -17,20 +17,9 @@ pub struct Spool {
     depth: u64,
 }
 
+/// CRC-32 (IEEE) of a spooled record, as `crc32fast` computes it.
 fn crc32(bytes: &[u8]) -> u32 {
-    // CRC-32 (IEEE), bitwise: spooling is the rare path, simplicity beats speed here.
-    let mut crc = 0xffff_ffffu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    crc32fast::hash(bytes)
 }
 
 impl Spool {

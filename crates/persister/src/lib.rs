@@ -6,9 +6,16 @@ pub mod breaker;
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 pub mod core;
-pub mod postgres;
-pub mod sqlite;
 pub mod stores;
+
+// The stores, one registration line each (it also declares the module `src/<name>.rs`):
+// `--store <prefix>...` then opens it in every binary.
+crate::register_stores! {
+    /// Embedded mode's SQLite file.
+    sqlite => ["sqlite:"],
+    /// PostgreSQL, distributed mode's store.
+    postgres => ["postgres://", "postgresql://"],
+}
 
 #[cfg(feature = "kafka")]
 mod distributed;
@@ -395,7 +402,10 @@ impl TickSink<'_> {
             };
             let new = match attempt {
                 Ok(n) => n,
-                Err(StoreError::Data(e)) => self.isolate_bad_rows(rows, e, bad, intake).await?,
+                Err(StoreError::Data(e)) => {
+                    self.isolate_bad_rows(rows, e.to_string(), bad, intake)
+                        .await?
+                }
                 Err(e) => return Err(e.into()),
             };
             let (new, dup) = crate::core::tally(rows.len(), new);
@@ -412,7 +422,7 @@ impl TickSink<'_> {
                 DeadLetters::Topic(producer) => {
                     let records = bad.drain(..).map(|r| {
                         let key = r.reason.clone();
-                        (key, pb::DeadLetter::from(r).encode_to_vec())
+                        (key, r.encode())
                     });
                     tick_core::bus::publish_all(producer.as_ref(), topics::DLQ, records)
                         .await
@@ -453,7 +463,12 @@ impl TickSink<'_> {
             {
                 Ok(n) => new += n,
                 Err(StoreError::Data(e)) => {
-                    bad.push(rejected("store_rejected", e, t.encode(), topics::CLEAN));
+                    bad.push(rejected(
+                        "store_rejected",
+                        e.to_string(),
+                        t.encode(),
+                        topics::CLEAN,
+                    ));
                 }
                 Err(e) => return Err(e),
             }
@@ -464,14 +479,7 @@ impl TickSink<'_> {
 
 /// A dead letter the persister itself writes: `payload` read from `origin` was refused.
 fn rejected(reason: &str, detail: String, payload: Vec<u8>, origin: &str) -> DeadLetterRecord {
-    DeadLetterRecord {
-        reason: reason.into(),
-        detail,
-        payload,
-        origin: origin.into(),
-        component: "persister".into(),
-        ts_rejected_ns: tick_core::clock::now_ns(),
-    }
+    DeadLetterRecord::new("persister", reason, detail, payload, origin)
 }
 
 /// A record of a secondary stream (dead letters, bars): how it is decoded and stored.

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tick_core::Tick;
+use tick_core::error::Cause;
 use tick_core::store::{
     DeadLetterRecord, HistoryReader, ImportCheckpoints, StoreError, TickWriter,
 };
@@ -101,10 +102,10 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         // Connection problems, shutdowns, resource shortages and serialization conflicts pass;
         // anything else the server says is about the statement or its rows, and retrying the
         // same rows would fail forever.
-        Some(db) if !is_transient(db.code().code()) => StoreError::Data(db.to_string()),
+        Some(db) if !is_transient(db.code().code()) => StoreError::Data(Cause::wrap(db.clone())),
 
-        Some(db) => StoreError::Unavailable(db.to_string()),
-        None => StoreError::Unavailable(e.to_string()),
+        Some(db) => StoreError::Unavailable(Cause::wrap(db.clone())),
+        None => StoreError::Unavailable(Cause::wrap(e)),
     }
 }
 
@@ -116,7 +117,7 @@ fn is_transient(code: &str) -> bool {
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("no database connection: {e}"))
+    StoreError::Unavailable(Cause::new("no database connection", e))
 }
 
 /// Opens the PostgreSQL store of a `postgres://` URL: this module's line in the store factory.
@@ -134,7 +135,7 @@ impl PgStore {
     /// Returns a store with a pool of up to `pool_size` connections to `url`.
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let cfg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid database url: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(Cause::new("invalid database url", e)))?;
         let mgr = Manager::from_config(
             cfg,
             NoTls,
@@ -145,7 +146,7 @@ impl PgStore {
         let pool = Pool::builder(mgr)
             .max_size(pool_size.max(1))
             .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable(Cause::wrap(e)))?;
         Ok(Self {
             pool,
             partitions: Mutex::new(HashSet::new()),

@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tick_core::Tick;
+use tick_core::error::Cause;
 use tick_core::store::{
     DeadLetterRecord, HistoryReader, ImportCheckpoints, StoreError, TickWriter,
 };
@@ -84,9 +85,9 @@ fn db_err(e: rusqlite::Error) -> StoreError {
                     | rusqlite::ErrorCode::CannotOpen
             ) =>
         {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(Cause::wrap(e))
         }
-        other => StoreError::Data(other.to_string()),
+        other => StoreError::Data(Cause::wrap(other)),
     }
 }
 
@@ -106,7 +107,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)
-            .map_err(|e| StoreError::Unavailable(format!("open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Unavailable(Cause::new(format!("open {}", path.display()), e)))?;
         // WAL lets readers (sqlite3, the replayer) query while we write; FULL sync makes a
         // committed batch survive a power cut, not only a crash.
         conn.execute_batch(
@@ -126,11 +127,11 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let mut c = conn
                 .lock()
-                .map_err(|_| StoreError::Unavailable("connection lock poisoned".into()))?;
+                .map_err(|_| StoreError::Unavailable(Cause::msg("connection lock poisoned")))?;
             f(&mut c)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Unavailable(Cause::new("store task failed", e)))?
     }
 }
 

@@ -16,12 +16,22 @@ pub struct StoreOptions {
 /// Opens a store from its URL (the whole `--store` value).
 pub type OpenFn = fn(&str, &StoreOptions) -> Result<Stores, StoreError>;
 
-/// The registered stores: the URL prefix each answers to and how to open it. One line a store.
-pub const STORES: &[(&str, OpenFn)] = &[
-    ("sqlite:", crate::sqlite::open),
-    ("postgres://", crate::postgres::open),
-    ("postgresql://", crate::postgres::open),
-];
+/// Registers the stores: one line each, `module => ["url-prefix", ...]`. It declares each
+/// store's module (`src/<module>.rs`, which has `pub fn open(url, options) -> Result<Stores>`)
+/// and generates [`STORES`](crate::STORES), the table the factory looks schemes up in.
+#[macro_export]
+macro_rules! register_stores {
+    ($( $(#[$doc:meta])* $module:ident => [$($prefix:literal),+ $(,)?] ),+ $(,)?) => {
+        $( $(#[$doc])* pub mod $module; )+
+
+        /// The registered stores: the URL prefixes each answers to and how to open it.
+        pub const STORES: &[(&str, $crate::stores::OpenFn)] = &[
+            $( $( ($prefix, $module::open as $crate::stores::OpenFn), )+ )+
+        ];
+    };
+}
+
+use crate::STORES;
 
 /// The roles an opened store plays. A store that only writes leaves the others `None`, and a
 /// command that needs a role it lacks says so.

@@ -9,7 +9,7 @@ pub mod dedup;
 pub mod spike;
 pub mod symbols;
 #[cfg(feature = "kafka")]
-pub mod tail;
+pub use tick_kafka::tail;
 
 #[cfg(feature = "kafka")]
 mod distributed;
@@ -20,13 +20,12 @@ use crate::arbitration::Arbitration;
 use crate::core::{Decision, HoldId, RejectReason, Router, RouterConfig};
 use crate::spike::SpikeConfig;
 use crate::symbols::SymbolMap;
-use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{BusError, Consumer, InFlight, Producer, Receipt, topics};
-use tick_core::{Tick, clock, pb};
+use tick_core::{Tick, clock};
 use tokio::sync::{mpsc, oneshot};
 
 /// Inputs whose outputs await confirmation, at most. In embedded mode a confirmation is a SQLite
@@ -330,23 +329,24 @@ async fn dead_letter(
     metrics::counter!("tickflow_router_ticks_total", "outcome" => "rejected").increment(1);
     metrics::counter!("tickflow_router_rejects_total", "reason" => reason.code()).increment(1);
     tracing::debug!(reason = reason.code(), %detail, "tick rejected");
-    let record = pb::DeadLetter {
-        reason: reason.code().to_string(),
+    let record = tick_core::store::DeadLetterRecord::new(
+        "router",
+        reason.code(),
         detail,
-        payload: input.payload.clone(),
-        origin: input.origin.to_string(),
-        ts_rejected_ns: clock::now_ns(),
-        component: "router".into(),
-    };
+        input.payload.clone(),
+        &input.origin,
+    );
     Ok(producer
-        .send(topics::DLQ, &input.key, record.encode_to_vec())
+        .send(topics::DLQ, &input.key, record.encode())
         .await?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
     use tick_core::bus::MemoryBus;
+    use tick_core::pb;
 
     fn tick(key: &str, bid: i64, ask: i64) -> Tick {
         let now = clock::now_ns();

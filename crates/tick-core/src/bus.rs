@@ -52,9 +52,9 @@ pub enum BusError {
     /// The bus is closed or shutting down.
     #[error("bus closed")]
     Closed,
-    /// The broker reported an error.
+    /// The broker reported an error (or refused a setting); the client's error is its source.
     #[error("broker error: {0}")]
-    Broker(String),
+    Broker(#[source] crate::error::Cause),
 }
 
 /// Resolves when the broker has durably accepted a published message.

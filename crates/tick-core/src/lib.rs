@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod bus;
 pub mod clock;
+pub mod error;
 pub mod health;
 pub mod instrument;
 pub mod latency;

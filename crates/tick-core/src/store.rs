@@ -23,6 +23,48 @@ pub struct DeadLetterRecord {
     pub ts_rejected_ns: i64,
 }
 
+/// The most payload bytes a dead letter keeps. A refused input can be as large as whatever a
+/// peer sent (a line of megabytes): kept whole, the record could itself be too large to publish
+/// (Kafka's message limit) or to store, and its rejection would stop the stage.
+pub const MAX_DEAD_LETTER_PAYLOAD: usize = 16 * 1024;
+
+impl DeadLetterRecord {
+    /// Returns the record of an input `component` refused for `reason`, stamped now: the one
+    /// constructor every stage uses. A payload over [`MAX_DEAD_LETTER_PAYLOAD`] keeps its first
+    /// bytes; the detail then says how long it was and gives its XXH3-64 hash, enough to find
+    /// and compare the original.
+    pub fn new(
+        component: &str,
+        reason: &str,
+        detail: impl Into<String>,
+        mut payload: Vec<u8>,
+        origin: &str,
+    ) -> Self {
+        let mut detail = detail.into();
+        if payload.len() > MAX_DEAD_LETTER_PAYLOAD {
+            let hash = xxhash_rust::xxh3::xxh3_64(&payload);
+            detail.push_str(&format!(
+                " [payload of {} bytes, xxh3-64 {hash:016x}; the first {MAX_DEAD_LETTER_PAYLOAD} kept]",
+                payload.len()
+            ));
+            payload.truncate(MAX_DEAD_LETTER_PAYLOAD);
+        }
+        Self {
+            reason: reason.to_string(),
+            detail,
+            payload,
+            origin: origin.to_string(),
+            component: component.to_string(),
+            ts_rejected_ns: crate::clock::now_ns(),
+        }
+    }
+
+    /// Returns the record as the protobuf `DeadLetter` published on `ticks.dlq`, encoded.
+    pub fn encode(self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&crate::pb::DeadLetter::from(self))
+    }
+}
+
 impl From<DeadLetterRecord> for crate::pb::DeadLetter {
     fn from(r: DeadLetterRecord) -> Self {
         Self {
@@ -54,10 +96,10 @@ impl From<crate::pb::DeadLetter> for DeadLetterRecord {
 pub enum StoreError {
     /// The database could not be reached or the connection broke: retrying later may succeed.
     #[error("database unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] crate::error::Cause),
     /// The database refused the data itself: retrying the same rows fails again.
     #[error("database rejected the data: {0}")]
-    Data(String),
+    Data(#[source] crate::error::Cause),
 }
 
 impl StoreError {
@@ -160,4 +202,35 @@ pub const HOUR_NS: i64 = 3_600_000_000_000;
 /// Returns the start of the UTC hour containing `ts_ns`.
 pub fn hour_floor(ts_ns: i64) -> i64 {
     ts_ns - ts_ns.rem_euclid(HOUR_NS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_keeps_a_bounded_payload_and_says_what_was_cut() {
+        for (len, kept) in [
+            (0, 0),
+            (10, 10),
+            (MAX_DEAD_LETTER_PAYLOAD, MAX_DEAD_LETTER_PAYLOAD),
+            (MAX_DEAD_LETTER_PAYLOAD + 1, MAX_DEAD_LETTER_PAYLOAD),
+            (8 << 20, MAX_DEAD_LETTER_PAYLOAD),
+        ] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let r = DeadLetterRecord::new("ingest", "line_too_long", "oanda", payload.clone(), "x");
+            assert_eq!(r.payload.len(), kept, "{len} bytes");
+            assert_eq!(r.payload[..], payload[..kept], "a prefix of the input");
+            let cut = len > MAX_DEAD_LETTER_PAYLOAD;
+            assert_eq!(r.detail.contains(&format!("payload of {len} bytes")), cut);
+            if cut {
+                let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&payload));
+                assert!(r.detail.contains(&hash), "{}", r.detail);
+            }
+            assert_eq!(
+                (r.component.as_str(), r.reason.as_str()),
+                ("ingest", "line_too_long")
+            );
+        }
+    }
 }

@@ -13,7 +13,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use std::sync::Arc;
 use std::time::Duration;
+pub mod coverage;
+pub mod tail;
+
 use tick_core::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, Receipt, topics};
+use tick_core::error::Cause;
 use tokio_util::sync::CancellationToken;
 
 /// Kafka connection settings shared by every binary.
@@ -65,7 +69,7 @@ impl KafkaArgs {
         }
         for p in &self.properties {
             let (k, v) = p.split_once('=').ok_or_else(|| {
-                BusError::Broker(format!("kafka property {p:?} is not key=value"))
+                BusError::Broker(Cause::msg(format!("kafka property {p:?} is not key=value")))
             })?;
             c.set(k.trim(), v.trim());
         }
@@ -88,7 +92,7 @@ impl KafkaArgs {
                 ("message.timeout.ms", "300000"),
             ])?
             .create()
-            .map_err(|e| BusError::Broker(format!("failed to create producer: {e}")))?;
+            .map_err(|e| BusError::Broker(Cause::new("failed to create producer", e)))?;
         Ok(KafkaProducer { inner: producer })
     }
 
@@ -116,10 +120,10 @@ impl KafkaArgs {
                 ("partition.assignment.strategy", "cooperative-sticky"),
             ])?
             .create()
-            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?;
-        consumer
-            .subscribe(&[topic])
-            .map_err(|e| BusError::Broker(format!("failed to subscribe to {topic}: {e}")))?;
+            .map_err(|e| BusError::Broker(Cause::new("failed to create consumer", e)))?;
+        consumer.subscribe(&[topic]).map_err(|e| {
+            BusError::Broker(Cause::new(format!("failed to subscribe to {topic}"), e))
+        })?;
         let inner = Arc::new(consumer);
         spawn_lag_reporter(
             Arc::downgrade(&inner),
@@ -152,7 +156,7 @@ impl KafkaArgs {
         let admin: AdminClient<DefaultClientContext> = self
             .config(&[])?
             .create()
-            .map_err(|e| BusError::Broker(format!("failed to create admin client: {e}")))?;
+            .map_err(|e| BusError::Broker(Cause::new("failed to create admin client", e)))?;
         let retention: Vec<(String, String)> = TOPIC_RETENTION_DAYS
             .iter()
             .map(|(t, d)| (t.to_string(), (d * 86_400_000).to_string()))
@@ -177,7 +181,7 @@ impl KafkaArgs {
         let admin: AdminClient<DefaultClientContext> = self
             .config(&[])?
             .create()
-            .map_err(|e| BusError::Broker(format!("failed to create admin client: {e}")))?;
+            .map_err(|e| BusError::Broker(Cause::new("failed to create admin client", e)))?;
         let new = NewTopic::new(
             name,
             partitions,
@@ -195,7 +199,7 @@ impl KafkaArgs {
         let results = admin
             .create_topics(new, &opts)
             .await
-            .map_err(|e| BusError::Broker(format!("failed to create topics: {e}")))?;
+            .map_err(|e| BusError::Broker(Cause::new("failed to create topics", e)))?;
         for r in results {
             match r {
                 Ok(t) => {
@@ -203,7 +207,10 @@ impl KafkaArgs {
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((t, e)) => {
-                    return Err(BusError::Broker(format!("failed to create topic {t}: {e}")));
+                    return Err(BusError::Broker(Cause::new(
+                        format!("failed to create topic {t}"),
+                        e,
+                    )));
                 }
             }
         }
@@ -219,10 +226,10 @@ impl KafkaArgs {
                 .client()
                 .fetch_metadata(None, timeout)
                 .map(|_| ())
-                .map_err(|e| BusError::Broker(format!("kafka did not answer: {e}")))
+                .map_err(|e| BusError::Broker(Cause::new("kafka did not answer", e)))
         })
         .await
-        .map_err(|e| BusError::Broker(e.to_string()))?
+        .map_err(|e| BusError::Broker(Cause::wrap(e)))?
     }
 }
 
@@ -283,7 +290,7 @@ impl Producer for KafkaProducer {
                     return Ok(Box::pin(async move {
                         match delivery.await {
                             Ok(Ok(_)) => Ok(()),
-                            Ok(Err((e, _))) => Err(BusError::Broker(e.to_string())),
+                            Ok(Err((e, _))) => Err(BusError::Broker(Cause::wrap(e))),
                             Err(_) => Err(BusError::Closed),
                         }
                     }));
@@ -292,7 +299,7 @@ impl Producer for KafkaProducer {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((e, _)) => return Err(BusError::Broker(e.to_string())),
+                Err((e, _)) => return Err(BusError::Broker(Cause::wrap(e))),
             }
         }
     }
@@ -301,8 +308,8 @@ impl Producer for KafkaProducer {
         let p = self.inner.clone();
         tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(60))))
             .await
-            .map_err(|e| BusError::Broker(e.to_string()))?
-            .map_err(|e| BusError::Broker(format!("flush failed: {e}")))
+            .map_err(|e| BusError::Broker(Cause::wrap(e)))?
+            .map_err(|e| BusError::Broker(Cause::new("flush failed", e)))
     }
 }
 
@@ -367,30 +374,30 @@ impl Consumer for KafkaConsumer {
         let parts = self
             .inner
             .assignment()
-            .map_err(|e| BusError::Broker(e.to_string()))?;
+            .map_err(|e| BusError::Broker(Cause::wrap(e)))?;
         self.inner
             .pause(&parts)
-            .map_err(|e| BusError::Broker(format!("pause failed: {e}")))
+            .map_err(|e| BusError::Broker(Cause::new("pause failed", e)))
     }
 
     fn resume(&mut self) -> Result<(), BusError> {
         let parts = self
             .inner
             .assignment()
-            .map_err(|e| BusError::Broker(e.to_string()))?;
+            .map_err(|e| BusError::Broker(Cause::wrap(e)))?;
         self.inner
             .resume(&parts)
-            .map_err(|e| BusError::Broker(format!("resume failed: {e}")))
+            .map_err(|e| BusError::Broker(Cause::new("resume failed", e)))
     }
 
     async fn commit(&mut self) -> Result<(), BusError> {
         let c = self.inner.clone();
         let r = tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync))
             .await
-            .map_err(|e| BusError::Broker(e.to_string()))?;
+            .map_err(|e| BusError::Broker(Cause::wrap(e)))?;
         match r {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(e) => Err(BusError::Broker(format!("offset commit failed: {e}"))),
+            Err(e) => Err(BusError::Broker(Cause::new("offset commit failed", e))),
         }
     }
 }
@@ -482,7 +489,7 @@ impl KafkaArgs {
     fn group_client(&self, group: &str) -> Result<rdkafka::consumer::BaseConsumer, BusError> {
         self.config(&[("group.id", group), ("enable.auto.commit", "false")])?
             .create()
-            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))
+            .map_err(|e| BusError::Broker(Cause::new("failed to create consumer", e)))
     }
 
     /// Returns the offsets consumer group `group` has committed on `topic`, per partition
@@ -495,7 +502,7 @@ impl KafkaArgs {
         let consumer = self.group_client(group)?;
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
-            let err = |e: KafkaError| BusError::Broker(e.to_string());
+            let err = |e: KafkaError| BusError::Broker(Cause::wrap(e));
             let t = Duration::from_secs(30);
             let mut tpl = rdkafka::TopicPartitionList::new();
             for p in partitions(&consumer, &topic, t).map_err(err)? {
@@ -512,7 +519,7 @@ impl KafkaArgs {
                 .collect())
         })
         .await
-        .map_err(|e| BusError::Broker(e.to_string()))?
+        .map_err(|e| BusError::Broker(Cause::wrap(e)))?
     }
 
     /// Commits, for consumer group `group`, the current end of every partition of `topic`: the
@@ -526,7 +533,7 @@ impl KafkaArgs {
             let c = consumer.clone();
             let topic = topic.to_string();
             let r = tokio::task::spawn_blocking(move || {
-                let err = |e: KafkaError| BusError::Broker(e.to_string());
+                let err = |e: KafkaError| BusError::Broker(Cause::wrap(e));
                 let t = Duration::from_secs(30);
                 let mut tpl = rdkafka::TopicPartitionList::new();
                 for p in partitions(&*c, &topic, t).map_err(err)? {
@@ -537,7 +544,7 @@ impl KafkaArgs {
                 c.commit(&tpl, CommitMode::Sync).map_err(err)
             })
             .await
-            .map_err(|e| BusError::Broker(e.to_string()))?;
+            .map_err(|e| BusError::Broker(Cause::wrap(e)))?;
             match r {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < 30 => {
@@ -570,10 +577,10 @@ impl KafkaArgs {
                 ("auto.offset.reset", "earliest"),
             ])?
             .create()
-            .map_err(|e| BusError::Broker(format!("failed to create consumer: {e}")))?;
+            .map_err(|e| BusError::Broker(Cause::new("failed to create consumer", e)))?;
         let topic_s = topic.to_string();
         let (consumer, ends) = tokio::task::spawn_blocking(move || {
-            let err = |e: KafkaError| BusError::Broker(e.to_string());
+            let err = |e: KafkaError| BusError::Broker(Cause::wrap(e));
             let t = Duration::from_secs(30);
             let parts = partitions(&consumer, &topic_s, t).map_err(err)?;
             let resolve =
@@ -635,7 +642,7 @@ impl KafkaArgs {
             Ok::<_, BusError>((consumer, ends))
         })
         .await
-        .map_err(|e| BusError::Broker(e.to_string()))??;
+        .map_err(|e| BusError::Broker(Cause::wrap(e)))??;
         Ok(RangeConsumer {
             inner: consumer,
             topic: Arc::from(topic),

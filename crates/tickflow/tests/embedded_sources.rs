@@ -201,17 +201,37 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A `tickflow run` child process, killed (SIGKILL) when dropped, so a failing assertion
+/// never leaves it running.
+struct Tickflow(Child);
+
+impl Tickflow {
+    /// Kills the process with SIGKILL and reaps it.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Tickflow {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts `tickflow run` with `args`, storing to `db`.
-fn spawn_tickflow(db: &Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tickflow"))
-        .arg("run")
-        .args(["--store", &format!("sqlite:{}", db.display())])
-        .args(["--grpc-addr", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn spawn_tickflow(db: &Path, args: &[&str]) -> Tickflow {
+    Tickflow(
+        Command::new(env!("CARGO_BIN_EXE_tickflow"))
+            .arg("run")
+            .args(["--store", &format!("sqlite:{}", db.display())])
+            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn connect_with_retry(port: u16) -> TcpStream {
@@ -299,8 +319,7 @@ fn an_mt5_acknowledgement_in_embedded_mode_never_runs_ahead_of_sqlite() {
             acked = line[at..].trim().trim_end_matches('}').parse().unwrap();
         }
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill(); // SIGKILL
     assert!(acked >= base, "an ack arrived");
     // An ack of T covers every tick before T and at least one at T: the EA resends from T
     // inclusive, so a millisecond durable only in part is resent whole.
@@ -352,8 +371,7 @@ fn a_csv_run_killed_halfway_and_run_again_stores_every_tick_once() {
     ];
     let mut child = spawn_tickflow(&db, &args);
     std::thread::sleep(Duration::from_secs(3));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let partial: i64 = sqlite(&db, "select count(*) from ticks").parse().unwrap();
     assert!(partial > 0 && partial < n, "killed halfway: {partial}");
     // Again, as fast as possible: what was stored is not stored twice.
@@ -446,12 +464,11 @@ fn an_oanda_run_killed_and_started_again_stores_every_price_once() {
     // 400 prices at 10 ms take 4 s: kill after 2 s, then run to the end of the stream.
     let mut child = spawn_tickflow(&db, &args);
     std::thread::sleep(Duration::from_secs(2));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let partial: i64 = sqlite(&db, "select count(*) from ticks").parse().unwrap();
     assert!(partial > 0 && partial < n, "killed halfway: {partial}");
     let mut child = spawn_tickflow(&db, &[&args[..], &["--duration", "8s"]].concat());
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success());
     assert_eq!(
         sqlite(

@@ -3,6 +3,7 @@
 //! read before the router consumes its first raw tick; afterwards the tail keeps following, so
 //! ticks let through by other router instances are known too.
 
+use crate::{KafkaArgs, partitions};
 use anyhow::Context;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Message;
@@ -13,7 +14,6 @@ use std::time::Duration;
 use tick_core::Tick;
 use tick_core::bus::topics;
 use tick_core::shutdown::CancellationToken;
-use tick_kafka::{KafkaArgs, partitions};
 use tokio::sync::mpsc;
 
 /// Reads the last `window` of `ticks.clean` to its current end and returns those ticks, plus
