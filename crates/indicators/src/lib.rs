@@ -169,7 +169,7 @@ pub async fn run_indicators(
                         tokio::spawn(async move {
                             for r in receipts {
                                 if let Err(e) = r.await {
-                                    tracing::warn!(error = %e, "a bar or signal the clock closed was not published");
+                                    tracing::warn!(error = %tick_core::error::chain(&e), "a bar or signal the clock closed was not published");
                                 }
                             }
                         });

@@ -532,17 +532,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// Returns whether an `authorization` value presents `token` with the Bearer scheme. The
+/// scheme is case-insensitive and may be followed by several spaces (RFC 7235); the token is
+/// compared in constant time.
+fn bearer_matches(value: &[u8], token: &[u8]) -> bool {
+    let Some(space) = value.iter().position(|b| *b == b' ') else {
+        return false;
+    };
+    let (scheme, rest) = value.split_at(space);
+    let credentials = rest.trim_ascii();
+    scheme.eq_ignore_ascii_case(b"bearer") && constant_time_eq(credentials, token)
+}
+
 /// Returns the interceptor that checks the bearer token, if one is required.
 fn authorize(
     token: Option<String>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
-    let expected: Option<Arc<str>> = token.map(|t| format!("Bearer {t}").into());
+    let expected: Option<Arc<str>> = token.map(Arc::from);
     move |req: Request<()>| {
         let Some(expected) = &expected else {
             return Ok(req);
         };
         match req.metadata().get("authorization").map(|v| v.as_bytes()) {
-            Some(got) if constant_time_eq(got, expected.as_bytes()) => Ok(req),
+            Some(got) if bearer_matches(got, expected.as_bytes()) => Ok(req),
             Some(_) => Err(Status::unauthenticated("invalid bearer token")),
             None => Err(Status::unauthenticated(
                 "missing metadata `authorization: Bearer <token>`",
@@ -571,9 +583,15 @@ pub async fn serve_with(
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SignalServiceServer<Service>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions clients speak (grpcio-reflection, older grpcurl and GUI
+    // clients ask v1alpha), listing the health service next to SignalService.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
     // Nagle's algorithm would hold small event frames back until the client's delayed ACK
     // (tens of ms at low rates); `Server::tcp_nodelay` only covers listeners tonic binds itself.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
@@ -591,7 +609,8 @@ pub async fn serve_with(
     let auth = authorize(options.auth_token.filter(|t| !t.is_empty()));
     builder
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(SignalServiceServer::with_interceptor(service, auth))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
@@ -648,5 +667,46 @@ impl GrpcServer {
         self.task
             .await
             .map_err(|e| anyhow::anyhow!("gRPC server panicked: {e}"))?
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        for (value, ok) in [
+            ("Bearer s3cret", true),
+            ("bearer s3cret", true),
+            ("BEARER s3cret", true),
+            ("Bearer   s3cret", true),
+            ("Bearer S3CRET", false),
+            ("Bearer s3cret2", false),
+            ("Basic s3cret", false),
+            ("Bearers3cret", false),
+            ("s3cret", false),
+            ("", false),
+        ] {
+            assert_eq!(bearer_matches(value.as_bytes(), b"s3cret"), ok, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_interceptor_answers_unauthenticated_without_the_token() {
+        let mut check = authorize(Some("s3cret".into()));
+        let with = |v: &str| {
+            let mut r = Request::new(());
+            r.metadata_mut()
+                .insert("authorization", v.parse().expect("ascii"));
+            r
+        };
+        assert!(check(with("bearer s3cret")).is_ok());
+        let e = check(with("Bearer nope")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let e = check(Request::new(())).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let mut open = authorize(None);
+        assert!(open(Request::new(())).is_ok());
     }
 }

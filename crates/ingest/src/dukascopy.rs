@@ -78,16 +78,24 @@ impl TickSource for DukascopySource {
                 return Ok(false);
             }
             let hour = self.next_hour_ns;
+            // Every file of the hour first: the caller may cancel this future at an await (the
+            // ingest loop wakes on a timer), and a cancelled hour must be fetched again whole,
+            // its key ordinals untouched, so nothing below the last await changes state before
+            // the hour is complete.
+            let mut fetched = Vec::with_capacity(self.symbols.len());
+            for s in &self.symbols {
+                fetched.push(
+                    self.location
+                        .hour(&self.client, s, hour)
+                        .await
+                        .map_err(|e| SourceError::Input(Cause::wrap(e)))?,
+                );
+            }
             self.next_hour_ns += HOUR_NS;
             let mut ticks = Vec::new();
-            for s in &self.symbols {
-                let recs = self
-                    .location
-                    .hour(&self.client, s, hour)
-                    .await
-                    .map_err(|e| SourceError::Input(Cause::wrap(e)))?;
+            for (s, recs) in self.symbols.iter().zip(&fetched) {
                 ticks.extend(
-                    to_ticks(s, hour, &recs, clock::now_ns(), &mut self.ordinals)
+                    to_ticks(s, hour, recs, clock::now_ns(), &mut self.ordinals)
                         .map_err(|e| SourceError::Input(Cause::wrap(e)))?,
                 );
             }

@@ -84,6 +84,7 @@ pub async fn run_source(
         stats,
         pending: Default::default(),
         emitted: 0,
+        lost_at: None,
     };
     let mut batch = Vec::with_capacity(1024);
     let mut feed = FeedWatch::new(source.name());
@@ -145,6 +146,9 @@ struct Outbox {
     pending: std::collections::VecDeque<Pending>,
     /// Ticks taken from the source so far (the next tick's position).
     emitted: u64,
+    /// Position of the first publication that failed unspooled: durability stops there (a
+    /// source then acknowledges nothing after it, so its peer resends).
+    lost_at: Option<u64>,
 }
 
 impl Outbox {
@@ -205,15 +209,25 @@ impl Outbox {
     /// Takes confirmations and advances the durability count the source's acknowledgements
     /// follow.
     fn reap(&mut self) -> anyhow::Result<()> {
-        reap(
+        let lost = reap(
             &mut self.pending,
             &mut self.spooler,
             &mut self.spooling,
             &self.stats,
         )?;
+        if let Some(at) = lost
+            && self.lost_at.is_none()
+        {
+            tracing::error!(
+                position = at,
+                "a publication failed and there is no spool: acknowledgements stop before it"
+            );
+            self.lost_at = Some(at);
+        }
+        let confirmed = self.pending.front().map_or(self.emitted, |p| p.index);
         self.stats
             .durable
-            .set(self.pending.front().map_or(self.emitted, |p| p.index));
+            .set(self.lost_at.map_or(confirmed, |at| at.min(confirmed)));
         Ok(())
     }
 
@@ -347,12 +361,16 @@ impl FeedWatch {
 
 /// Takes confirmed publications off the front; a failed one goes to the spool; one unconfirmed
 /// for too long switches to spooling.
+///
+/// Returns the position of the first publication that failed and could not be spooled (none
+/// when every failure was spooled): nothing from there on may count as durable.
 fn reap(
     pending: &mut std::collections::VecDeque<Pending>,
     spooler: &mut Option<Spooler>,
     spooling: &mut bool,
     stats: &IngestStats,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<u64>> {
+    let mut lost = None;
     use futures::FutureExt;
     while let Some(front) = pending.front_mut() {
         match (&mut front.receipt).now_or_never() {
@@ -364,6 +382,9 @@ fn reap(
                     sp.spool.append(std::slice::from_ref(&t))?;
                     *spooling = true;
                     continue;
+                }
+                if result.is_err() {
+                    lost.get_or_insert(p.index);
                 }
                 settle_one(result, stats);
             }
@@ -379,7 +400,7 @@ fn reap(
             }
         }
     }
-    Ok(())
+    Ok(lost)
 }
 
 /// Sends the spool's ticks in order; returns whether all were confirmed (then the spool is
@@ -417,7 +438,7 @@ async fn drain(
             Ok(true)
         }
         Err(e) => {
-            tracing::warn!(ticks = ticks.len(), error = %e, "spool drain failed; keeping the spool");
+            tracing::warn!(ticks = ticks.len(), error = %tick_core::error::chain(&e), "spool drain failed; keeping the spool");
             Ok(false)
         }
     }
@@ -429,9 +450,82 @@ fn settle_one(result: Result<(), tick_core::bus::BusError>, stats: &IngestStats)
             stats.published.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
-            tracing::error!(error = %e, "publish failed");
+            tracing::error!(error = %tick_core::error::chain(&e), "publish failed");
             metrics::counter!("tickflow_ingest_publish_failed_total").increment(1);
             stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use tick_core::bus::BusError;
+
+    /// Yields its ticks in one batch, then ends.
+    struct Ticks(Vec<tick_core::Tick>);
+
+    #[async_trait]
+    impl TickSource for Ticks {
+        fn name(&self) -> &str {
+            "test"
+        }
+        async fn next_batch(
+            &mut self,
+            out: &mut Vec<tick_core::Tick>,
+        ) -> Result<bool, source::SourceError> {
+            out.append(&mut self.0);
+            Ok(false)
+        }
+    }
+
+    /// Confirms every publication but the `fail`-th.
+    struct FailsOne {
+        fail: usize,
+        sent: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Producer for FailsOne {
+        async fn send(&self, _: &str, _: &[u8], _: Vec<u8>) -> Result<Receipt, BusError> {
+            let n = self.sent.fetch_add(1, Ordering::Relaxed);
+            let r = if n == self.fail {
+                Err(BusError::Closed)
+            } else {
+                Ok(())
+            };
+            Ok(Box::pin(futures::future::ready(r)))
+        }
+        async fn flush(&self) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn durability_stops_before_a_publication_that_failed_unspooled() {
+        for (fail, durable) in [(0, 0), (2, 2), (4, 4), (9, 5)] {
+            let ticks = (0..5)
+                .map(|i| tick_core::testenv::tick("test", "EURUSD", 1_000 + i, 110_000))
+                .collect();
+            let stats = Arc::new(IngestStats::default());
+            let producer = Arc::new(FailsOne {
+                fail,
+                sent: Default::default(),
+            });
+            run_source(
+                Box::new(Ticks(ticks)),
+                producer,
+                stats.clone(),
+                CancellationToken::new(),
+                None,
+            )
+            .await
+            .unwrap();
+            assert_eq!(stats.durable.durable(), durable, "publication {fail} fails");
+            let failed = u64::from(fail < 5);
+            assert_eq!(stats.failed.load(Ordering::Relaxed), failed);
+            assert_eq!(stats.published.load(Ordering::Relaxed), 5 - failed);
         }
     }
 }

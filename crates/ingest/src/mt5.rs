@@ -5,7 +5,8 @@
 //! - EA -> ingest: `{"type":"hello","token":"...","terminal":"icmarkets-1","utc_offset_s":7200}`
 //!   first, then `{"type":"tick","symbol":"EURUSD","time_msc":...,"bid":1.10235,"ask":1.10237,
 //!   "last":0,"volume":0,"volume_real":0,"flags":6}` per tick and `{"type":"hb"}` heartbeats.
-//! - ingest -> EA: `{"type":"welcome","resume_from_msc":T}` after a good hello,
+//! - ingest -> EA: `{"type":"welcome"}` after a good hello (the EA keeps its own resume point,
+//!   the last acknowledged millisecond),
 //!   `{"type":"ack","time_msc":T}` once every tick up to T is durable (confirmed by Kafka or
 //!   spooled), `{"type":"hb"}` heartbeats, and `{"type":"error","reason":"..."}` before closing.
 //!
@@ -449,7 +450,7 @@ impl Connection {
     }
 
     async fn reject(&self, source: &str, reason: String, line: String) {
-        metrics::counter!("tickflow_ingest_rejected_total", "source" => "mt5", "reason" => "malformed_message").increment(1);
+        // Counted once, by the ingest loop that publishes the dead letter.
         tracing::warn!(%source, %reason, sample = %line.chars().take(200).collect::<String>(), "malformed mt5 message");
         let _ = self
             .rejects

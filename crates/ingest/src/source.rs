@@ -15,7 +15,7 @@ use tick_core::shutdown::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The source's input could not be read or parsed; the cause says where and why.
-    #[error("{0}")]
+    #[error("source input failed")]
     Input(#[source] tick_core::error::Cause),
 }
 
@@ -84,8 +84,18 @@ pub struct IntakeArgs {
     pub to: Option<i64>,
     /// History sources: playback speed as a multiple of real time (default: as fast as the
     /// pipeline takes it).
-    #[arg(long, env = "TICKFLOW_SPEED")]
+    #[arg(long, env = "TICKFLOW_SPEED", value_parser = positive_speed)]
     pub speed: Option<f64>,
+}
+
+/// Parses `--speed`: a positive multiple of real time.
+fn positive_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a positive multiple of real time (e.g. 1, 60, 0.5)"
+        )),
+    }
 }
 
 impl IntakeArgs {

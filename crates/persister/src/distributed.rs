@@ -112,7 +112,7 @@ where
         match op().await {
             Err(e) if e.is_transient() => {
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed, retrying");
+                tracing::warn!(error = %tick_core::error::chain(&e), retry_in = ?delay, "{what} failed, retrying");
                 tokio::select! {
                     _ = abort.cancelled() => return Err(e),
                     _ = tokio::time::sleep(delay) => {}

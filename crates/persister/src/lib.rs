@@ -172,7 +172,7 @@ impl Intake {
                         );
                         self.breaker_changed();
                         if let Err(e) = self.consumer.resume() {
-                            tracing::warn!(error = %e, stream, "failed to resume the consumer");
+                            tracing::warn!(error = %tick_core::error::chain(&e), stream, "failed to resume the consumer");
                         }
                     }
                     return Ok(v);
@@ -182,17 +182,17 @@ impl Intake {
                     let probing = self.breaker.state() == BreakerState::HalfOpen;
                     let (wait, opened) = self.breaker.on_failure();
                     if probing {
-                        tracing::warn!(error = %e, stream, next_probe_in = ?wait, "circuit breaker probe failed; open again");
+                        tracing::warn!(error = %tick_core::error::chain(&e), stream, next_probe_in = ?wait, "circuit breaker probe failed; open again");
                         self.breaker_changed();
                     } else if opened {
-                        tracing::error!(error = %e, stream, next_probe_in = ?wait, "circuit breaker open: {what} keeps failing; pausing intake (the data waits in Kafka)");
+                        tracing::error!(error = %tick_core::error::chain(&e), stream, next_probe_in = ?wait, "circuit breaker open: {what} keeps failing; pausing intake (the data waits in Kafka)");
                         metrics::counter!("tickflow_persister_breaker_opened_total", "stream" => stream).increment(1);
                         self.breaker_changed();
                         if let Err(e) = self.consumer.pause() {
-                            tracing::warn!(error = %e, stream, "failed to pause the consumer");
+                            tracing::warn!(error = %tick_core::error::chain(&e), stream, "failed to pause the consumer");
                         }
                     } else {
-                        tracing::warn!(error = %e, stream, retry_in = ?wait, state = self.breaker.state().as_str(), "{what} failed");
+                        tracing::warn!(error = %tick_core::error::chain(&e), stream, retry_in = ?wait, state = self.breaker.state().as_str(), "{what} failed");
                     }
                     if self.wait(wait, abort).await {
                         return Err(e);
@@ -220,7 +220,7 @@ impl Intake {
                     Ok(Some(m)) => self.held.push_back(m),
                     Ok(None) => self.ended = true,
                     Err(e) => {
-                        tracing::warn!(error = %e, stream = self.stream, "consumer error while waiting for the database");
+                        tracing::warn!(error = %tick_core::error::chain(&e), stream = self.stream, "consumer error while waiting for the database");
                         tokio::select! {
                             _ = abort.cancelled() => return true,
                             _ = tokio::time::sleep_until(until) => return false,
@@ -368,7 +368,7 @@ impl TickSink<'_> {
         let (rows, first) = done.context("batch write task failed")?;
         batch.rows = rows;
         if let Err(e) = &first {
-            tracing::debug!(error = %e, "batch write failed; redoing it on the guarded path");
+            tracing::debug!(error = %tick_core::error::chain(&e), "batch write failed; redoing it on the guarded path");
         }
         self.flush(batch, bad, intake, Some(first)).await
     }

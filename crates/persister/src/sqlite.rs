@@ -97,6 +97,11 @@ pub fn open(
     _: &crate::stores::StoreOptions,
 ) -> Result<crate::stores::Stores, StoreError> {
     let path = url.strip_prefix("sqlite:").unwrap_or(url);
+    if path.is_empty() || path.starts_with("//") {
+        return Err(StoreError::Unavailable(Cause::msg(format!(
+            "{url:?}: write sqlite:PATH, e.g. sqlite:tickflow.db or sqlite:/var/lib/tickflow/ticks.db"
+        ))));
+    }
     Ok(crate::stores::Stores::full(
         Arc::new(SqliteStore::open(Path::new(path))?),
         url.to_string(),

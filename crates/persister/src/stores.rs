@@ -212,6 +212,23 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_sqlite_url_names_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = StoreUrl::sqlite(&dir.path().join("t.db"));
+        let stores = ok.open(&StoreOptions { pool_size: 1 }).await.unwrap();
+        assert!(stores.reader.is_some() && stores.checkpoints.is_some());
+        for bad in ["sqlite:", "sqlite://t.db", "sqlite:///tmp/t.db"] {
+            let url: StoreUrl = bad.parse().unwrap();
+            let e = url
+                .open(&StoreOptions { pool_size: 1 })
+                .await
+                .err()
+                .unwrap();
+            assert!(format!("{e:#}").contains("sqlite:PATH"), "{bad}: {e:#}");
+        }
+    }
+
     #[test]
     fn a_password_never_reaches_a_log() {
         assert_eq!(

@@ -54,7 +54,7 @@ pub struct KafkaReplayArgs {
 pub struct KafkaReplayReport {
     /// Messages read from the range.
     pub read: u64,
-    /// Rows newly stored (`--into postgres`) or messages published (`--into topic:`).
+    /// Rows newly stored (`--into store`) or messages published (`--into topic:`).
     pub written: u64,
     /// Rows that were already stored.
     pub already_stored: u64,

@@ -53,7 +53,7 @@ pub enum BusError {
     #[error("bus closed")]
     Closed,
     /// The broker reported an error (or refused a setting); the client's error is its source.
-    #[error("broker error: {0}")]
+    #[error("broker error")]
     Broker(#[source] crate::error::Cause),
 }
 
@@ -160,6 +160,10 @@ struct TopicState {
     /// Set when one group's acknowledgements confirm publications (see
     /// [`MemoryBus::subscribe_confirming`]).
     confirmations: Option<Arc<Confirmations>>,
+    /// Held by a publisher of a confirmed topic from the choice of its offset until every
+    /// group has its message, so messages reach the groups in offset order: an acknowledgement
+    /// covers everything before it only if nothing before it can still be on its way.
+    publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl TopicState {
@@ -169,6 +173,7 @@ impl TopicState {
             next_offset: AtomicI64::new(0),
             subscribers: Vec::new(),
             confirmations: None,
+            publishing: Arc::default(),
         }
     }
 }
@@ -233,17 +238,26 @@ impl MemoryBus {
     /// the router) then learns that its output is stored, not merely queued. One confirming
     /// group per topic; other groups' acknowledgements confirm nothing.
     pub fn subscribe_confirming(&self, topic: &str, capacity: usize) -> MemoryConsumer {
-        let mut consumer = self.subscribe(topic, capacity);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let confirmations = Arc::new(Confirmations::default());
+        // One lock for the subscription and the confirmations: no message can be published in
+        // between and escape confirmation.
         let mut topics = self.topics.lock().expect("bus lock poisoned");
-        let state = topics.get_mut(topic).expect("subscribe created the topic");
+        let state = topics
+            .entry(topic.to_string())
+            .or_insert_with(|| TopicState::new(topic));
         assert!(
             state.confirmations.is_none(),
             "topic {topic} already has a confirming group"
         );
+        state.subscribers.push(tx);
         state.confirmations = Some(confirmations.clone());
-        consumer.confirms = Some(confirmations);
-        consumer
+        MemoryConsumer {
+            rx,
+            acked: Arc::new(AtomicI64::new(-1)),
+            poll_every: None,
+            confirms: Some(confirmations),
+        }
     }
 
     /// Returns a producer for this bus.
@@ -274,6 +288,19 @@ pub struct MemoryProducer {
 #[async_trait]
 impl Producer for MemoryProducer {
     async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
+        // A confirmed topic orders its publishers (see `TopicState::publishing`); others need
+        // no ordering beyond each publisher's own.
+        let ordering = {
+            let topics = self.bus.topics.lock().expect("bus lock poisoned");
+            topics
+                .get(topic)
+                .filter(|t| t.confirmations.is_some())
+                .map(|t| t.publishing.clone())
+        };
+        let _in_order = match &ordering {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
         let (offset, subscribers, topic_name, confirmed) = {
             let mut topics = self.bus.topics.lock().expect("bus lock poisoned");
             if !topics.contains_key(topic) {
@@ -483,6 +510,38 @@ mod tests {
         assert!((&mut third).now_or_never().is_none());
         drop(store);
         assert!(matches!(third.await, Err(BusError::Closed)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_publishers_of_a_confirmed_topic_deliver_in_offset_order() {
+        let bus = MemoryBus::new();
+        // A queue of one makes every publisher wait in the middle of its send.
+        let mut store = bus.subscribe_confirming(topics::DLQ, 1);
+        let publishers: Vec<_> = (0..4u8)
+            .map(|p| {
+                let producer = bus.producer();
+                tokio::spawn(async move {
+                    let mut receipts = vec![];
+                    for i in 0..50u8 {
+                        receipts.push(producer.send(topics::DLQ, b"", vec![p, i]).await.unwrap());
+                        tokio::task::yield_now().await;
+                    }
+                    receipts
+                })
+            })
+            .collect();
+        let mut last = -1;
+        for _ in 0..200 {
+            let d = store.recv().await.unwrap().unwrap();
+            assert_eq!(d.id.offset, last + 1, "offsets arrive in order");
+            last = d.id.offset;
+            store.ack(d.id).unwrap();
+        }
+        for p in publishers {
+            for r in p.await.unwrap() {
+                r.await.unwrap();
+            }
+        }
     }
 
     #[tokio::test]

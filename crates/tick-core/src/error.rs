@@ -65,6 +65,19 @@ impl Error for Cause {
     }
 }
 
+/// Returns an error and its causes as one line, `outer: cause: root cause`: what a log line
+/// shows of a library-boundary error, whose `Display` names only its own layer.
+pub fn chain(error: &dyn Error) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +105,11 @@ mod tests {
             "failed to connect: connection refused"
         );
         assert_eq!(Cause::msg("poisoned").to_string(), "poisoned");
+        let e = crate::store::StoreError::Unavailable(Cause::new("no database connection", io()));
+        assert_eq!(e.to_string(), "database unavailable");
+        assert_eq!(
+            chain(&e),
+            "database unavailable: no database connection: connection refused"
+        );
     }
 }

@@ -95,10 +95,10 @@ impl From<crate::pb::DeadLetter> for DeadLetterRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or the connection broke: retrying later may succeed.
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable")]
     Unavailable(#[source] crate::error::Cause),
     /// The database refused the data itself: retrying the same rows fails again.
-    #[error("database rejected the data: {0}")]
+    #[error("database rejected the data")]
     Data(#[source] crate::error::Cause),
 }
 

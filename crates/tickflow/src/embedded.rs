@@ -42,7 +42,12 @@ pub struct RunArgs {
     pub batch: BatchArgs,
     /// Where ticks, bars and dead letters are stored: `sqlite:PATH` (embedded mode's own
     /// file) or `postgres://...`.
-    #[arg(long, env = "TICKFLOW_STORE", default_value = "sqlite:tickflow.db")]
+    #[arg(
+        long,
+        env = "TICKFLOW_STORE",
+        default_value = "sqlite:tickflow.db",
+        hide_env_values = true
+    )]
     pub store: StoreUrl,
     /// Address the gRPC SignalService listens on.
     #[arg(long, env = "TICKFLOW_GRPC_ADDR", default_value = "127.0.0.1:50051")]
