@@ -106,8 +106,13 @@ pub async fn run(
     };
     let hub = cfg.engine.hub();
     let (query_tx, query_rx) = mpsc::channel(64);
-    let server =
-        service::GrpcServer::start(cfg.grpc_addr, &cfg.engine, hub.clone(), query_tx).await?;
+    let server = service::GrpcServer::start(
+        cfg.grpc_addr,
+        cfg.engine.grpc.serve_options()?,
+        hub.clone(),
+        query_tx,
+    )
+    .await?;
     health.set_ready(true);
     let outputs = Outputs {
         producer: Some(Arc::new(producer)),

@@ -626,16 +626,15 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Binds `addr` and serves the hub of `engine` (with its token and TLS options); snapshot
-    /// queries go to `snapshots`.
+    /// Binds `addr` and serves `hub` with `options` (token, TLS); snapshot queries go to
+    /// `snapshots`.
     pub async fn start(
         addr: std::net::SocketAddr,
-        engine: &crate::config::EngineArgs,
+        options: ServeOptions,
         hub: Arc<Hub>,
         snapshots: mpsc::Sender<SnapshotQuery>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let options = engine.grpc.serve_options()?;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("failed to listen on {addr} for gRPC"))?;

@@ -143,7 +143,13 @@ pub async fn run(
     let queues = Queues::subscribe(&bus);
     let hub = args.engine.hub();
     let (snap_tx, snap_rx) = tokio::sync::mpsc::channel(64);
-    let server = GrpcServer::start(args.grpc_addr, &args.engine, hub.clone(), snap_tx).await?;
+    let server = GrpcServer::start(
+        args.grpc_addr,
+        args.engine.grpc.serve_options()?,
+        hub.clone(),
+        snap_tx,
+    )
+    .await?;
     on_listen(server.addr);
     tracing::info!(addr = %server.addr, store = %args.store, source = ?args.source.source, "tickflow embedded: running");
 
