@@ -85,6 +85,7 @@ pub async fn run_source(
         pending: Default::default(),
         emitted: 0,
         lost_at: None,
+        unsent: Default::default(),
     };
     let mut batch = Vec::with_capacity(1024);
     let mut feed = FeedWatch::new(source.name());
@@ -111,8 +112,9 @@ pub async fn run_source(
         metrics::counter!("tickflow_ingest_ticks_received_total", "source" => source.name().to_string())
             .increment(batch.len() as u64);
         out.publish(&mut batch).await?;
+        out.retry_dead_letters().await;
         for r in source.take_rejects() {
-            out.reject(source.name(), r).await?;
+            out.reject(source.name(), r).await;
         }
         out.reap()?;
         if out.spooling && tokio::time::Instant::now() >= next_probe && out.pending.is_empty() {
@@ -149,7 +151,14 @@ struct Outbox {
     /// Position of the first publication that failed unspooled: durability stops there (a
     /// source then acknowledges nothing after it, so its peer resends).
     lost_at: Option<u64>,
+    /// Dead letters the bus refused to take, with their position, oldest first: sent again on
+    /// every turn of the loop. Durability stops before the oldest.
+    unsent: std::collections::VecDeque<(u64, Vec<u8>)>,
 }
+
+/// Dead letters kept for another try while the bus refuses them; past this, the oldest is
+/// dropped (counted and logged) so a stream of rejects cannot exhaust memory.
+const MAX_UNSENT_DEAD_LETTERS: usize = 10_000;
 
 impl Outbox {
     fn spool_depth(&self) -> Option<u64> {
@@ -186,24 +195,60 @@ impl Outbox {
         Ok(())
     }
 
-    /// Publishes a rejected input to `ticks.dlq` with its reason (its payload bounded).
-    async fn reject(&mut self, source: &str, r: source::Rejected) -> anyhow::Result<()> {
+    /// Publishes a rejected input to `ticks.dlq` with its reason (its payload bounded). A
+    /// dead letter the bus refuses is kept and sent again later: never the end of the source.
+    async fn reject(&mut self, source: &str, r: source::Rejected) {
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tickflow_ingest_rejected_total", "source" => source.to_string(), "reason" => r.reason.clone())
             .increment(1);
         tracing::warn!(reason = %r.reason, detail = %r.detail, "input rejected");
         let record = DeadLetterRecord::new("ingest", &r.reason, r.detail, r.payload, source);
-        let receipt = self
-            .producer
-            .send(topics::DLQ, b"", record.encode())
-            .await?;
-        self.pending.push_back(Pending {
-            sent: tokio::time::Instant::now(),
-            receipt,
-            tick: None,
-            index: self.emitted,
-        });
-        Ok(())
+        self.send_dead_letter(self.emitted, record.encode()).await;
+    }
+
+    /// Sends one encoded dead letter at position `index`; keeps it for another try if the bus
+    /// refuses it.
+    async fn send_dead_letter(&mut self, index: u64, payload: Vec<u8>) {
+        match self.producer.send(topics::DLQ, b"", payload.clone()).await {
+            Ok(receipt) => self.pending.push_back(Pending {
+                sent: tokio::time::Instant::now(),
+                receipt,
+                tick: None,
+                index,
+            }),
+            Err(e) => {
+                metrics::counter!("tickflow_ingest_dead_letter_send_failed_total").increment(1);
+                tracing::warn!(error = %tick_core::error::chain(&e), "the bus refused a dead letter; it will be sent again");
+                if self.unsent.len() >= MAX_UNSENT_DEAD_LETTERS {
+                    self.unsent.pop_front();
+                    metrics::counter!("tickflow_ingest_dead_letters_dropped_total").increment(1);
+                    tracing::error!(
+                        kept = MAX_UNSENT_DEAD_LETTERS,
+                        "too many dead letters the bus refuses: the oldest is dropped"
+                    );
+                }
+                self.unsent.push_back((index, payload));
+            }
+        }
+    }
+
+    /// Sends again the dead letters the bus refused, oldest first, until one is refused again.
+    async fn retry_dead_letters(&mut self) {
+        let tries = self.unsent.len();
+        for _ in 0..tries {
+            let Some((index, payload)) = self.unsent.pop_front() else {
+                break;
+            };
+            let before = self.unsent.len();
+            self.send_dead_letter(index, payload).await;
+            if self.unsent.len() > before {
+                // Refused again (now at the back): restore the order and wait for a later turn.
+                if let Some(last) = self.unsent.pop_back() {
+                    self.unsent.push_front(last);
+                }
+                break;
+            }
+        }
     }
 
     /// Takes confirmations and advances the durability count the source's acknowledgements
@@ -224,10 +269,14 @@ impl Outbox {
             );
             self.lost_at = Some(at);
         }
-        let confirmed = self.pending.front().map_or(self.emitted, |p| p.index);
-        self.stats
-            .durable
-            .set(self.lost_at.map_or(confirmed, |at| at.min(confirmed)));
+        let mut durable = self.pending.front().map_or(self.emitted, |p| p.index);
+        for limit in [self.lost_at, self.unsent.front().map(|(i, _)| *i)]
+            .into_iter()
+            .flatten()
+        {
+            durable = durable.min(limit);
+        }
+        self.stats.durable.set(durable);
         Ok(())
     }
 
@@ -258,9 +307,21 @@ impl Outbox {
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !self.pending.is_empty() && tokio::time::Instant::now() < deadline {
+        while !(self.pending.is_empty() && self.unsent.is_empty())
+            && tokio::time::Instant::now() < deadline
+        {
+            self.retry_dead_letters().await;
             self.reap()?;
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !self.unsent.is_empty() {
+            metrics::counter!("tickflow_ingest_dead_letters_dropped_total")
+                .increment(self.unsent.len() as u64);
+            tracing::error!(
+                dead_letters = self.unsent.len(),
+                "the bus still refuses these dead letters at shutdown; they are lost"
+            );
+            self.unsent.clear();
         }
         if let Some(sp) = &mut self.spooler {
             let left: Vec<_> = self.pending.drain(..).filter_map(|p| p.tick).collect();
@@ -499,6 +560,98 @@ mod tests {
         }
         async fn flush(&self) -> Result<(), BusError> {
             Ok(())
+        }
+    }
+
+    /// Refuses the first `refuse` dead letters it is given (at `send`), takes everything else.
+    struct RefusesDeadLetters {
+        refuse: std::sync::atomic::AtomicUsize,
+        dead_letters: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Producer for RefusesDeadLetters {
+        async fn send(&self, topic: &str, _: &[u8], _: Vec<u8>) -> Result<Receipt, BusError> {
+            if topic == topics::DLQ {
+                let left = self.refuse.load(Ordering::Relaxed);
+                if left > 0 {
+                    self.refuse.store(left - 1, Ordering::Relaxed);
+                    return Err(BusError::Broker(tick_core::error::Cause::msg(
+                        "message too large",
+                    )));
+                }
+                self.dead_letters.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Box::pin(futures::future::ready(Ok(()))))
+        }
+        async fn flush(&self) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    /// Yields ticks and rejects, one of each per batch, `n` batches.
+    struct TicksAndRejects {
+        left: u64,
+        rejects: Vec<source::Rejected>,
+    }
+
+    #[async_trait]
+    impl TickSource for TicksAndRejects {
+        fn name(&self) -> &str {
+            "test"
+        }
+        async fn next_batch(
+            &mut self,
+            out: &mut Vec<tick_core::Tick>,
+        ) -> Result<bool, source::SourceError> {
+            self.left -= 1;
+            out.push(tick_core::testenv::tick(
+                "test",
+                "EURUSD",
+                1_000 + self.left as i64,
+                110_000,
+            ));
+            self.rejects.push(source::Rejected {
+                reason: "malformed_line".into(),
+                detail: format!("line {}", self.left),
+                payload: vec![b'x'; 100],
+            });
+            Ok(self.left > 0)
+        }
+        fn take_rejects(&mut self) -> Vec<source::Rejected> {
+            std::mem::take(&mut self.rejects)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_letter_the_bus_refuses_is_sent_again_and_never_stops_the_source() {
+        // (dead letters refused at first, dead letters delivered in the end)
+        for (refuse, delivered) in [(0, 4), (3, 4), (1_000_000, 0)] {
+            let producer = Arc::new(RefusesDeadLetters {
+                refuse: refuse.into(),
+                dead_letters: Default::default(),
+            });
+            let stats = Arc::new(IngestStats::default());
+            let source = TicksAndRejects {
+                left: 4,
+                rejects: vec![],
+            };
+            run_source(
+                Box::new(source),
+                producer.clone(),
+                stats.clone(),
+                CancellationToken::new(),
+                None,
+            )
+            .await
+            .expect("a refused dead letter never ends the source");
+            assert_eq!(stats.received.load(Ordering::Relaxed), 4, "refuse {refuse}");
+            assert_eq!(stats.rejected.load(Ordering::Relaxed), 4);
+            assert_eq!(producer.dead_letters.load(Ordering::Relaxed), delivered);
+            assert_eq!(
+                stats.published.load(Ordering::Relaxed),
+                4 + delivered as u64
+            );
         }
     }
 
