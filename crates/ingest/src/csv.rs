@@ -1,12 +1,14 @@
 //! A CSV tick file as a source (`--source csv`): lines parsed by `tick-formats`, a bad line a
-//! reject with its line number and reason while the rest of the file still flows.
+//! reject with its line number and reason while the rest of the file still flows. A line is
+//! read as bytes up to [`MAX_CSV_LINE`]: a longer one, or one that is not UTF-8, is a reject
+//! too, never the end of the file.
 
 pub use tick_formats::csv::*;
 
 use tick_core::error::Cause;
 use crate::source::{BuildSource, Rejected, SourceContext, SourceError, TickSource};
 use async_trait::async_trait;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use tick_core::Tick;
 
@@ -22,23 +24,70 @@ impl BuildSource for CsvArgs {
     }
 }
 
+/// The longest CSV line read, in bytes (a tick line is under 200).
+pub const MAX_CSV_LINE: usize = 64 * 1024;
+
 /// A CSV file as a source, read to its end as fast as the bus takes it.
 pub struct CsvSource {
     path: PathBuf,
-    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    reader: std::io::BufReader<std::fs::File>,
     parser: CsvParser,
     line_no: usize,
     rejects: Vec<Rejected>,
 }
 
+/// One line read: its text, or why it cannot be parsed (with the bytes kept of it).
+enum Line {
+    Text(String),
+    Refused { reason: &'static str, why: String, bytes: Vec<u8> },
+}
+
 impl CsvSource {
+    /// Reads the next line (without its line ending); `None` at the end of the file.
+    fn next_line(&mut self) -> std::io::Result<Option<Line>> {
+        let mut buf = Vec::new();
+        let limit = MAX_CSV_LINE as u64 + 1;
+        let n = (&mut self.reader).take(limit).read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf.len() > MAX_CSV_LINE && buf.last() != Some(&b'\n') {
+            // Skip the rest of the line without holding it.
+            let mut len = buf.len();
+            loop {
+                let mut rest = Vec::new();
+                let m = (&mut self.reader).take(limit).read_until(b'\n', &mut rest)?;
+                len += m;
+                if m == 0 || rest.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            return Ok(Some(Line::Refused {
+                reason: "line_too_long",
+                why: format!("line of {len} bytes, over the limit of {MAX_CSV_LINE}"),
+                bytes: buf,
+            }));
+        }
+        while matches!(buf.last(), Some(b'\n' | b'\r')) {
+            buf.pop();
+        }
+        Ok(Some(match String::from_utf8(buf) {
+            Ok(text) => Line::Text(text),
+            Err(e) => Line::Refused {
+                reason: "malformed_line",
+                why: format!("not UTF-8: {}", e.utf8_error()),
+                bytes: e.into_bytes(),
+            },
+        }))
+    }
+
     /// Opens `path`.
     pub fn open(path: &Path, parser: CsvParser) -> Result<Self, SourceError> {
         let f = std::fs::File::open(path)
             .map_err(|e| SourceError::Input(Cause::new(path.display().to_string(), e)))?;
         Ok(Self {
             path: path.to_path_buf(),
-            lines: std::io::BufReader::new(f).lines(),
+            reader: std::io::BufReader::new(f),
             parser,
             line_no: 0,
             rejects: Vec::new(),
@@ -54,13 +103,27 @@ impl TickSource for CsvSource {
 
     async fn next_batch(&mut self, out: &mut Vec<Tick>) -> Result<bool, SourceError> {
         for _ in 0..4096 {
-            let Some(line) = self.lines.next() else {
+            let line = self.next_line().map_err(|e| {
+                SourceError::Input(Cause::new(
+                    format!("{}:{}", self.path.display(), self.line_no + 1),
+                    e,
+                ))
+            })?;
+            let Some(line) = line else {
                 return Ok(false);
             };
             self.line_no += 1;
-            let line = line.map_err(|e| {
-                SourceError::Input(Cause::new(format!("{}:{}", self.path.display(), self.line_no), e))
-            })?;
+            let line = match line {
+                Line::Text(text) => text,
+                Line::Refused { reason, why, bytes } => {
+                    self.rejects.push(Rejected {
+                        reason: reason.into(),
+                        detail: format!("{}:{}: {why}", self.path.display(), self.line_no),
+                        payload: bytes,
+                    });
+                    continue;
+                }
+            };
             match self.parser.parse_line(&line) {
                 Ok(Some(t)) => out.push(t),
                 Ok(None) => {}
@@ -76,5 +139,46 @@ impl TickSource for CsvSource {
 
     fn take_rejects(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.rejects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn long_lines_binary_junk_and_bad_lines_are_rejects_and_the_file_flows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        let mut bytes = b"timestamp,bid,ask\n1700000000000,1.08500,1.08502\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 8 << 20));
+        bytes.extend(b"\n\xff\xfe\x00junk\r\nx\n".iter());
+        bytes.extend(b"1700000000010,1.08501,1.08503\r\n".iter());
+        bytes.extend(std::iter::repeat_n(b'y', MAX_CSV_LINE + 10)); // the last line, unended
+        std::fs::write(&path, bytes).unwrap();
+        let parser = CsvParser::new(CsvFormat::Plain, "EURUSD", "csv", 0);
+        let mut src = CsvSource::open(&path, parser).unwrap();
+        let mut ticks = vec![];
+        while src.next_batch(&mut ticks).await.unwrap() {}
+        assert_eq!(ticks.len(), 2, "both valid lines");
+        assert_eq!((ticks[0].bid, ticks[1].ask), (108500, 108503));
+        let rejects = src.take_rejects();
+        let got: Vec<(&str, bool)> = rejects
+            .iter()
+            .map(|r| (r.reason.as_str(), r.payload.len() <= MAX_CSV_LINE + 1))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("line_too_long", true),
+                ("malformed_line", true),
+                ("malformed_line", true),
+                ("line_too_long", true),
+            ]
+        );
+        assert!(rejects[0].detail.contains(":3: line of 8388609 bytes"), "{}", rejects[0].detail);
+        assert!(rejects[1].detail.contains(":4: not UTF-8"), "{}", rejects[1].detail);
+        assert!(rejects[2].detail.contains(":5:"), "{}", rejects[2].detail);
+        assert!(rejects[3].detail.contains(":7:"), "{}", rejects[3].detail);
     }
 }
