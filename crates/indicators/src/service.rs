@@ -222,6 +222,7 @@ impl Hub {
             replay_next: head + 1,
             replay_end: head,
             last: head,
+            lagged: 0,
             done: false,
             _guard: SubscriberGuard::new(self.subscribers.clone()),
         };
@@ -273,6 +274,9 @@ struct Cursor {
     replay_end: u64,
     /// Sequence number of the last event this stream went past (sent or filtered out).
     last: u64,
+    /// Events the live receiver lost since `last` and not yet reported (drop-oldest policy):
+    /// reported, counted by the filter, when the next event shows where the loss ends.
+    lagged: u64,
     done: bool,
     _guard: SubscriberGuard,
 }
@@ -308,6 +312,41 @@ impl Cursor {
         out.ts_sent_ns = clock::now_ns();
         out.resume_token = self.token(ev.seq);
         Some(out)
+    }
+
+    /// Returns how many events with sequence numbers in `from..=to` this subscriber's filter
+    /// matches, looked up in the retained ring; an event no longer retained counts (what it
+    /// was cannot be known).
+    fn matching(&self, from: u64, to: u64) -> u64 {
+        if from > to {
+            return 0;
+        }
+        let r = lock(&self.retained);
+        let oldest = r.oldest();
+        let mut n = oldest.saturating_sub(from).min(to + 1 - from);
+        let start = from.max(oldest);
+        if start <= to {
+            let first = (start - oldest) as usize;
+            n += r
+                .events
+                .range(first.min(r.events.len())..)
+                .take_while(|e| e.seq <= to)
+                .filter(|e| self.filter.matches(e))
+                .count() as u64;
+        }
+        n
+    }
+
+    /// Reports the events lost before the live event `next` (if any), as many as the filter
+    /// matches: a gap event whose token is the position before them.
+    fn report_lag(&mut self, next: u64) {
+        if std::mem::take(&mut self.lagged) == 0 {
+            return;
+        }
+        let matched = self.matching(self.last + 1, next.saturating_sub(1));
+        if matched > 0 {
+            self.gap(matched, GAP_QUEUE_FULL);
+        }
     }
 
     /// Copies the next chunk of retained events to replay into `pending`.
@@ -362,8 +401,9 @@ impl Cursor {
             }
             match self.rx.recv().await {
                 Ok(ev) => {
+                    self.report_lag(ev.seq);
                     if let Some(out) = self.accept(&ev) {
-                        return Some(Ok(out));
+                        self.pending.push_back(out);
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
@@ -371,9 +411,10 @@ impl Cursor {
                     metrics::counter!("tickflow_indicators_events_dropped_total").increment(n);
                     match self.policy {
                         SlowSubscriber::DropOldest => {
-                            // The token stays before the lost events: resuming from it replays
-                            // them if they are still retained.
-                            self.gap(n, GAP_QUEUE_FULL);
+                            // Reported with the next event (see `report_lag`); the gap's token
+                            // stays before the lost events: resuming from it replays them if
+                            // they are still retained.
+                            self.lagged += n;
                         }
                         SlowSubscriber::Disconnect => {
                             self.done = true;
@@ -388,7 +429,12 @@ impl Cursor {
                         }
                     }
                 }
-                Err(RecvError::Closed) => return None,
+                Err(RecvError::Closed) => {
+                    // The hub closed: report a loss not yet reported, up to its last event.
+                    let head = lock(&self.retained).head;
+                    self.report_lag(head + 1);
+                    self.done = true;
+                }
             }
         }
     }
@@ -707,5 +753,68 @@ mod auth_tests {
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         let mut open = authorize(None);
         assert!(open(Request::new(())).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+
+    fn update(symbol: &str) -> Kind {
+        Kind::Update(pb::IndicatorUpdate {
+            symbol: symbol.into(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_gap_counts_only_the_lost_events_the_filter_matches() {
+        let hub = Hub::with_options(HubOptions {
+            queue: 16,
+            resume_window: 10_000,
+            slow_subscriber: SlowSubscriber::DropOldest,
+        });
+        let filter = Filter {
+            symbols: ["EURUSD".to_string()].into(),
+            ..Filter::default()
+        };
+        let mut stream = Box::pin(hub.subscribe(filter));
+        // 1,000 events, every third one EURUSD, published while the subscriber reads nothing.
+        let symbol = |seq: u64| if seq % 3 == 0 { "EURUSD" } else { "GBPUSD" };
+        for seq in 1..=1000u64 {
+            hub.publish(update(symbol(seq)));
+        }
+        let (mut dropped, mut delivered, mut gap_at) = (0, 0, None);
+        while let Some(ev) = stream.next().await {
+            match &ev.kind {
+                Some(Kind::Gap(g)) => {
+                    assert_eq!(g.reason, GAP_QUEUE_FULL);
+                    dropped += g.dropped;
+                    gap_at = parse_token(&ev.resume_token).map(|(_, s)| s);
+                }
+                Some(Kind::Update(u)) => {
+                    assert_eq!(u.symbol, "EURUSD");
+                    delivered += 1;
+                    // The loss ends where delivery resumes: the gap counted exactly the
+                    // EURUSD events between its token and this event.
+                    if delivered == 1 {
+                        let from = gap_at.expect("a gap before the first event") + 1;
+                        let lost = (from..ev.seq).filter(|s| symbol(*s) == "EURUSD").count();
+                        assert_eq!(dropped, lost as u64);
+                    }
+                    if ev.seq == 999 {
+                        break;
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(dropped > 300, "most were lost: {dropped}");
+        assert_eq!(
+            dropped + delivered,
+            333,
+            "every EURUSD event delivered or counted"
+        );
+        assert!(hub.dropped() > dropped, "the hub counts every lost event");
     }
 }
