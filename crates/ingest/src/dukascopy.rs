@@ -8,7 +8,6 @@ use tick_core::error::Cause;
 use crate::source::{BuildSource, SourceContext, SourceError, TickSource};
 use anyhow::Context;
 use async_trait::async_trait;
-use std::time::Duration;
 use tick_core::{KeyOrdinals, Tick, clock};
 
 #[async_trait]
@@ -19,48 +18,37 @@ impl BuildSource for DukascopyArgs {
         let from = cx.intake.from.context("--from is required for dukascopy")?;
         let to = cx.intake.to.context("--to is required for dukascopy")?;
         anyhow::ensure!(from < to, "--from must be before --to");
-        Ok(Box::new(DukascopySource::new(
-            self.location()?,
-            symbols,
-            from,
-            to,
-            cx.intake.speed,
-        )))
+        let source = DukascopySource::new(self.location()?, symbols, from, to);
+        Ok(match cx.intake.speed {
+            Some(speed) => Box::new(crate::source::Paced::new(source, speed)),
+            None => Box::new(source),
+        })
     }
 }
 
-/// Plays a range of hours of history from a directory or a URL, as fast as possible or paced.
+/// Plays a range of hours of history from a directory or a URL, as fast as the caller takes it
+/// (wrap it in [`Paced`](crate::source::Paced) to play it at a multiple of real time).
 pub struct DukascopySource {
     location: Location,
     client: reqwest::Client,
     symbols: Vec<String>,
     next_hour_ns: i64,
     end_ns: i64,
-    speed: Option<f64>,
     ordinals: KeyOrdinals,
-    started: Option<(tokio::time::Instant, i64)>,
     pending: std::collections::VecDeque<Tick>,
 }
 
 impl DukascopySource {
     /// Returns a source over `[from_ns, to_ns)` (rounded out to whole hours) of `symbols`
-    /// at `location`. `speed` is a multiple of real time; `None` plays as fast as possible.
-    pub fn new(
-        location: Location,
-        symbols: Vec<String>,
-        from_ns: i64,
-        to_ns: i64,
-        speed: Option<f64>,
-    ) -> Self {
+    /// at `location`.
+    pub fn new(location: Location, symbols: Vec<String>, from_ns: i64, to_ns: i64) -> Self {
         Self {
             location,
             client: reqwest::Client::new(),
             symbols,
             next_hour_ns: from_ns - from_ns.rem_euclid(HOUR_NS),
             end_ns: to_ns,
-            speed,
             ordinals: KeyOrdinals::default(),
-            started: None,
             pending: Default::default(),
         }
     }
@@ -104,35 +92,12 @@ impl TickSource for DukascopySource {
             self.pending
                 .extend(ticks.into_iter().filter(|t| t.ts_event_ns < self.end_ns));
         }
-        let Some(speed) = self.speed else {
-            let n = self.pending.len().min(4096);
-            let now = clock::now_ns();
-            out.extend(self.pending.drain(..n).map(|mut t| {
-                t.ts_recv_ns = now;
-                t
-            }));
-            return Ok(true);
-        };
-        let first = self.pending.front().map_or(0, |t| t.ts_event_ns);
-        let (start, origin) = *self
-            .started
-            .get_or_insert((tokio::time::Instant::now(), first));
-        let due = |t: &Tick| {
-            start + Duration::from_nanos(((t.ts_event_ns - origin).max(0) as f64 / speed) as u64)
-        };
-        if let Some(t) = self.pending.front() {
-            tokio::time::sleep_until(due(t)).await;
-        }
-        let now_i = tokio::time::Instant::now();
+        let n = self.pending.len().min(4096);
         let now = clock::now_ns();
-        while let Some(t) = self.pending.front() {
-            if due(t) > now_i {
-                break;
-            }
-            let mut t = self.pending.pop_front().expect("front exists");
+        out.extend(self.pending.drain(..n).map(|mut t| {
             t.ts_recv_ns = now;
-            out.push(t);
-        }
+            t
+        }));
         Ok(true)
     }
 }
@@ -153,7 +118,6 @@ mod tests {
             vec!["EURUSD".into()],
             from,
             from + 48 * HOUR_NS,
-            None,
         );
         let mut all = vec![];
         while src.next_batch(&mut all).await.unwrap() {}

@@ -40,7 +40,6 @@ async fn download_matches_the_directory() {
         symbols.clone(),
         from,
         to,
-        None,
     ))
     .await;
     let dir = all(DukascopySource::new(
@@ -48,7 +47,6 @@ async fn download_matches_the_directory() {
         symbols,
         from,
         to,
-        None,
     ))
     .await;
     assert!(web.len() > 8_000, "{}", web.len());
