@@ -7,10 +7,9 @@ series (numpy RandomState(42), 5000 bars). The Rust side is `indicator-dump`, wh
 indicator one bar at a time (the incremental path the engine uses) and prints its outputs.
 
 Acceptance: |rust - reference| <= 1e-9 * max(1, |reference|) for every output wherever the
-reference has a value, and Rust null exactly where the reference is NaN (TA-Lib's warm-up).
-The one intentional difference: `adx(14)` gives +DI/-DI only once the ADX itself is warm
-(index 2*period-1), where TA-Lib's PLUS_DI/MINUS_DI start at index `period`; they are compared
-from there and must be null before.
+reference has a value, and Rust null exactly where the reference is NaN (TA-Lib's warm-up): each
+output's first value at the index TA-Lib's own lookback gives, for the outputs of one indicator
+too (`adx(14)`'s +DI and -DI from index 14, PLUS_DI/MINUS_DI's lookback, its ADX from 27).
 """
 
 import json
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 talib = pytest.importorskip("talib")
+talib_abstract = pytest.importorskip("talib.abstract")
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "dukascopy"
@@ -180,23 +180,40 @@ def references(b: dict) -> dict:
     return ref
 
 
+# Outputs whose warm-up index is checked against TA-Lib's declared lookback (the TA-Lib
+# function and its parameters): the ADX's three outputs start at different indexes.
+LOOKBACKS = {
+    "adx(14).adx": ("ADX", {"timeperiod": 14}),
+    "adx(14).plus_di": ("PLUS_DI", {"timeperiod": 14}),
+    "adx(14).minus_di": ("MINUS_DI", {"timeperiod": 14}),
+}
+
+
+def first_value(x: np.ndarray) -> int:
+    """Index of the first value that is not NaN."""
+    return int(np.flatnonzero(~np.isnan(x))[0])
+
+
 def compare(label: str, bars_csv: str, bins) -> dict:
     b = parse_csv(bars_csv)
     rust = run_rust(bins, bars_csv)
     ref = references(b)
     assert set(rust) == set(ref), set(rust) ^ set(ref)
     n = len(b["close"])
-    adx_lookback = 2 * 14 - 1
+    # Where TA-Lib's functions declare their first value (their lookback), checked against
+    # what they return, then against where the Rust outputs start.
+    for name, (fn, args) in LOOKBACKS.items():
+        lookback = talib_abstract.Function(fn, **args).lookback
+        assert first_value(ref[name]) == lookback, f"{label} {name}: TA-Lib starts elsewhere"
+        assert first_value(rust[name]) == lookback, (
+            f"{label} {name}: first value at {first_value(rust[name])}, TA-Lib's {fn} at "
+            f"{lookback}"
+        )
     worst = {}
     failures = []
     for name, want in ref.items():
         got = rust[name]
         assert len(got) == n, name
-        if name in ("adx(14).plus_di", "adx(14).minus_di"):
-            # Intentional: given with the ADX, from its warm-up on.
-            assert np.isnan(got[:adx_lookback]).all(), f"{label} {name} warm before the ADX"
-            want = want.copy()
-            want[:adx_lookback] = np.nan
         ref_nan = np.isnan(want)
         rust_nan = np.isnan(got)
         if not np.array_equal(ref_nan, rust_nan):

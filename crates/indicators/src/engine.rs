@@ -126,14 +126,7 @@ impl Group {
         let mut cur = std::mem::take(&mut s.cur);
         for (ind, &at) in s.indicators.iter_mut().zip(&self.offsets) {
             let n = ind.outputs().len();
-            match ind.update(input) {
-                Some(vals) => {
-                    for (c, v) in cur[at..at + n].iter_mut().zip(vals) {
-                        *c = Some(*v);
-                    }
-                }
-                None => cur[at..at + n].fill(None),
-            }
+            ind.update_into(input, &mut cur[at..at + n]);
         }
         let prev = std::mem::take(&mut s.prev);
         let values = values(&self.names, &cur);
@@ -573,6 +566,45 @@ mod tests {
         assert!(fired.contains(&(7, "sma(1) > bbands(3,1).upper".into(), 2)));
         let snap = e.snapshot("EURUSD").unwrap().latest.unwrap();
         assert_eq!(snap.values[2].name, "macd(2,3,2).signal");
+    }
+
+    #[test]
+    fn adx_outputs_are_warm_and_usable_in_rules_each_from_its_own_warm_up() {
+        let mut e = Engine::new(cfg(
+            &["adx(3)"],
+            &["adx(3).plus_di > 50", "adx(3).adx > 50", "adx(3) < 50"],
+        ))
+        .unwrap();
+        assert_eq!(
+            e.indicator_names(),
+            ["adx(3).adx", "adx(3).plus_di", "adx(3).minus_di"]
+        );
+        // A steady rise: +DI = 100 and -DI = 0 from input 3 (TA-Lib's PLUS_DI/MINUS_DI
+        // lookback), the ADX = 100 from input 5 (ADX's lookback 2 * 3 - 1).
+        let mut fired = Vec::new();
+        for i in 0..8 {
+            let u = e.on_tick(tick("EURUSD", i, 100_000 + 10 * i));
+            let vals = &u.update.as_ref().unwrap().values;
+            let warm: Vec<bool> = vals.iter().map(|v| v.warm).collect();
+            assert_eq!(warm, [i >= 5, i >= 3, i >= 3], "{i}");
+            if i >= 3 {
+                assert!((vals[1].value - 100.0).abs() < 1e-9 && vals[2].value == 0.0);
+            }
+            if i < 5 {
+                assert_eq!(vals[0].value, 0.0, "a cold value reads 0 on the wire");
+            }
+            fired.extend(u.signals.iter().map(|s| (i, s.rule_id.clone())));
+        }
+        // A rule on the ADX waits for the ADX, not for +DI/-DI (`adx(3) < 50` never fires).
+        assert_eq!(
+            fired,
+            [
+                (3, "adx(3).plus_di > 50".to_string()),
+                (5, "adx(3).adx > 50".to_string())
+            ]
+        );
+        let snap = e.snapshot("EURUSD").unwrap().latest.unwrap();
+        assert!(snap.values.iter().all(|v| v.warm));
     }
 
     #[test]

@@ -89,6 +89,8 @@ fn run(specs: &[IndicatorSpec]) -> anyhow::Result<()> {
                 .collect()
         })
         .collect();
+    // Each indicator's outputs after the current input, `None` while warming up.
+    let mut vals: Vec<Vec<Option<f64>>> = names.iter().map(|n| vec![None; n.len()]).collect();
     let stdin = std::io::stdin().lock();
     let mut out = BufWriter::new(std::io::stdout().lock());
     for (n, line) in stdin.lines().enumerate() {
@@ -120,10 +122,10 @@ fn run(specs: &[IndicatorSpec]) -> anyhow::Result<()> {
             spread: if f.len() > 6 { num(6)? } else { 0.0 },
         };
         write!(out, "{{\"time\":{}", x.time_ns)?;
-        for (ind, names) in inds.iter_mut().zip(&names) {
-            let vals = ind.update(&x);
-            for (o, name) in names.iter().enumerate() {
-                match vals.map(|v| v[o]) {
+        for ((ind, names), vals) in inds.iter_mut().zip(&names).zip(&mut vals) {
+            ind.update_into(&x, vals);
+            for (v, name) in vals.iter().zip(names) {
+                match v {
                     Some(v) if v.is_finite() => write!(out, ",{name}:{v:?}")?,
                     _ => write!(out, ",{name}:null")?,
                 }

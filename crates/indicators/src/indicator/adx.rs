@@ -9,7 +9,9 @@ pub(crate) const OUTPUTS: &[&str] = &["adx", "plus_di", "minus_di"];
 /// `period − 1` changes, then smoothed `s = s − s/period + today`; DX = 100 |−DI − +DI| /
 /// (−DI + +DI); the first ADX (input `2·period − 1`) is the mean of the first `period` DX, then
 /// `adx = (adx (period − 1) + dx) / period`. +DI and −DI (100 · smoothed DM / smoothed TR, 0
-/// when the smoothed TR is 0) are given alongside, warm with the ADX.
+/// when the smoothed TR is 0) are given alongside and warm up on their own, as TA-Lib's
+/// PLUS_DI and MINUS_DI do: from input `period`, before the ADX (see
+/// [`Indicator::warm_outputs`]).
 #[derive(Debug, Clone)]
 pub struct Adx {
     period: usize,
@@ -22,9 +24,15 @@ pub struct Adx {
     tr: f64,
     sum_dx: f64,
     adx: f64,
-    warm: bool,
+    /// +DI and −DI have values (from input `period`).
+    di_warm: bool,
+    /// The ADX has a value too (from input `2·period − 1`).
+    adx_warm: bool,
     out: [f64; 3],
 }
+
+/// While only +DI and −DI are warm.
+const DI_ONLY: &[bool] = &[false, true, true];
 
 impl Adx {
     /// Returns an ADX of `period`.
@@ -40,8 +48,9 @@ impl Adx {
             tr: 0.0,
             sum_dx: 0.0,
             adx: 0.0,
-            warm: false,
-            out: [0.0; 3],
+            di_warm: false,
+            adx_warm: false,
+            out: [f64::NAN; 3],
         }
     }
 }
@@ -88,25 +97,33 @@ impl Indicator for Adx {
                 dx = Some(100.0 * ((minus_di - plus_di).abs() / sum));
             }
         }
-        // Inputs period ..= 2·period − 1: the first `period` DX are summed.
+        self.di_warm = true;
+        self.out[1] = plus_di;
+        self.out[2] = minus_di;
+        // Inputs period ..= 2·period − 1: the first `period` DX are summed; until then the ADX
+        // has no value (NaN, and `warm_outputs` says so).
         if self.seen <= 2 * self.period {
             if let Some(dx) = dx {
                 self.sum_dx += dx;
             }
             if self.seen < 2 * self.period {
-                return None;
+                return Some(&self.out);
             }
             self.adx = self.sum_dx / n;
+            self.adx_warm = true;
         } else if let Some(dx) = dx {
             self.adx = (self.adx * (n - 1.0) + dx) / n;
         }
-        self.warm = true;
-        self.out = [self.adx, plus_di, minus_di];
+        self.out[0] = self.adx;
         Some(&self.out)
     }
 
     fn values(&self) -> Option<&[f64]> {
-        self.warm.then_some(&self.out[..])
+        self.di_warm.then_some(&self.out[..])
+    }
+
+    fn warm_outputs(&self) -> Option<&'static [bool]> {
+        (self.di_warm && !self.adx_warm).then_some(DI_ONLY)
     }
 
     fn outputs(&self) -> &'static [&'static str] {

@@ -134,12 +134,43 @@ impl Input {
 /// A streaming indicator fed one [`Input`] at a time.
 pub trait Indicator: Send {
     /// Feeds the next input; returns the new values (one per [`Indicator::outputs`] name), or
-    /// `None` during warm-up.
+    /// `None` while no output is warm. Some of the values may still be warming up: see
+    /// [`Indicator::warm_outputs`] (or use [`Indicator::update_into`], which leaves them out).
     fn update(&mut self, x: &Input) -> Option<&[f64]>;
-    /// Returns the current values, or `None` during warm-up.
+    /// Returns the current values, or `None` while no output is warm (as [`Indicator::update`]).
     fn values(&self) -> Option<&[f64]>;
     /// The names of the outputs, in the order of the values.
     fn outputs(&self) -> &'static [&'static str];
+    /// Returns, while the outputs are only partly warm, which of them have a value (one flag
+    /// per output); `None` when every value [`Indicator::values`] gives is warm. Outputs warm up
+    /// at the input TA-Lib gives each its first value: most indicators' outputs all at once, but
+    /// ADX's +DI and −DI (TA-Lib's PLUS_DI and MINUS_DI, lookback `period`) before the ADX
+    /// (lookback `2·period − 1`). A value not yet warm is NaN.
+    fn warm_outputs(&self) -> Option<&'static [bool]> {
+        None
+    }
+    /// Feeds the next input and writes each output's value into `out` (one slot per output):
+    /// `None` for an output still warming up.
+    fn update_into(&mut self, x: &Input, out: &mut [Option<f64>]) {
+        match self.update(x) {
+            Some(vals) => {
+                for (c, v) in out.iter_mut().zip(vals) {
+                    *c = Some(*v);
+                }
+            }
+            None => {
+                out.fill(None);
+                return;
+            }
+        }
+        if let Some(warm) = self.warm_outputs() {
+            for (c, w) in out.iter_mut().zip(warm) {
+                if !w {
+                    *c = None;
+                }
+            }
+        }
+    }
 }
 
 /// TA-Lib's `TA_IS_ZERO` (TA-Lib 0.6+: `|v| < 1e-14`).

@@ -17,6 +17,18 @@ fn run_bars(spec: &str, bars: &[(f64, f64, f64)]) -> Vec<Option<Vec<f64>>> {
         })
         .collect()
 }
+/// Every output of `spec` over bars (`(high, low, close)`), `None` while that output warms up.
+fn run_outputs(spec: &str, bars: &[(f64, f64, f64)]) -> Vec<Vec<Option<f64>>> {
+    let mut ind = spec.parse::<IndicatorSpec>().unwrap().build();
+    bars.iter()
+        .map(|&(h, l, c)| {
+            let mut out = vec![None; ind.outputs().len()];
+            ind.update_into(&Input::bar(0, c, h, l, c, 1.0), &mut out);
+            out
+        })
+        .collect()
+}
+
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
 }
@@ -371,10 +383,100 @@ fn adx_of_a_steady_rise_is_100_with_no_minus_di() {
             (b + 1.0, b, b + 0.5)
         })
         .collect();
-    let out = run_bars("adx(5)", &bars);
-    assert!(out[..9].iter().all(Option::is_none));
-    let o = out[39].as_ref().unwrap();
+    let out = run_outputs("adx(5)", &bars);
+    // +DI and −DI from input 5 (TA-Lib's PLUS_DI/MINUS_DI lookback), the ADX from 9 (2·5 − 1).
+    for (i, o) in out.iter().enumerate() {
+        assert_eq!(o[0].is_some(), i >= 9, "adx at {i}");
+        assert_eq!(
+            (o[1].is_some(), o[2].is_some()),
+            (i >= 5, i >= 5),
+            "di at {i}"
+        );
+    }
+    let o: Vec<f64> = out[39].iter().map(|v| v.unwrap()).collect();
     assert!(close(o[0], 100.0, 1e-9) && close(o[2], 0.0, 1e-12) && o[1] > 0.0);
+    // A steady rise: +DM = 1 and TR = 1.5 per bar, so +DI = 200/3 from its first value on.
+    assert!(close(out[5][1].unwrap(), 200.0 / 3.0, 1e-9) && out[5][2] == Some(0.0));
+}
+
+/// The Python `ta-lib` 0.8.2 package's `ADX`, `PLUS_DI` and `MINUS_DI` (period 3) on eight bars:
+/// each output warm exactly where TA-Lib gives it a value (its own lookback: 5 for the ADX, 3
+/// for +DI and −DI), with TA-Lib's values.
+#[test]
+fn adx_warms_each_output_when_ta_lib_gives_it_a_value() {
+    let bars = [
+        (10.0, 9.0, 9.5),
+        (10.5, 9.2, 10.2),
+        (10.4, 9.6, 9.8),
+        (11.0, 9.9, 10.8),
+        (10.9, 10.1, 10.3),
+        (10.6, 9.7, 9.9),
+        (11.2, 10.0, 11.1),
+        (11.5, 10.8, 11.0),
+    ];
+    let nan = f64::NAN;
+    let talib: [[f64; 8]; 3] = [
+        [
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            67.27272727272725,
+            62.63106224229332,
+            63.9289091172308,
+        ],
+        [
+            nan,
+            nan,
+            nan,
+            35.897435897435884,
+            24.561403508771914,
+            16.022889842632317,
+            28.967768257853926,
+            32.54581250946543,
+        ],
+        [
+            nan,
+            nan,
+            nan,
+            0.0,
+            0.0,
+            15.450643776824041,
+            8.812729498164025,
+            6.542480690595194,
+        ],
+    ];
+    let out = run_outputs("adx(3)", &bars);
+    for (o, want) in talib.iter().enumerate() {
+        for (i, w) in want.iter().enumerate() {
+            match out[i][o] {
+                None => assert!(w.is_nan(), "output {o} at {i}: TA-Lib {w}, tickflow none"),
+                Some(v) => assert!(
+                    close(v, *w, 1e-12 * w.abs().max(1.0)),
+                    "output {o} at {i}: {v} vs {w}"
+                ),
+            }
+        }
+    }
+    let lookback = |o: usize| out.iter().position(|v| v[o].is_some());
+    assert_eq!(
+        (lookback(0), lookback(1), lookback(2)),
+        (Some(5), Some(3), Some(3))
+    );
+    assert!(out.iter().skip(3).all(|v| v[1].is_some() && v[2].is_some()));
+    let mut ind = "adx(3)".parse::<IndicatorSpec>().unwrap().build();
+    for (i, &(h, l, c)) in bars.iter().enumerate() {
+        let vals = ind.update(&Input::bar(0, c, h, l, c, 1.0));
+        assert_eq!(vals.is_some(), i >= 3, "some output warm at {i}");
+        // Partly warm: the ADX's slot is NaN and flagged.
+        if (3..5).contains(&i) {
+            assert!(vals.unwrap()[0].is_nan());
+            assert_eq!(ind.warm_outputs(), Some(&[false, true, true][..]));
+        } else {
+            assert_eq!(ind.warm_outputs(), None, "{i}");
+        }
+    }
 }
 
 #[test]
