@@ -8,7 +8,8 @@ pub use tick_formats::csv::*;
 use tick_core::error::Cause;
 use crate::source::{BuildSource, Rejected, SourceContext, SourceError, TickSource};
 use async_trait::async_trait;
-use std::io::{BufRead, Read};
+use crate::lines::{Line, LineSplitter};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use tick_core::Tick;
 
@@ -30,55 +31,30 @@ pub const MAX_CSV_LINE: usize = 64 * 1024;
 /// A CSV file as a source, read to its end as fast as the bus takes it.
 pub struct CsvSource {
     path: PathBuf,
-    reader: std::io::BufReader<std::fs::File>,
+    reader: std::fs::File,
+    lines: LineSplitter,
+    eof: bool,
     parser: CsvParser,
     line_no: usize,
     rejects: Vec<Rejected>,
 }
 
-/// One line read: its text, or why it cannot be parsed (with the bytes kept of it).
-enum Line {
-    Text(String),
-    Refused { reason: &'static str, why: String, bytes: Vec<u8> },
-}
-
 impl CsvSource {
     /// Reads the next line (without its line ending); `None` at the end of the file.
     fn next_line(&mut self) -> std::io::Result<Option<Line>> {
-        let mut buf = Vec::new();
-        let limit = MAX_CSV_LINE as u64 + 1;
-        let n = (&mut self.reader).take(limit).read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        if buf.len() > MAX_CSV_LINE && buf.last() != Some(&b'\n') {
-            // Skip the rest of the line without holding it.
-            let mut len = buf.len();
-            loop {
-                let mut rest = Vec::new();
-                let m = (&mut self.reader).take(limit).read_until(b'\n', &mut rest)?;
-                len += m;
-                if m == 0 || rest.last() == Some(&b'\n') {
-                    break;
-                }
+        loop {
+            if let Some(line) = self.lines.next_line() {
+                return Ok(Some(line));
             }
-            return Ok(Some(Line::Refused {
-                reason: "line_too_long",
-                why: format!("line of {len} bytes, over the limit of {MAX_CSV_LINE}"),
-                bytes: buf,
-            }));
+            if self.eof {
+                return Ok(self.lines.finish());
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.reader.read(&mut chunk)? {
+                0 => self.eof = true,
+                n => self.lines.push(&chunk[..n]),
+            }
         }
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
-        }
-        Ok(Some(match String::from_utf8(buf) {
-            Ok(text) => Line::Text(text),
-            Err(e) => Line::Refused {
-                reason: "malformed_line",
-                why: format!("not UTF-8: {}", e.utf8_error()),
-                bytes: e.into_bytes(),
-            },
-        }))
     }
 
     /// Opens `path`.
@@ -87,7 +63,9 @@ impl CsvSource {
             .map_err(|e| SourceError::Input(Cause::new(path.display().to_string(), e)))?;
         Ok(Self {
             path: path.to_path_buf(),
-            reader: std::io::BufReader::new(f),
+            reader: f,
+            lines: LineSplitter::new(MAX_CSV_LINE),
+            eof: false,
             parser,
             line_no: 0,
             rejects: Vec::new(),
@@ -115,12 +93,9 @@ impl TickSource for CsvSource {
             self.line_no += 1;
             let line = match line {
                 Line::Text(text) => text,
-                Line::Refused { reason, why, bytes } => {
-                    self.rejects.push(Rejected {
-                        reason: reason.into(),
-                        detail: format!("{}:{}: {why}", self.path.display(), self.line_no),
-                        payload: bytes,
-                    });
+                Line::Refused(refusal) => {
+                    let at = format!("{}:{}", self.path.display(), self.line_no);
+                    self.rejects.push(Rejected::line(at, refusal));
                     continue;
                 }
             };
@@ -128,7 +103,7 @@ impl TickSource for CsvSource {
                 Ok(Some(t)) => out.push(t),
                 Ok(None) => {}
                 Err(reason) => self.rejects.push(Rejected {
-                    reason: "malformed_line".into(),
+                    reason: "malformed_line",
                     detail: format!("{}:{}: {reason}", self.path.display(), self.line_no),
                     payload: line.into_bytes(),
                 }),
@@ -165,7 +140,7 @@ mod tests {
         let rejects = src.take_rejects();
         let got: Vec<(&str, bool)> = rejects
             .iter()
-            .map(|r| (r.reason.as_str(), r.payload.len() <= MAX_CSV_LINE + 1))
+            .map(|r| (r.reason, r.payload.len() <= MAX_CSV_LINE + 1))
             .collect();
         assert_eq!(
             got,
@@ -176,7 +151,7 @@ mod tests {
                 ("line_too_long", true),
             ]
         );
-        assert!(rejects[0].detail.contains(":3: line of 8388609 bytes"), "{}", rejects[0].detail);
+        assert!(rejects[0].detail.contains(":3: line of 8388608 bytes"), "{}", rejects[0].detail);
         assert!(rejects[1].detail.contains(":4: not UTF-8"), "{}", rejects[1].detail);
         assert!(rejects[2].detail.contains(":5:"), "{}", rejects[2].detail);
         assert!(rejects[3].detail.contains(":7:"), "{}", rejects[3].detail);

@@ -44,8 +44,21 @@ pub async fn run(
         );
     }
     health.set_ready(true);
+    let dead_letters = spool::Spool::open(&cfg.spool_dir).with_context(|| {
+        format!(
+            "failed to open the dead-letter spool in {}",
+            cfg.spool_dir.display()
+        )
+    })?;
+    if dead_letters.depth() > 0 {
+        tracing::warn!(
+            dead_letters = dead_letters.depth(),
+            "dead-letter spool holds records from an earlier run; they are sent first"
+        );
+    }
     let spooler = Spooler {
         spool,
+        dead_letters,
         after: cfg.spool_after,
     };
     run_source(

@@ -1,6 +1,7 @@
 //! The ingest stage: reads ticks from a [`source::TickSource`] and publishes each, keyed by
 //! symbol, to `ticks.raw`.
 
+pub mod lines;
 pub mod source;
 pub mod spool;
 
@@ -35,33 +36,54 @@ crate::register_sources! {
     oanda: Oanda => OandaArgs,
 }
 
-/// The spool and when to use it.
+/// The spools and when to use them.
 pub struct Spooler {
-    /// The spool file.
+    /// The spool file of ticks.
     pub spool: spool::Spool,
+    /// The spool file of dead letters produced while the bus does not confirm.
+    pub dead_letters: spool::Spool<spool::EncodedDeadLetter>,
     /// Unconfirmed for this long means the bus is down.
     pub after: Duration,
+}
+
+/// What a pending publication was, kept (with a spooler) to be spooled if it fails.
+enum Sent {
+    Tick(Option<tick_core::Tick>),
+    DeadLetter(Option<Vec<u8>>),
 }
 
 struct Pending {
     sent: tokio::time::Instant,
     receipt: Receipt,
-    tick: Option<tick_core::Tick>,
+    what: Sent,
     /// Position of the tick in the source's output (for DLQ records: the next position).
     index: u64,
 }
 
-/// Counters of the ingest stage.
+/// Counters of the ingest stage. Every input the source read is counted once, by its outcome:
+/// `inputs = received + rejected + skipped`, and, once the bus confirmed or refused them,
+/// `received = published + failed + spooled` (ticks still in the spool).
 #[derive(Debug, Default)]
 pub struct IngestStats {
+    /// Inputs the source read: ticks, rejected inputs and skipped inputs.
+    pub inputs: AtomicU64,
     /// Ticks read from the source.
     pub received: AtomicU64,
     /// Ticks the bus confirmed.
     pub published: AtomicU64,
-    /// Ticks the bus failed to accept.
+    /// Ticks the bus failed to accept (with no spool to keep them).
     pub failed: AtomicU64,
     /// Inputs the source could not parse (sent to `ticks.dlq`).
     pub rejected: AtomicU64,
+    /// Inputs the source read and deliberately left out (e.g. prices a reconnect repeats).
+    pub skipped: AtomicU64,
+    /// Dead letters the bus confirmed.
+    pub dead_letters: AtomicU64,
+    /// Dead letters written to the dead-letter spool (sent from there when the bus answers).
+    pub dead_letters_spooled: AtomicU64,
+    /// Dead letters given up on (the bus refused them past the in-memory bound, without a
+    /// spool, or still at shutdown).
+    pub dead_letters_lost: AtomicU64,
     /// How many of the source's ticks, counted in the order the source produced them, are
     /// durable (confirmed by the bus or spooled) without a gap: what MT5 acknowledgements follow.
     pub durable: Durability,
@@ -77,6 +99,7 @@ pub async fn run_source(
     shutdown: CancellationToken,
     spooler: Option<Spooler>,
 ) -> anyhow::Result<()> {
+    let name = source.name().to_string();
     let mut out = Outbox {
         spooling: spooler.as_ref().is_some_and(|s| s.spool.depth() > 0),
         spooler,
@@ -86,9 +109,10 @@ pub async fn run_source(
         emitted: 0,
         lost_at: None,
         unsent: Default::default(),
+        source: name.clone(),
     };
     let mut batch = Vec::with_capacity(1024);
-    let mut feed = FeedWatch::new(source.name());
+    let mut feed = FeedWatch::new(&name);
     let mut next_probe = tokio::time::Instant::now();
     loop {
         batch.clear();
@@ -104,35 +128,56 @@ pub async fn run_source(
                 Duration::from_millis(20)
             }) => true,
         };
+        out.count_in(batch.len() as u64, "received");
         out.stats
             .received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         feed.saw(&batch);
         feed.report(out.spool_depth());
-        metrics::counter!("tickflow_ingest_ticks_received_total", "source" => source.name().to_string())
+        metrics::counter!("tickflow_ingest_ticks_received_total", "source" => name.clone())
             .increment(batch.len() as u64);
         out.publish(&mut batch).await?;
         out.retry_dead_letters().await;
         for r in source.take_rejects() {
-            out.reject(source.name(), r).await;
+            out.reject(r).await?;
+        }
+        for s in source.take_skipped() {
+            out.skip(s);
         }
         out.reap()?;
-        if out.spooling && tokio::time::Instant::now() >= next_probe && out.pending.is_empty() {
+        if tokio::time::Instant::now() >= next_probe && out.pending.is_empty() {
             next_probe = tokio::time::Instant::now() + Duration::from_secs(1);
-            out.try_drain().await?;
+            if out.spooling {
+                out.try_drain().await?;
+            }
+            if !out.spooling {
+                out.drain_dead_letters().await?;
+            }
         }
         if let Some(sp) = &out.spooler {
             metrics::gauge!("tickflow_ingest_spool_depth").set(sp.spool.depth() as f64);
+            metrics::gauge!("tickflow_ingest_dead_letter_spool_depth")
+                .set(sp.dead_letters.depth() as f64);
         }
         if !more {
             break;
         }
     }
     out.finish(&shutdown).await?;
+    let st = &out.stats;
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     tracing::info!(
-        source = source.name(),
-        received = out.stats.received.load(Ordering::Relaxed),
+        source = %name,
+        inputs = n(&st.inputs),
+        received = n(&st.received),
+        published = n(&st.published),
+        failed = n(&st.failed),
         spooled = out.spooler.as_ref().map_or(0, |s| s.spool.depth()),
+        rejected = n(&st.rejected),
+        skipped = n(&st.skipped),
+        dead_letters = n(&st.dead_letters),
+        dead_letters_spooled = out.spooler.as_ref().map_or(0, |s| s.dead_letters.depth()),
+        dead_letters_lost = n(&st.dead_letters_lost),
         "ingest stopped"
     );
     Ok(())
@@ -151,13 +196,16 @@ struct Outbox {
     /// Position of the first publication that failed unspooled: durability stops there (a
     /// source then acknowledges nothing after it, so its peer resends).
     lost_at: Option<u64>,
-    /// Dead letters the bus refused to take, with their position, oldest first: sent again on
-    /// every turn of the loop. Durability stops before the oldest.
+    /// Without a spool: dead letters the bus refused to take, with their position, oldest
+    /// first, sent again on every turn of the loop. Durability stops before the oldest.
     unsent: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// The source's name (a metric label).
+    source: String,
 }
 
-/// Dead letters kept for another try while the bus refuses them; past this, the oldest is
-/// dropped (counted and logged) so a stream of rejects cannot exhaust memory.
+/// Dead letters kept in memory for another try while the bus refuses them (without a spool);
+/// past this, the oldest is dropped (counted and logged) so a stream of rejects cannot exhaust
+/// memory.
 const MAX_UNSENT_DEAD_LETTERS: usize = 10_000;
 
 impl Outbox {
@@ -166,6 +214,16 @@ impl Outbox {
             .as_ref()
             .filter(|_| self.spooling)
             .map(|s| s.spool.depth())
+    }
+
+    /// Counts `n` inputs read from the source with their outcome.
+    fn count_in(&self, n: u64, outcome: &'static str) {
+        if n == 0 {
+            return;
+        }
+        self.stats.inputs.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("tickflow_ingest_inputs_total", "source" => self.source.clone(), "outcome" => outcome)
+            .increment(n);
     }
 
     /// Publishes a batch of ticks, or spools it while the bus does not confirm.
@@ -187,7 +245,7 @@ impl Outbox {
             self.pending.push_back(Pending {
                 sent: tokio::time::Instant::now(),
                 receipt,
-                tick: keep,
+                what: Sent::Tick(keep),
                 index: self.emitted,
             });
             self.emitted += 1;
@@ -195,58 +253,99 @@ impl Outbox {
         Ok(())
     }
 
-    /// Publishes a rejected input to `ticks.dlq` with its reason (its payload bounded). A
-    /// dead letter the bus refuses is kept and sent again later: never the end of the source.
-    async fn reject(&mut self, source: &str, r: source::Rejected) {
-        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("tickflow_ingest_rejected_total", "source" => source.to_string(), "reason" => r.reason.clone())
+    /// Records an input the source skipped: counted by reason and logged.
+    fn skip(&mut self, s: source::Skipped) {
+        self.count_in(1, "skipped");
+        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tickflow_ingest_skipped_total", "source" => self.source.clone(), "reason" => s.reason)
             .increment(1);
-        tracing::warn!(reason = %r.reason, detail = %r.detail, "input rejected");
-        let record = DeadLetterRecord::new("ingest", &r.reason, r.detail, r.payload, source);
-        self.send_dead_letter(self.emitted, record.encode()).await;
+        tracing::info!(reason = s.reason, detail = %s.detail, "input skipped");
     }
 
-    /// Sends one encoded dead letter at position `index`; keeps it for another try if the bus
-    /// refuses it.
-    async fn send_dead_letter(&mut self, index: u64, payload: Vec<u8>) {
+    /// Publishes a rejected input to `ticks.dlq` with its reason (its payload bounded). A
+    /// dead letter the bus refuses is spooled, or kept and sent again later: never the end of
+    /// the source.
+    async fn reject(&mut self, r: source::Rejected) -> anyhow::Result<()> {
+        self.count_in(1, "rejected");
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tickflow_ingest_rejected_total", "source" => self.source.clone(), "reason" => r.reason)
+            .increment(1);
+        tracing::warn!(reason = %r.reason, detail = %r.detail, "input rejected");
+        let record = DeadLetterRecord::new("ingest", r.reason, r.detail, r.payload, &self.source);
+        self.send_dead_letter(self.emitted, record.encode()).await
+    }
+
+    /// Writes encoded dead letters to the dead-letter spool.
+    fn spool_dead_letters(&mut self, letters: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        let Some(sp) = &mut self.spooler else {
+            return Ok(());
+        };
+        let n = letters.len() as u64;
+        let letters: Vec<_> = letters.into_iter().map(spool::EncodedDeadLetter).collect();
+        sp.dead_letters
+            .append(&letters)
+            .context("failed to write the dead-letter spool")?;
+        self.stats
+            .dead_letters_spooled
+            .fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("tickflow_ingest_dead_letters_spooled_total").increment(n);
+        Ok(())
+    }
+
+    /// Sends one encoded dead letter at position `index`. While ticks are spooled, and when
+    /// the bus refuses it, it goes to the dead-letter spool (without a spool: kept in memory for
+    /// another try).
+    async fn send_dead_letter(&mut self, index: u64, payload: Vec<u8>) -> anyhow::Result<()> {
+        if self.spooling && self.spooler.is_some() {
+            return self.spool_dead_letters(vec![payload]);
+        }
+        // Dead letters are rare and bounded (16 KiB): a copy is kept until the bus confirms.
         match self.producer.send(topics::DLQ, b"", payload.clone()).await {
-            Ok(receipt) => self.pending.push_back(Pending {
-                sent: tokio::time::Instant::now(),
-                receipt,
-                tick: None,
-                index,
-            }),
+            Ok(receipt) => {
+                let keep = self.spooler.is_some().then_some(payload);
+                self.pending.push_back(Pending {
+                    sent: tokio::time::Instant::now(),
+                    receipt,
+                    what: Sent::DeadLetter(keep),
+                    index,
+                });
+                Ok(())
+            }
             Err(e) => {
                 metrics::counter!("tickflow_ingest_dead_letter_send_failed_total").increment(1);
                 tracing::warn!(error = %tick_core::error::chain(&e), "the bus refused a dead letter; it will be sent again");
+                if self.spooler.is_some() {
+                    return self.spool_dead_letters(vec![payload]);
+                }
                 if self.unsent.len() >= MAX_UNSENT_DEAD_LETTERS {
                     self.unsent.pop_front();
-                    metrics::counter!("tickflow_ingest_dead_letters_dropped_total").increment(1);
+                    self.lose_dead_letters(1);
                     tracing::error!(
                         kept = MAX_UNSENT_DEAD_LETTERS,
                         "too many dead letters the bus refuses: the oldest is dropped"
                     );
                 }
                 self.unsent.push_back((index, payload));
+                Ok(())
             }
         }
     }
 
-    /// Sends again the dead letters the bus refused, oldest first, until one is refused again.
+    /// Sends again the dead letters the bus refused (no spool), oldest first, until one is
+    /// refused again.
     async fn retry_dead_letters(&mut self) {
-        let tries = self.unsent.len();
-        for _ in 0..tries {
-            let Some((index, payload)) = self.unsent.pop_front() else {
-                break;
-            };
-            let before = self.unsent.len();
-            self.send_dead_letter(index, payload).await;
-            if self.unsent.len() > before {
-                // Refused again (now at the back): restore the order and wait for a later turn.
-                if let Some(last) = self.unsent.pop_back() {
-                    self.unsent.push_front(last);
+        while let Some((index, payload)) = self.unsent.pop_front() {
+            match self.producer.send(topics::DLQ, b"", payload.clone()).await {
+                Ok(receipt) => self.pending.push_back(Pending {
+                    sent: tokio::time::Instant::now(),
+                    receipt,
+                    what: Sent::DeadLetter(None),
+                    index,
+                }),
+                Err(_) => {
+                    self.unsent.push_front((index, payload));
+                    break;
                 }
-                break;
             }
         }
     }
@@ -254,12 +353,26 @@ impl Outbox {
     /// Takes confirmations and advances the durability count the source's acknowledgements
     /// follow.
     fn reap(&mut self) -> anyhow::Result<()> {
-        let lost = reap(
-            &mut self.pending,
-            &mut self.spooler,
-            &mut self.spooling,
-            &self.stats,
-        )?;
+        let mut lost = None;
+        let mut respool = Vec::new();
+        use futures::FutureExt;
+        while let Some(front) = self.pending.front_mut() {
+            let Some(result) = (&mut front.receipt).now_or_never() else {
+                if let Some(sp) = &self.spooler
+                    && !self.spooling
+                    && front.sent.elapsed() > sp.after
+                {
+                    self.spooling = true;
+                    tracing::error!(after = ?sp.after, "kafka is not confirming: spooling ticks to disk until it answers");
+                }
+                break;
+            };
+            let p = self.pending.pop_front().expect("front exists");
+            self.settle(p, result, &mut lost, &mut respool)?;
+        }
+        if !respool.is_empty() {
+            self.spool_dead_letters(respool)?;
+        }
         if let Some(at) = lost
             && self.lost_at.is_none()
         {
@@ -280,11 +393,85 @@ impl Outbox {
         Ok(())
     }
 
+    /// Counts one resolved publication; a failed one is spooled when it was kept for that.
+    fn settle(
+        &mut self,
+        p: Pending,
+        result: Result<(), tick_core::bus::BusError>,
+        lost: &mut Option<u64>,
+        respool: &mut Vec<Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        match (result, p.what) {
+            (Ok(()), Sent::Tick(_)) => {
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tickflow_ingest_ticks_published_total", "source" => self.source.clone())
+                    .increment(1);
+            }
+            (Ok(()), Sent::DeadLetter(_)) => {
+                self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tickflow_ingest_dead_letters_published_total").increment(1);
+            }
+            (Err(_), Sent::Tick(Some(t))) => {
+                let sp = self.spooler.as_mut().expect("kept only with a spooler");
+                sp.spool.append(std::slice::from_ref(&t))?;
+                self.spooling = true;
+            }
+            (Err(_), Sent::DeadLetter(Some(d))) => respool.push(d),
+            (Err(e), Sent::Tick(None)) => {
+                lost.get_or_insert(p.index);
+                tracing::error!(error = %tick_core::error::chain(&e), "publish failed");
+                metrics::counter!("tickflow_ingest_publish_failed_total").increment(1);
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            (Err(e), Sent::DeadLetter(None)) => {
+                tracing::error!(error = %tick_core::error::chain(&e), "a dead letter was not delivered; it is lost");
+                self.lose_dead_letters(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn lose_dead_letters(&self, n: u64) {
+        self.stats.dead_letters_lost.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("tickflow_ingest_dead_letters_dropped_total").increment(n);
+    }
+
     /// Tries to send the spool; spooling stops once Kafka confirmed all of it.
     async fn try_drain(&mut self) -> anyhow::Result<()> {
         if let Some(sp) = &mut self.spooler {
-            self.spooling = !drain(sp, self.producer.as_ref(), &self.stats).await?;
+            self.spooling = !drain(sp, self.producer.as_ref(), &self.stats, &self.source).await?;
         }
+        Ok(())
+    }
+
+    /// Sends the dead-letter spool once the bus confirms again; it is emptied when every dead
+    /// letter in it was confirmed (a failure part-way sends it again later: a dead letter may
+    /// then appear twice on `ticks.dlq`, never zero times).
+    async fn drain_dead_letters(&mut self) -> anyhow::Result<()> {
+        let Some(sp) = &mut self.spooler else {
+            return Ok(());
+        };
+        if sp.dead_letters.depth() == 0 {
+            return Ok(());
+        }
+        let letters = sp.dead_letters.read_all()?;
+        let mut receipts = Vec::with_capacity(letters.len());
+        for d in &letters {
+            match self.producer.send(topics::DLQ, b"", d.0.clone()).await {
+                Ok(r) => receipts.push(r),
+                Err(_) => return Ok(()),
+            }
+        }
+        for r in receipts {
+            if r.await.is_err() {
+                return Ok(());
+            }
+        }
+        sp.dead_letters.clear()?;
+        let n = letters.len() as u64;
+        self.stats.dead_letters.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("tickflow_ingest_dead_letters_published_total").increment(n);
+        tracing::warn!(dead_letters = n, "dead-letter spool drained");
         Ok(())
     }
 
@@ -314,28 +501,51 @@ impl Outbox {
             self.reap()?;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        if !self.spooling && self.pending.is_empty() {
+            self.drain_dead_letters().await?;
+        }
         if !self.unsent.is_empty() {
-            metrics::counter!("tickflow_ingest_dead_letters_dropped_total")
-                .increment(self.unsent.len() as u64);
+            self.lose_dead_letters(self.unsent.len() as u64);
             tracing::error!(
                 dead_letters = self.unsent.len(),
                 "the bus still refuses these dead letters at shutdown; they are lost"
             );
             self.unsent.clear();
         }
-        if let Some(sp) = &mut self.spooler {
-            let left: Vec<_> = self.pending.drain(..).filter_map(|p| p.tick).collect();
-            if !left.is_empty() {
+        if self.spooler.is_some() {
+            let (mut ticks, mut letters) = (Vec::new(), Vec::new());
+            for p in self.pending.drain(..) {
+                match p.what {
+                    Sent::Tick(Some(t)) => ticks.push(t),
+                    Sent::DeadLetter(Some(d)) => letters.push(d),
+                    _ => {}
+                }
+            }
+            if !ticks.is_empty() {
                 tracing::warn!(
-                    ticks = left.len(),
+                    ticks = ticks.len(),
                     "unconfirmed at shutdown; kept in the spool"
                 );
-                sp.spool.append(&left)?;
+                let sp = self.spooler.as_mut().expect("spooler");
+                sp.spool.append(&ticks)?;
+            }
+            if !letters.is_empty() {
+                tracing::warn!(
+                    dead_letters = letters.len(),
+                    "dead letters unconfirmed at shutdown; kept in the dead-letter spool"
+                );
+                self.spool_dead_letters(letters)?;
             }
         } else {
-            for p in self.pending.drain(..) {
-                settle_one(p.receipt.await, &self.stats);
+            let (mut lost, mut respool) = (None, Vec::new());
+            while let Some(mut p) = self.pending.pop_front() {
+                let result = (&mut p.receipt).await;
+                self.settle(p, result, &mut lost, &mut respool)?;
             }
+            if let Some(at) = lost {
+                self.lost_at.get_or_insert(at);
+            }
+            self.reap()?;
             self.producer.flush().await?;
         }
         Ok(())
@@ -420,56 +630,13 @@ impl FeedWatch {
     }
 }
 
-/// Takes confirmed publications off the front; a failed one goes to the spool; one unconfirmed
-/// for too long switches to spooling.
-///
-/// Returns the position of the first publication that failed and could not be spooled (none
-/// when every failure was spooled): nothing from there on may count as durable.
-fn reap(
-    pending: &mut std::collections::VecDeque<Pending>,
-    spooler: &mut Option<Spooler>,
-    spooling: &mut bool,
-    stats: &IngestStats,
-) -> anyhow::Result<Option<u64>> {
-    let mut lost = None;
-    use futures::FutureExt;
-    while let Some(front) = pending.front_mut() {
-        match (&mut front.receipt).now_or_never() {
-            Some(result) => {
-                let p = pending.pop_front().expect("front exists");
-                if result.is_err()
-                    && let (Some(sp), Some(t)) = (spooler.as_mut(), p.tick)
-                {
-                    sp.spool.append(std::slice::from_ref(&t))?;
-                    *spooling = true;
-                    continue;
-                }
-                if result.is_err() {
-                    lost.get_or_insert(p.index);
-                }
-                settle_one(result, stats);
-            }
-            None => {
-                if let Some(sp) = spooler
-                    && !*spooling
-                    && front.sent.elapsed() > sp.after
-                {
-                    *spooling = true;
-                    tracing::error!(after = ?sp.after, "kafka is not confirming: spooling ticks to disk until it answers");
-                }
-                break;
-            }
-        }
-    }
-    Ok(lost)
-}
-
 /// Sends the spool's ticks in order; returns whether all were confirmed (then the spool is
 /// emptied).
 async fn drain(
     sp: &mut Spooler,
     producer: &dyn Producer,
     stats: &IngestStats,
+    source: &str,
 ) -> anyhow::Result<bool> {
     let ticks = sp.spool.read_all()?;
     let mut receipts = Vec::with_capacity(ticks.len());
@@ -495,25 +662,14 @@ async fn drain(
             stats
                 .published
                 .fetch_add(ticks.len() as u64, Ordering::Relaxed);
+            metrics::counter!("tickflow_ingest_ticks_published_total", "source" => source.to_string())
+                .increment(ticks.len() as u64);
             tracing::warn!(ticks = ticks.len(), "kafka answers again: spool drained");
             Ok(true)
         }
         Err(e) => {
             tracing::warn!(ticks = ticks.len(), error = %tick_core::error::chain(&e), "spool drain failed; keeping the spool");
             Ok(false)
-        }
-    }
-}
-
-fn settle_one(result: Result<(), tick_core::bus::BusError>, stats: &IngestStats) {
-    match result {
-        Ok(()) => {
-            stats.published.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            tracing::error!(error = %tick_core::error::chain(&e), "publish failed");
-            metrics::counter!("tickflow_ingest_publish_failed_total").increment(1);
-            stats.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -612,7 +768,7 @@ mod tests {
                 110_000,
             ));
             self.rejects.push(source::Rejected {
-                reason: "malformed_line".into(),
+                reason: "malformed_line",
                 detail: format!("line {}", self.left),
                 payload: vec![b'x'; 100],
             });
@@ -648,11 +804,63 @@ mod tests {
             assert_eq!(stats.received.load(Ordering::Relaxed), 4, "refuse {refuse}");
             assert_eq!(stats.rejected.load(Ordering::Relaxed), 4);
             assert_eq!(producer.dead_letters.load(Ordering::Relaxed), delivered);
+            // Ticks and dead letters are counted apart: every input once, by its outcome.
+            assert_eq!(stats.published.load(Ordering::Relaxed), 4);
+            assert_eq!(stats.dead_letters.load(Ordering::Relaxed), delivered as u64);
             assert_eq!(
-                stats.published.load(Ordering::Relaxed),
-                4 + delivered as u64
+                stats.dead_letters_lost.load(Ordering::Relaxed),
+                4 - delivered as u64
             );
+            assert_eq!(stats.inputs.load(Ordering::Relaxed), 8);
         }
+    }
+
+    #[tokio::test]
+    async fn with_a_spool_a_refused_dead_letter_is_spooled_and_sent_when_the_bus_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let producer = Arc::new(RefusesDeadLetters {
+            refuse: 3.into(),
+            dead_letters: Default::default(),
+        });
+        let stats = Arc::new(IngestStats::default());
+        let spooler = Spooler {
+            spool: spool::Spool::open(dir.path()).unwrap(),
+            dead_letters: spool::Spool::open(dir.path()).unwrap(),
+            after: Duration::from_secs(60),
+        };
+        let source = TicksAndRejects {
+            left: 4,
+            rejects: vec![],
+        };
+        run_source(
+            Box::new(source),
+            producer.clone(),
+            stats.clone(),
+            CancellationToken::new(),
+            Some(spooler),
+        )
+        .await
+        .unwrap();
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(
+            producer.dead_letters.load(Ordering::Relaxed),
+            4,
+            "all delivered"
+        );
+        assert!(
+            n(&stats.dead_letters_spooled) > 0,
+            "refused ones went to the spool"
+        );
+        assert_eq!(n(&stats.dead_letters), 4);
+        assert_eq!(n(&stats.dead_letters_lost), 0);
+        assert_eq!(
+            spool::Spool::<spool::EncodedDeadLetter>::open(dir.path())
+                .unwrap()
+                .depth(),
+            0,
+            "the dead-letter spool was drained"
+        );
+        assert_eq!(n(&stats.inputs), n(&stats.received) + n(&stats.rejected));
     }
 
     #[tokio::test]

@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tick_core::shutdown::CancellationToken;
 use tick_core::{KeyOrdinals, Price, Tick, clock, idempotency_key};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use crate::lines::{Line, LineSplitter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 
 /// Options of the MetaTrader 5 listener (`--source mt5`).
@@ -49,15 +50,55 @@ pub struct Mt5Args {
     /// MT5: most simultaneous terminal connections.
     #[arg(long, env = "TICKFLOW_MT5_MAX_CONNECTIONS", default_value_t = 64)]
     pub mt5_max_connections: usize,
-    /// MT5: longest accepted line, in bytes.
+    /// MT5: longest accepted line, in bytes; a longer line is a reject, the connection goes on.
     #[arg(long, env = "TICKFLOW_MT5_MAX_LINE", default_value_t = 4096)]
     pub mt5_max_line: usize,
+    /// MT5: serve TLS with this certificate chain (PEM); needs --mt5-tls-key. The EA then
+    /// connects with `SocketTlsHandshake` (see clients/mt5/README.md).
+    #[arg(long, env = "TICKFLOW_MT5_TLS_CERT", requires = "mt5_tls_key")]
+    pub mt5_tls_cert: Option<std::path::PathBuf>,
+    /// MT5: the TLS certificate's private key (PEM, PKCS#8).
+    #[arg(long, env = "TICKFLOW_MT5_TLS_KEY", requires = "mt5_tls_cert")]
+    pub mt5_tls_key: Option<std::path::PathBuf>,
+}
+
+/// A TLS server identity for the MT5 listener.
+#[derive(Clone)]
+pub struct Mt5Tls(tokio_native_tls::TlsAcceptor);
+
+impl std::fmt::Debug for Mt5Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mt5Tls")
+    }
+}
+
+impl Mt5Tls {
+    /// Builds the acceptor from a PEM certificate chain and its PEM (PKCS#8) private key.
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> anyhow::Result<Self> {
+        let identity = native_tls::Identity::from_pkcs8(cert, key)
+            .context("the MT5 TLS certificate or key is not valid PEM (PKCS#8 key)")?;
+        let acceptor = native_tls::TlsAcceptor::new(identity)
+            .context("failed to set up TLS for the MT5 listener")?;
+        Ok(Self(acceptor.into()))
+    }
+
+    /// Reads the certificate and key files.
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("failed to read {}", p.display()))
+        };
+        Self::from_pem(&read(cert)?, &read(key)?)
+    }
 }
 
 #[async_trait]
 impl BuildSource for Mt5Args {
     async fn build(&self, cx: &SourceContext) -> anyhow::Result<Box<dyn TickSource>> {
         anyhow::ensure!(!self.mt5_token.is_empty(), "--mt5-token is required");
+        let tls = match (&self.mt5_tls_cert, &self.mt5_tls_key) {
+            (Some(cert), Some(key)) => Some(Mt5Tls::from_files(cert, key)?),
+            _ => None,
+        };
         let listener = TcpListener::bind(self.mt5_listen)
             .await
             .with_context(|| format!("failed to listen on {} for MT5", self.mt5_listen))?;
@@ -67,12 +108,13 @@ impl BuildSource for Mt5Args {
                 token: self.mt5_token.clone(),
                 max_line: self.mt5_max_line,
                 max_connections: self.mt5_max_connections,
+                tls,
                 ..Mt5Config::default()
             },
             cx.durable.clone(),
             cx.shutdown.clone(),
         )?;
-        tracing::info!(addr = %src.local_addr, "listening for MetaTrader 5 terminals");
+        tracing::info!(addr = %src.local_addr, tls = self.mt5_tls_cert.is_some(), "listening for MetaTrader 5 terminals");
         Ok(Box::new(src))
     }
 }
@@ -90,6 +132,8 @@ pub struct Mt5Config {
     pub heartbeat: Duration,
     /// A connection silent for this long is closed.
     pub idle_timeout: Duration,
+    /// Serve TLS (the EA connects with `SocketTlsHandshake`); plain TCP when `None`.
+    pub tls: Option<Mt5Tls>,
 }
 
 impl Default for Mt5Config {
@@ -100,6 +144,7 @@ impl Default for Mt5Config {
             max_connections: 64,
             heartbeat: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(15),
+            tls: None,
         }
     }
 }
@@ -266,7 +311,22 @@ impl Mt5Source {
                     shutdown: shutdown.clone(),
                 };
                 tokio::spawn(async move {
-                    if let Err(e) = conn.serve(stream).await {
+                    let _ = stream.set_nodelay(true);
+                    let served = match conn.cfg.tls.clone() {
+                        None => conn.serve(stream).await,
+                        Some(tls) => {
+                            let handshake = tokio::time::timeout(conn.cfg.idle_timeout, tls.0.accept(stream));
+                            match handshake.await {
+                                Ok(Ok(stream)) => conn.serve(stream).await,
+                                Ok(Err(e)) => {
+                                    metrics::counter!("tickflow_ingest_mt5_tls_failed_total").increment(1);
+                                    Err(format!("TLS handshake failed: {e}"))
+                                }
+                                Err(_) => Err("no TLS handshake".to_string()),
+                            }
+                        }
+                    };
+                    if let Err(e) = served {
                         tracing::info!(%peer, reason = %e, "mt5 connection closed");
                     }
                     drop(permit);
@@ -320,27 +380,33 @@ impl TickSource for Mt5Source {
     }
 }
 
-/// Reads one line into `buf` (appending: a read cancelled by `select!` keeps its partial
-/// bytes for the next call). Returns the bytes read by this call; 0 means the peer closed.
-async fn read_line(
-    lines: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> Result<usize, String> {
-    let room = (max + 1).saturating_sub(buf.len()) as u64;
-    let mut limited = tokio::io::AsyncReadExt::take(lines, room);
-    let n = limited
-        .read_until(b'\n', buf)
-        .await
-        .map_err(|e| e.to_string())?;
-    if buf.len() > max {
-        return Err(format!("line longer than {max} bytes"));
+/// Returns the next line of a connection; `None` when the peer closed (a last line without its
+/// newline is dropped: the peer went away in the middle of it). Cancel-safe: a read cancelled by
+/// `select!` loses nothing, the bytes already read stay in `lines`.
+async fn next_line<R: AsyncRead + Unpin>(
+    read: &mut R,
+    lines: &mut LineSplitter,
+    chunk: &mut [u8],
+) -> Result<Option<Line>, String> {
+    loop {
+        if let Some(line) = lines.next_line() {
+            return Ok(Some(line));
+        }
+        match read.read(chunk).await.map_err(|e| e.to_string())? {
+            0 => return Ok(None),
+            n => lines.push(&chunk[..n]),
+        }
     }
-    if n > 0 && buf.last() != Some(&b'\n') && room > n as u64 {
-        // The peer closed in the middle of a line.
-        return Ok(0);
-    }
-    Ok(n)
+}
+
+/// Whether a terminal name from a hello is acceptable: it becomes part of the ticks' source
+/// and keys, so it is short and plain.
+fn valid_terminal(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 struct Connection {
@@ -354,39 +420,49 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream) -> Result<(), String> {
-        let _ = stream.set_nodelay(true);
-        let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read);
-        let mut buf = Vec::new();
-        let max = self.cfg.max_line;
+    async fn serve<S>(self, stream: S) -> Result<(), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let (mut read, mut write) = tokio::io::split(stream);
+        let mut lines = LineSplitter::new(self.cfg.max_line);
+        let mut chunk = vec![0u8; 16 * 1024];
         // Hello first, within the idle timeout.
-        let n = tokio::time::timeout(self.cfg.idle_timeout, read_line(&mut lines, &mut buf, max))
-            .await
-            .map_err(|_| "no hello".to_string())??;
-        if n == 0 {
-            return Err("closed before hello".into());
-        }
-        let first_line = std::mem::take(&mut buf);
-        let hello: Hello = match serde_json::from_slice::<Envelope>(&first_line)
-            .ok()
-            .filter(|e| e.kind == "hello")
-            .and_then(|_| serde_json::from_slice(&first_line).ok())
-        {
-            Some(h) => h,
-            None => {
-                let _ = write
-                    .write_all(b"{\"type\":\"error\",\"reason\":\"expected hello\"}\n")
-                    .await;
-                return Err("first line is not a hello".into());
-            }
+        let first = tokio::time::timeout(
+            self.cfg.idle_timeout,
+            next_line(&mut read, &mut lines, &mut chunk),
+        )
+        .await
+        .map_err(|_| "no hello".to_string())??;
+        let hello: Option<Hello> = match &first {
+            None => return Err("closed before hello".into()),
+            Some(Line::Text(line)) => serde_json::from_str::<Envelope>(line)
+                .ok()
+                .filter(|e| e.kind == "hello")
+                .and_then(|_| serde_json::from_str(line).ok()),
+            Some(Line::Refused(_)) => None,
         };
-        if self.cfg.token.is_empty() || hello.token != self.cfg.token {
+        let Some(hello) = hello else {
+            let _ = write
+                .write_all(b"{\"type\":\"error\",\"reason\":\"expected hello\"}\n")
+                .await;
+            return Err("first line is not a hello".into());
+        };
+        let token_ok: bool =
+            subtle::ConstantTimeEq::ct_eq(hello.token.as_bytes(), self.cfg.token.as_bytes())
+                .into();
+        if self.cfg.token.is_empty() || !token_ok {
             metrics::counter!("tickflow_ingest_mt5_auth_failed_total").increment(1);
             let _ = write
                 .write_all(b"{\"type\":\"error\",\"reason\":\"authentication failed\"}\n")
                 .await;
             return Err("authentication failed".into());
+        }
+        if !valid_terminal(&hello.terminal) {
+            let _ = write
+                .write_all(b"{\"type\":\"error\",\"reason\":\"terminal must be 1-64 characters of A-Z a-z 0-9 . _ -\"}\n")
+                .await;
+            return Err("invalid terminal name".into());
         }
         let source = format!("mt5:{}", hello.terminal);
         tracing::info!(%source, utc_offset_s = hello.utc_offset_s, "mt5 terminal connected");
@@ -418,17 +494,24 @@ impl Connection {
                         break Err(e.to_string());
                     }
                 }
-                n = read_line(&mut lines, &mut buf, max) => {
-                    match n {
-                        Ok(0) => break Err("peer closed".into()),
-                        Ok(_) => {}
+                line = next_line(&mut read, &mut lines, &mut chunk) => {
+                    let line = match line {
+                        Ok(Some(Line::Text(line))) => line,
+                        Ok(Some(Line::Refused(refusal))) => {
+                            last_heard = tokio::time::Instant::now();
+                            self.reject_line(&source, refusal).await;
+                            continue;
+                        }
+                        Ok(None) => break Err("peer closed".into()),
                         Err(e) => break Err(e),
-                    }
+                    };
                     last_heard = tokio::time::Instant::now();
-                    let line = String::from_utf8_lossy(&buf).trim().to_string();
-                    buf.clear();
-                    match serde_json::from_str::<Envelope>(&line).map(|e| e.kind) {
-                        Ok(k) if k == "tick" => match parse_tick(&line, &source, hello.utc_offset_s, &mut ordinals) {
+                    let line = line.trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    match serde_json::from_str::<Envelope>(line).map(|e| e.kind) {
+                        Ok(k) if k == "tick" => match parse_tick(line, &source, hello.utc_offset_s, &mut ordinals) {
                             Ok((tick, time_msc)) => {
                                 if self.tx.send(Inbound { conn: self.id, time_msc, tick }).await.is_err() {
                                     break Ok(());
@@ -437,7 +520,10 @@ impl Connection {
                             Err(reason) => self.reject(&source, reason, line).await,
                         },
                         Ok(k) if k == "hb" => {}
-                        Ok(other) => self.reject(&source, format!("unknown message type {other:?}"), line).await,
+                        Ok(other) => {
+                            let other: String = other.chars().take(64).collect();
+                            self.reject(&source, format!("unknown message type {other:?}"), line).await
+                        }
                         Err(e) => self.reject(&source, format!("not a JSON message: {e}"), line).await,
                     }
                 }
@@ -449,17 +535,20 @@ impl Connection {
         result
     }
 
-    async fn reject(&self, source: &str, reason: String, line: String) {
+    async fn reject(&self, source: &str, reason: String, line: &str) {
         // Counted once, by the ingest loop that publishes the dead letter.
-        tracing::warn!(%source, %reason, sample = %line.chars().take(200).collect::<String>(), "malformed mt5 message");
         let _ = self
             .rejects
             .send(Rejected {
-                reason: "malformed_message".into(),
+                reason: "malformed_message",
                 detail: format!("{source}: {reason}"),
-                payload: line.into_bytes(),
+                payload: line.as_bytes().to_vec(),
             })
             .await;
+    }
+
+    async fn reject_line(&self, source: &str, refusal: crate::lines::Refusal) {
+        let _ = self.rejects.send(Rejected::line(source, refusal)).await;
     }
 
     /// Returns the server time of the newest tick of this connection that is durable.

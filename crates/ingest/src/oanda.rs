@@ -4,11 +4,14 @@
 //! The connection is re-established with exponential backoff and jitter when it drops, when
 //! nothing at all arrives for `silence`, or when heartbeats keep coming but prices stopped for
 //! `price_stall` (a stream the broker stopped feeding). On reconnect OANDA repeats the current
-//! price: prices not newer than the last one seen for an instrument are skipped, so each price
-//! is delivered once.
+//! price: prices not newer than the last one seen for an instrument are skipped (counted as
+//! `not_newer`), so each price is delivered once. A line longer than `--oanda-max-line`, one that
+//! is not UTF-8 or not an OANDA message is a reject (a dead letter with a bounded prefix of it);
+//! the stream goes on.
 
 use tick_core::error::Cause;
-use crate::source::{BuildSource, Rejected, SourceContext, SourceError, TickSource};
+use crate::lines::{Line, LineSplitter};
+use crate::source::{BuildSource, Rejected, Skipped, SourceContext, SourceError, TickSource};
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -50,6 +53,9 @@ pub struct OandaArgs {
     /// OANDA: reconnect when heartbeats continue but no price came for this long.
     #[arg(long, env = "TICKFLOW_OANDA_PRICE_STALL", value_parser = humantime::parse_duration, default_value = "60s")]
     pub oanda_price_stall: Duration,
+    /// OANDA: longest accepted line of the stream, in bytes (a price line is under 1 KiB).
+    #[arg(long, env = "TICKFLOW_OANDA_MAX_LINE", default_value_t = 64 * 1024)]
+    pub oanda_max_line: usize,
 }
 
 #[async_trait]
@@ -67,6 +73,7 @@ impl BuildSource for OandaArgs {
             silence: Duration::from_secs(10),
             price_stall: self.oanda_price_stall,
             max_backoff: Duration::from_secs(30),
+            max_line: self.oanda_max_line,
         })?))
     }
 }
@@ -88,6 +95,8 @@ pub struct OandaConfig {
     pub price_stall: Duration,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// Longest accepted line, in bytes.
+    pub max_line: usize,
 }
 
 #[derive(Deserialize)]
@@ -171,12 +180,14 @@ pub fn parse_line(line: &str, ordinals: &mut KeyOrdinals) -> Result<Option<Tick>
 enum Event {
     Tick(Tick),
     Reject(Rejected),
+    Skip(Skipped),
 }
 
 /// The OANDA stream as a tick source; a background task keeps the connection alive.
 pub struct OandaSource {
     rx: mpsc::Receiver<Event>,
     rejects: Vec<Rejected>,
+    skipped: Vec<Skipped>,
 }
 
 impl OandaSource {
@@ -191,6 +202,7 @@ impl OandaSource {
         Ok(Self {
             rx,
             rejects: Vec::new(),
+            skipped: Vec::new(),
         })
     }
 }
@@ -243,7 +255,7 @@ async fn stream_once(
         return Err(format!("HTTP {}", resp.status()));
     }
     let mut body = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
+    let mut lines = LineSplitter::new(cfg.max_line);
     let mut ordinals = KeyOrdinals::default();
     let mut last_any = Instant::now();
     let mut last_price = Instant::now();
@@ -252,44 +264,44 @@ async fn stream_once(
         match next {
             Ok(Some(Ok(chunk))) => {
                 last_any = Instant::now();
-                buf.extend_from_slice(&chunk);
+                lines.push(&chunk);
             }
             Ok(Some(Err(e))) => return Ok(format!("stream broke: {e}")),
             Ok(None) => return Ok("server closed the stream".into()),
             Err(_) => {}
         }
-        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line).trim().to_string();
-            if line.is_empty() {
-                continue;
-            }
-            match parse_line(&line, &mut ordinals) {
-                Ok(Some(t)) => {
-                    last_price = Instant::now();
-                    let newer = last_ts.get(&t.symbol).is_none_or(|l| t.ts_event_ns > *l);
-                    if newer {
-                        last_ts.insert(t.symbol.clone(), t.ts_event_ns);
-                        if tx.send(Event::Tick(t)).await.is_err() {
-                            return Ok("source dropped".into());
+        while let Some(line) = lines.next_line() {
+            let event = match line {
+                Line::Refused(refusal) => Event::Reject(Rejected::line("oanda", refusal)),
+                Line::Text(line) if line.trim().is_empty() => continue,
+                Line::Text(line) => match parse_line(line.trim(), &mut ordinals) {
+                    Ok(Some(t)) => {
+                        last_price = Instant::now();
+                        match last_ts.get(&t.symbol) {
+                            Some(last) if t.ts_event_ns <= *last => Event::Skip(Skipped {
+                                reason: "not_newer",
+                                detail: format!(
+                                    "oanda: {} price at {} ns repeats or precedes the last one ({last} ns)",
+                                    t.symbol, t.ts_event_ns
+                                ),
+                            }),
+                            _ => {
+                                last_ts.insert(t.symbol.clone(), t.ts_event_ns);
+                                Event::Tick(t)
+                            }
                         }
                     }
-                }
-                Ok(None) => {}
-                Err(reason) => {
-                    let r = Rejected {
-                        reason: "malformed_message".into(),
+                    Ok(None) => continue,
+                    Err(reason) => Event::Reject(Rejected {
+                        reason: "malformed_message",
                         detail: format!("oanda: {reason}"),
                         payload: line.into_bytes(),
-                    };
-                    if tx.send(Event::Reject(r)).await.is_err() {
-                        return Ok("source dropped".into());
-                    }
-                }
+                    }),
+                },
+            };
+            if tx.send(event).await.is_err() {
+                return Ok("source dropped".into());
             }
-        }
-        if buf.len() > 1 << 20 {
-            return Ok("line longer than 1 MiB".into());
         }
         if last_any.elapsed() > cfg.silence {
             return Ok(format!("nothing received for {:?}", cfg.silence));
@@ -318,6 +330,7 @@ impl TickSource for OandaSource {
             match e {
                 Event::Tick(t) => out.push(t),
                 Event::Reject(r) => self.rejects.push(r),
+                Event::Skip(s) => self.skipped.push(s),
             }
             if out.len() < 4096 {
                 next = self.rx.try_recv().ok();
@@ -328,6 +341,10 @@ impl TickSource for OandaSource {
 
     fn take_rejects(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.rejects)
+    }
+
+    fn take_skipped(&mut self) -> Vec<Skipped> {
+        std::mem::take(&mut self.skipped)
     }
 }
 

@@ -22,12 +22,34 @@ pub enum SourceError {
 /// Input a source could not turn into a tick: it goes to `ticks.dlq` with the reason.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejected {
-    /// Reason code, e.g. `malformed_line`.
-    pub reason: String,
+    /// Reason code, e.g. `malformed_line`: one of a fixed set (it is a metric label).
+    pub reason: &'static str,
     /// What was wrong, with where (file and line, peer).
     pub detail: String,
-    /// The input exactly as received.
+    /// The input exactly as received (the dead letter keeps a bounded prefix of it).
     pub payload: Vec<u8>,
+}
+
+impl Rejected {
+    /// Returns the reject of a line the framing refused; `at` says where it was (file and
+    /// line, peer).
+    pub fn line(at: impl std::fmt::Display, refusal: crate::lines::Refusal) -> Self {
+        Self {
+            reason: refusal.reason,
+            detail: format!("{at}: {}", refusal.why),
+            payload: refusal.bytes,
+        }
+    }
+}
+
+/// Input a source read and deliberately left out, e.g. a price an OANDA reconnect repeats:
+/// counted by reason and logged, never published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    /// Reason code, e.g. `not_newer`: one of a fixed set (it is a metric label).
+    pub reason: &'static str,
+    /// What was skipped and why.
+    pub detail: String,
 }
 
 /// A producer of canonical ticks, already stamped with `ts_recv_ns` and keyed.
@@ -42,6 +64,11 @@ pub trait TickSource: Send {
 
     /// Returns and forgets the inputs rejected since the last call.
     fn take_rejects(&mut self) -> Vec<Rejected> {
+        Vec::new()
+    }
+
+    /// Returns and forgets the inputs skipped since the last call.
+    fn take_skipped(&mut self) -> Vec<Skipped> {
         Vec::new()
     }
 }
@@ -282,5 +309,9 @@ impl<S: TickSource> TickSource for Paced<S> {
 
     fn take_rejects(&mut self) -> Vec<Rejected> {
         self.inner.take_rejects()
+    }
+
+    fn take_skipped(&mut self) -> Vec<Skipped> {
+        self.inner.take_skipped()
     }
 }

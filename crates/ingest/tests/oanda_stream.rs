@@ -86,6 +86,7 @@ async fn every_price_once_across_a_stall_and_a_dropped_connection() {
         silence: Duration::from_secs(5),
         price_stall: Duration::from_secs(1),
         max_backoff: Duration::from_millis(500),
+        max_line: 64 * 1024,
     };
     let mut src = OandaSource::start(cfg.clone()).unwrap();
     let mut got = Vec::new();
@@ -107,6 +108,12 @@ async fn every_price_once_across_a_stall_and_a_dropped_connection() {
     assert!(
         conns.load(Ordering::SeqCst) >= 3,
         "reconnected after the stall and the drop"
+    );
+    // The prices the reconnects repeated (3 and 5) were skipped with a reason, not silently.
+    let skipped = src.take_skipped();
+    assert!(
+        skipped.len() == 2 && skipped.iter().all(|s| s.reason == "not_newer"),
+        "{skipped:?}"
     );
 
     // A wrong token is refused (and retried with backoff, delivering nothing).
