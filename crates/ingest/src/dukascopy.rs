@@ -1,11 +1,13 @@
 //! Dukascopy history as a source (`--source dukascopy`): the hours of a range of symbols, read
 //! from a directory or downloaded, decoded by `tick-formats` and played in event-time order, as
-//! fast as the pipeline takes them or paced at `--speed`.
+//! fast as the pipeline takes them or paced at `--speed`. A damaged hour file (not LZMA, not a
+//! whole number of records, a record outside its hour) is a reject (`corrupt_file`, a dead letter
+//! naming the file) and the range goes on; a file that cannot be read at all ends the source.
 
 pub use tick_formats::dukascopy::*;
 
 use tick_core::error::Cause;
-use crate::source::{BuildSource, SourceContext, SourceError, TickSource};
+use crate::source::{BuildSource, Rejected, SourceContext, SourceError, TickSource};
 use anyhow::Context;
 use async_trait::async_trait;
 use tick_core::{KeyOrdinals, Tick, clock};
@@ -36,6 +38,7 @@ pub struct DukascopySource {
     end_ns: i64,
     ordinals: KeyOrdinals,
     pending: std::collections::VecDeque<Tick>,
+    rejects: Vec<Rejected>,
 }
 
 impl DukascopySource {
@@ -50,6 +53,7 @@ impl DukascopySource {
             end_ns: to_ns,
             ordinals: KeyOrdinals::default(),
             pending: Default::default(),
+            rejects: Vec::new(),
         }
     }
 }
@@ -71,14 +75,22 @@ impl TickSource for DukascopySource {
             // its key ordinals untouched, so nothing below the last await changes state before
             // the hour is complete.
             let mut fetched = Vec::with_capacity(self.symbols.len());
+            let mut damaged = Vec::new();
             for s in &self.symbols {
-                fetched.push(
-                    self.location
-                        .hour(&self.client, s, hour)
-                        .await
-                        .map_err(|e| SourceError::Input(Cause::wrap(e)))?,
-                );
+                match self.location.hour(&self.client, s, hour).await {
+                    Ok(recs) => fetched.push(recs),
+                    Err(e) if e.is_damaged_file() => {
+                        fetched.push(Vec::new());
+                        damaged.push(Rejected {
+                            reason: "corrupt_file",
+                            detail: format!("{s}: {e}"),
+                            payload: Vec::new(),
+                        });
+                    }
+                    Err(e) => return Err(SourceError::Input(Cause::wrap(e))),
+                }
             }
+            self.rejects.append(&mut damaged);
             self.next_hour_ns += HOUR_NS;
             let mut ticks = Vec::new();
             for (s, recs) in self.symbols.iter().zip(&fetched) {
@@ -99,6 +111,10 @@ impl TickSource for DukascopySource {
             t
         }));
         Ok(true)
+    }
+
+    fn take_rejects(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejects)
     }
 }
 

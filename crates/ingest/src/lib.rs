@@ -566,9 +566,12 @@ fn raw_key(symbol: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Watches the feed per symbol: the age of its last tick (a metric) and a log line when a
-/// symbol goes stale or comes back, plus a reminder while ticks are being spooled.
+/// symbol goes stale or comes back, plus a reminder while ticks are being spooled. Symbols are
+/// tracked by their bounded metric label ([`SymbolLabels`](tick_core::labels::SymbolLabels)):
+/// garbage symbols share `other`, so neither the series nor this map grow with the input.
 struct FeedWatch {
     source: String,
+    labels: tick_core::labels::SymbolLabels,
     last: HashMap<String, i64>,
     stale: std::collections::HashSet<String>,
     next_report: tokio::time::Instant,
@@ -578,10 +581,14 @@ struct FeedWatch {
 /// A symbol without a tick for this long is reported stale.
 const STALE_AFTER_NS: i64 = 60_000_000_000;
 
+/// Most symbols a source's feed metrics name one by one (the rest are `other`).
+const MAX_SYMBOL_LABELS: usize = 1_000;
+
 impl FeedWatch {
     fn new(source: &str) -> Self {
         Self {
             source: source.to_string(),
+            labels: tick_core::labels::SymbolLabels::new(MAX_SYMBOL_LABELS),
             last: HashMap::new(),
             stale: Default::default(),
             next_report: tokio::time::Instant::now(),
@@ -591,10 +598,11 @@ impl FeedWatch {
 
     fn saw(&mut self, batch: &[tick_core::Tick]) {
         for t in batch {
-            match self.last.get_mut(&t.symbol) {
-                Some(v) => *v = t.ts_recv_ns,
+            let label = self.labels.label(&t.symbol);
+            match self.last.get_mut(label) {
+                Some(v) => *v = (*v).max(t.ts_recv_ns),
                 None => {
-                    self.last.insert(t.symbol.clone(), t.ts_recv_ns);
+                    self.last.insert(label.to_string(), t.ts_recv_ns);
                 }
             }
         }
@@ -861,6 +869,58 @@ mod tests {
             "the dead-letter spool was drained"
         );
         assert_eq!(n(&stats.inputs), n(&stats.received) + n(&stats.rejected));
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_garbage_symbols_make_a_bounded_number_of_series() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let mut ticks = vec![tick_core::testenv::tick("test", "EURUSD", 1_000, 110_000)];
+        for i in 0..10_000 {
+            let symbol = match i % 4 {
+                0 => format!("EUR\0{i}"),
+                1 => format!("\u{0415}URUSD{i}"), // a Cyrillic look-alike of E
+                2 => format!("{i:x}\u{200b}USD"), // a zero-width space
+                _ => format!("ZZ{i}"),            // well-formed, unknown
+            };
+            ticks.push(tick_core::testenv::tick(
+                "test",
+                &symbol,
+                1_001 + i,
+                110_000,
+            ));
+        }
+        let stats = Arc::new(IngestStats::default());
+        let producer = Arc::new(FailsOne {
+            fail: usize::MAX,
+            sent: Default::default(),
+        });
+        run_source(
+            Box::new(Ticks(ticks)),
+            producer,
+            stats.clone(),
+            CancellationToken::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(stats.published.load(Ordering::Relaxed), 10_001);
+        let text = handle.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tickflow_ingest_last_tick_age_seconds{"))
+            .collect();
+        // EURUSD, the first 999 well-formed unknown symbols, and `other` for everything else.
+        assert_eq!(series.len(), MAX_SYMBOL_LABELS + 1, "{:?}", &series[..5]);
+        assert!(series.iter().any(|l| l.contains("symbol=\"EURUSD\"")));
+        assert!(series.iter().any(|l| l.contains("symbol=\"other\"")));
+        assert!(!text.contains('\0') && !text.contains('\u{0415}'));
+        let all_series = text.lines().filter(|l| l.starts_with("tickflow_")).count();
+        assert!(
+            all_series < MAX_SYMBOL_LABELS + 20,
+            "{all_series} series in all"
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod error;
 pub mod health;
 pub mod instrument;
+pub mod labels;
 pub mod latency;
 pub mod price;
 pub mod shutdown;

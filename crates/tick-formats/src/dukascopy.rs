@@ -28,6 +28,18 @@ pub struct RawRecord {
     pub bid_volume: f32,
 }
 
+impl DukascopyError {
+    /// Whether the file itself is damaged (its bytes are not a valid hour), as opposed to not
+    /// readable or an instrument we do not know: a damaged file is one bad input, the rest of
+    /// the range can still be read.
+    pub fn is_damaged_file(&self) -> bool {
+        matches!(
+            self,
+            Self::Lzma { .. } | Self::Truncated { .. } | Self::BadOffset { .. }
+        )
+    }
+}
+
 /// Why a Dukascopy file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DukascopyError {
