@@ -208,10 +208,7 @@ async fn main() {
             copy[round], store_rate[round], stage[round]
         );
         for name in ["copy", "store", "stage"] {
-            let (admin, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let admin = persister::postgres::connect(&db).await.unwrap();
             admin
                 .batch_execute(&format!(
                     "DROP DATABASE IF EXISTS bench_{name}_{run} WITH (FORCE)"

@@ -33,10 +33,9 @@ fn tick(i: i64, symbol: &str) -> Tick {
 /// Creates an empty database named `name` next to the one `base_url` names (dropping an old
 /// one of that name) and returns its URL: integration tests run in databases of their own.
 pub async fn fresh_database(base_url: &str, name: &str) -> String {
-    let (admin, conn) = tokio_postgres::connect(base_url, tokio_postgres::NoTls)
+    let admin = crate::postgres::connect(base_url)
         .await
         .expect("connect to DATABASE_URL");
-    tokio::spawn(conn);
     // Two statements: CREATE DATABASE may not share an (implicit) transaction.
     for sql in [
         format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),

@@ -6,7 +6,6 @@
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tick_core::Tick;
@@ -14,7 +13,8 @@ use tick_core::error::Cause;
 use tick_core::store::{
     DeadLetterRecord, HistoryReader, ImportCheckpoints, StoreError, TickWriter,
 };
-use tokio_postgres::NoTls;
+
+pub mod tls;
 
 const DAY_NS: i64 = 86_400_000_000_000;
 const INSERT_TICKS: &str = "INSERT INTO ticks (idempotency_key, symbol, source, ts_event_ns,
@@ -117,7 +117,41 @@ fn is_transient(code: &str) -> bool {
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(Cause::new("no database connection", e))
+    let context = match &e {
+        deadpool_postgres::PoolError::Backend(e) => connect_context(e),
+        _ => "no database connection",
+    };
+    StoreError::Unavailable(Cause::new(context, e))
+}
+
+/// What a failed connection attempt says, with the likely fix when the server refused an
+/// unencrypted connection (its `pg_hba.conf` has only `hostssl` lines for us).
+fn connect_context(e: &tokio_postgres::Error) -> &'static str {
+    match e.as_db_error() {
+        Some(db) if db.code().code() == "28000" && db.message().contains("no encryption") => {
+            "no database connection: the server accepts only encrypted connections \
+             (the URL says sslmode=disable; use sslmode=require, verify-ca or verify-full)"
+        }
+        _ => "no database connection",
+    }
+}
+
+/// Opens one connection to `url` with the TLS its `sslmode` and `sslrootcert` ask for (the
+/// connector of [`tls::config`], as the store's pool uses) and drives it on a task of its
+/// own: for administration (creating and dropping databases, in tests and benchmarks) and
+/// checks.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    let (cfg, tls) = tls::config(url)?;
+    let (client, conn) = cfg
+        .connect(tls)
+        .await
+        .map_err(|e| StoreError::Unavailable(Cause::new(connect_context(&e), e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
 }
 
 /// Opens the PostgreSQL store of a `postgres://` URL: this module's line in the store factory.
@@ -134,11 +168,10 @@ pub fn open(
 impl PgStore {
     /// Returns a store with a pool of up to `pool_size` connections to `url`.
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let cfg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Unavailable(Cause::new("invalid database url", e)))?;
+        let (cfg, tls) = tls::config(url)?;
         let mgr = Manager::from_config(
             cfg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -1,8 +1,6 @@
 //! The PostgreSQL store passes the same conformance suite as the SQLite store, against a real
 //! PostgreSQL, in a database of its own.
 
-use tokio_postgres::NoTls;
-
 #[tokio::test]
 async fn postgres_store_conforms() {
     let Some(url) = tick_core::testenv::service("DATABASE_URL") else {
@@ -10,13 +8,11 @@ async fn postgres_store_conforms() {
     };
     let db = format!("tickflow_test_{}", std::process::id());
     let test_url = persister::conformance::fresh_database(&url, &db).await;
-    let (admin, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let admin = persister::postgres::connect(&url).await.unwrap();
     {
         persister::conformance::check_store_at(&test_url.parse().unwrap()).await;
         // The ticks landed in a daily partition created on demand.
-        let (c, conn) = tokio_postgres::connect(&test_url, NoTls).await.unwrap();
-        tokio::spawn(conn);
+        let c = persister::postgres::connect(&test_url).await.unwrap();
         let parts: i64 = c
             .query_one(
                 "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ticks'::regclass",

@@ -125,10 +125,7 @@ async fn refused_rows_go_to_the_dead_letter_topic_and_the_rest_is_stored() {
         r.detail
     );
 
-    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let admin = persister::postgres::connect(&url).await.unwrap();
     admin
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .await
