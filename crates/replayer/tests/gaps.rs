@@ -7,7 +7,6 @@ use replayer::gaps::{GapsArgs, run_gaps};
 use replayer::import::{ImportArgs, run_import};
 use std::path::Path;
 use tick_core::shutdown::CancellationToken;
-use tokio_postgres::NoTls;
 
 #[derive(Parser)]
 struct ImportCli {
@@ -56,8 +55,7 @@ async fn reports_exactly_the_lost_hour_and_no_weekend_hours() {
     )
     .await
     .unwrap();
-    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = persister::postgres::connect(&url).await.unwrap();
     let lost = MONDAY + 5 * HOUR;
     let deleted = c
         .execute(
@@ -127,8 +125,7 @@ async fn reports_exactly_the_lost_hour_and_no_weekend_hours() {
     .unwrap();
     assert_eq!((r.gaps.len(), r.closed_hours), (48, 0));
 
-    let (admin, conn) = tokio_postgres::connect(&base_url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let admin = persister::postgres::connect(&base_url).await.unwrap();
     admin
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .await

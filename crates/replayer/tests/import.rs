@@ -11,7 +11,6 @@ use std::time::Duration;
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::{HistoryReader, ImportCheckpoints};
 use tick_formats::dukascopy::{HOUR_NS, decode_bi5, hour_path};
-use tokio_postgres::NoTls;
 
 #[derive(Parser)]
 struct Cli {
@@ -64,8 +63,7 @@ fn dukascopy_args(url: &str, dir: &Path, extra: &[&str]) -> ImportArgs {
 }
 
 async fn count(url: &str, sql: &str) -> i64 {
-    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = persister::postgres::connect(url).await.unwrap();
     c.query_one(sql, &[]).await.unwrap().get(0)
 }
 
@@ -78,8 +76,7 @@ async fn database(name: &str) -> Option<(String, String)> {
 
 async fn drop_database(db: &str) {
     let base = tick_core::testenv::service("DATABASE_URL").unwrap();
-    let (admin, conn) = tokio_postgres::connect(&base, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let admin = persister::postgres::connect(&base).await.unwrap();
     admin
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .await
@@ -186,8 +183,7 @@ async fn an_interrupted_import_resumes_to_the_exact_count() {
     let watcher = tokio::spawn({
         let (url, shutdown) = (url.clone(), shutdown.clone());
         async move {
-            let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-            tokio::spawn(conn);
+            let c = persister::postgres::connect(&url).await.unwrap();
             loop {
                 let n: Option<i64> = c
                     .query_one("SELECT count(*) FROM import_progress", &[])

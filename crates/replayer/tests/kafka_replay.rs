@@ -7,7 +7,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 use tick_core::clock;
 use tick_core::shutdown::CancellationToken;
-use tokio_postgres::NoTls;
 
 #[derive(Parser)]
 struct Cli {
@@ -31,8 +30,7 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
     };
     let db = format!("tickflow_replay_{}", std::process::id());
     let url = persister::conformance::fresh_database(&base_url, &db).await;
-    let (admin, conn) = tokio_postgres::connect(&base_url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let admin = persister::postgres::connect(&base_url).await.unwrap();
 
     let kafka = tick_kafka::KafkaArgs {
         brokers: brokers.clone(),
@@ -102,14 +100,12 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
     let first = replayer::run_kafka(args(from, to), CancellationToken::new(), health.clone())
         .await
         .unwrap();
-    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = persister::postgres::connect(&url).await.unwrap();
     assert_eq!(ours(c).await, 300);
     assert_eq!((first.read, first.written), (300, 300), "{first:?}");
 
     // Lose the middle hour, replay that hour: exactly its rows come back.
-    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = persister::postgres::connect(&url).await.unwrap();
     let deleted = c
         .execute(
             "DELETE FROM ticks WHERE source = $1 AND ts_event_ns >= $2 AND ts_event_ns < $3",
