@@ -3,9 +3,10 @@
 //! Events fan out through a broadcast ring: publishing never waits for a subscriber. Each
 //! subscriber reads at its own pace; one that falls more than the ring's capacity
 //! (`--subscriber-queue`) behind is handled by the slow-subscriber policy: it loses the oldest
-//! events and receives a `Gap` event with their count (drop-oldest), or its stream ends with
-//! `RESOURCE_EXHAUSTED` (disconnect). Either way a stalled bot never slows the pipeline or other
-//! bots.
+//! events and receives a `Gap` event where the loss ends, counting the lost events its filter
+//! matches, whose token is the position just before them: resubscribing from it replays them
+//! while they are retained (drop-oldest); or its stream ends with `RESOURCE_EXHAUSTED`
+//! (disconnect). Either way a stalled bot never slows the pipeline or other bots.
 //!
 //! Next to the broadcast ring the hub retains the last `--resume-window` events. Every event a
 //! subscriber receives carries a resume token (`<instance>:<seq>`, the instance id being drawn
@@ -816,5 +817,87 @@ mod gap_tests {
             "every EURUSD event delivered or counted"
         );
         assert!(hub.dropped() > dropped, "the hub counts every lost event");
+    }
+
+    /// Reads `stream` until an event with a sequence number of at least `until`; returns the
+    /// items read, that one included.
+    async fn read_to(
+        stream: &mut (impl Stream<Item = Result<pb::Event, Status>> + Unpin),
+        until: u64,
+    ) -> Vec<pb::Event> {
+        let mut out = Vec::new();
+        loop {
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+                .await
+                .expect("an event in time")
+                .expect("the stream goes on")
+                .expect("no error");
+            let done = ev.seq >= until;
+            out.push(ev);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn resuming_from_a_gap_replays_exactly_the_lost_events_the_filter_matches() {
+        let hub = Hub::with_options(HubOptions {
+            queue: 16,
+            resume_window: 10_000,
+            slow_subscriber: SlowSubscriber::DropOldest,
+        });
+        let filter = Filter {
+            symbols: ["EURUSD".to_string()].into(),
+            ..Filter::default()
+        };
+        let symbol = |seq: u64| if seq % 3 == 0 { "EURUSD" } else { "GBPUSD" };
+        let mut stream = Box::pin(hub.subscribe_from(filter.clone(), ""));
+        // Two losses: 500 events published while the subscriber reads nothing, it reads them
+        // out, then 500 more.
+        let mut events = Vec::new();
+        for round in 0..2u64 {
+            for seq in round * 500 + 1..=round * 500 + 500 {
+                hub.publish(update(symbol(seq)));
+            }
+            // Up to the round's last EURUSD event, which is never lost (the newest are kept).
+            events.extend(read_to(&mut stream, (round * 500 + 500) / 3 * 3).await);
+        }
+        // Each gap: its position, its count and the first event delivered after it.
+        let mut gaps = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            if let Some(Kind::Gap(g)) = &ev.kind {
+                assert_eq!(g.reason, GAP_QUEUE_FULL);
+                assert_eq!(ev.seq, 0);
+                let next = events[i + 1..]
+                    .iter()
+                    .find(|e| !matches!(e.kind, Some(Kind::Gap(_))))
+                    .expect("an event after the gap")
+                    .seq;
+                gaps.push((ev.resume_token.clone(), g.dropped, next));
+            }
+        }
+        assert_eq!(gaps.len(), 2, "one gap per loss");
+        for (token, dropped, next) in gaps {
+            let (instance, at) = parse_token(&token).expect("a gap carries a token");
+            assert_eq!(instance, hub.instance_id());
+            let lost: Vec<u64> = (at + 1..next).filter(|s| symbol(*s) == "EURUSD").collect();
+            assert_eq!(dropped, lost.len() as u64, "the gap counts what it lost");
+            // Resubscribing from the gap's position: first exactly the lost EURUSD events, then
+            // the one this stream went on with, and nothing more than the filter lets through.
+            let mut again = Box::pin(hub.subscribe_from(filter.clone(), &token));
+            let replayed = read_to(&mut again, next).await;
+            let (last, replayed) = replayed.split_last().unwrap();
+            assert_eq!(last.seq, next);
+            assert_eq!(replayed.iter().map(|e| e.seq).collect::<Vec<_>>(), lost);
+            for ev in replayed {
+                assert_eq!(token_seq(&ev.resume_token), ev.seq);
+                assert!(matches!(&ev.kind, Some(Kind::Update(u)) if u.symbol == "EURUSD"));
+            }
+        }
+    }
+
+    fn token_seq(token: &str) -> u64 {
+        parse_token(token).expect("a token").1
     }
 }

@@ -198,6 +198,20 @@ fn reader(
 /// the slowest of `readers` (the normal subscribers set the pace; the stalled one does not);
 /// returns the time spent inside `publish`.
 async fn publish_paced(hub: &Hub, n: u64, ahead: u64, readers: &[Arc<AtomicU64>]) -> Duration {
+    publish_paced_as(hub, n, ahead, readers, |seq| {
+        if seq % 2 == 0 { "GBPUSD" } else { "EURUSD" }
+    })
+    .await
+}
+
+/// As [`publish_paced`], the symbol of each event given by its sequence number.
+async fn publish_paced_as(
+    hub: &Hub,
+    n: u64,
+    ahead: u64,
+    readers: &[Arc<AtomicU64>],
+    symbol: impl Fn(u64) -> &'static str,
+) -> Duration {
     let mut in_publish = Duration::ZERO;
     let base = hub.last_seq();
     for i in 1..=n {
@@ -213,10 +227,7 @@ async fn publish_paced(hub: &Hub, n: u64, ahead: u64, readers: &[Arc<AtomicU64>]
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         let t = Instant::now();
-        hub.publish(update(
-            if i % 2 == 0 { "GBPUSD" } else { "EURUSD" },
-            base + i,
-        ));
+        hub.publish(update(symbol(base + i), base + i));
         in_publish += t.elapsed();
     }
     in_publish
@@ -288,6 +299,136 @@ async fn a_stalled_subscriber_gets_a_gap_and_slows_no_one() {
         gaps.len()
     );
     drop(stalled);
+    server.shutdown().await;
+}
+
+/// Four symbols in turn; EURUSD on every fourth event (sequence numbers divisible by 4).
+fn four_symbols(seq: u64) -> &'static str {
+    ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD"][(seq % 4) as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_subscriber_among_unfiltered_traffic_is_told_exactly_what_it_missed() {
+    // Two rounds of 20,000 events over four symbols; each ends with an EURUSD event, which a
+    // lagging subscriber never loses (the newest events are the ones kept).
+    const ROUND: u64 = 20_000;
+    let server = Server::start(
+        opts(512, 100_000, SlowSubscriber::DropOldest),
+        ServeOptions::default(),
+    )
+    .await;
+    // The filtered subscriber wants EURUSD only and stops reading (a 64 KiB window: the server
+    // stops sending it after some hundreds of events, and its queue of 512 overflows).
+    let mut eur_client = server.small_window_client().await;
+    let eur_filter = || pb::SubscribeRequest {
+        symbols: vec!["EURUSD".into()],
+        ..Default::default()
+    };
+    let mut eur = open(&mut eur_client, eur_filter()).await;
+    // Two unfiltered subscribers read everything and set the publisher's pace.
+    let progress: Vec<_> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut readers = Vec::new();
+    for p in &progress {
+        let mut c = server.client().await;
+        readers.push(reader(open(&mut c, all()).await, p.clone(), 2 * ROUND));
+    }
+
+    let mut received = Vec::new();
+    for round in 1..=2 {
+        publish_paced_as(&server.hub, ROUND, 256, &progress, four_symbols).await;
+        // Only once everything is published does the filtered subscriber read, up to the
+        // round's last event (an EURUSD one).
+        received.extend(read_until(&mut eur, round * ROUND).await);
+    }
+    for r in readers {
+        assert_eq!(
+            r.await.unwrap(),
+            (1..=2 * ROUND).collect::<Vec<_>>(),
+            "unfiltered subscribers get every event, with no gap"
+        );
+    }
+
+    // What it got: EURUSD events only, in order, each once.
+    let got = seqs(&received);
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    for ev in &received {
+        if let Some(Kind::Update(u)) = &ev.kind {
+            assert_eq!(u.symbol, "EURUSD");
+            assert_eq!(token_seq(&ev.resume_token), ev.seq);
+        }
+    }
+    // What it missed: the EURUSD events published and not received. The gaps' counts add up
+    // to exactly that number.
+    let published: Vec<u64> = (1..=2 * ROUND)
+        .filter(|s| four_symbols(*s) == "EURUSD")
+        .collect();
+    let missed = published.len() - got.len();
+    let gaps_seen = gaps(&received);
+    assert!(
+        gaps_seen.len() >= 2,
+        "a gap per round: the queue overflowed twice ({gaps_seen:?})"
+    );
+    assert!(gaps_seen.iter().all(|g| g.reason == GAP_QUEUE_FULL));
+    let dropped: u64 = gaps_seen.iter().map(|g| g.dropped).sum();
+    assert_eq!(
+        dropped, missed as u64,
+        "Gap.dropped sums to the matching events missed"
+    );
+    assert!(
+        missed > 1000,
+        "most of the EURUSD events were lost: {missed}"
+    );
+    println!(
+        "filtered subscriber: {} of {} EURUSD events received, {missed} missed, told in {} gaps",
+        got.len(),
+        published.len(),
+        gaps_seen.len()
+    );
+    assert!(
+        server.hub.dropped() >= dropped,
+        "the hub also counts the lost events of other symbols"
+    );
+
+    // Each gap sits where its events are missing: `dropped` is the number of EURUSD events
+    // between its position and the next event received, and resubscribing from its position
+    // (same filter) replays exactly those, then the next event received here.
+    let mut resume_client = server.client().await;
+    for (i, ev) in received.iter().enumerate() {
+        let Some(Kind::Gap(g)) = &ev.kind else {
+            continue;
+        };
+        assert_eq!(ev.seq, 0);
+        let at = token_seq(&ev.resume_token);
+        let next = received[i + 1..]
+            .iter()
+            .find(|e| !matches!(e.kind, Some(Kind::Gap(_))))
+            .expect("a round ends with a delivered event")
+            .seq;
+        let lost: Vec<u64> = (at + 1..next)
+            .filter(|s| four_symbols(*s) == "EURUSD")
+            .collect();
+        assert!(got.iter().all(|s| !lost.contains(s)));
+        assert_eq!(g.dropped, lost.len() as u64, "gap at {at}");
+        let mut again = open(
+            &mut resume_client,
+            pb::SubscribeRequest {
+                resume_token: ev.resume_token.clone(),
+                ..eur_filter()
+            },
+        )
+        .await;
+        let replayed = read_until(&mut again, next).await;
+        assert!(gaps(&replayed).is_empty(), "all of it is still retained");
+        let mut want = lost;
+        want.push(next);
+        assert_eq!(
+            seqs(&replayed),
+            want,
+            "the gap's position gives back its events"
+        );
+        drop(again);
+    }
+    drop(eur);
     server.shutdown().await;
 }
 
