@@ -160,7 +160,8 @@ pub struct Router {
     dedup: Dedup,
     arbiter: Arbiter,
     spike: Option<SpikeFilter>,
-    held: HashMap<String, (HoldId, Tick)>,
+    /// Held ticks by (symbol, source): at most one per feed of a symbol.
+    held: HashMap<(String, String), (HoldId, Tick)>,
     next_hold: HoldId,
     seq: HashMap<String, SeqState>,
     switches: Vec<Switch>,
@@ -204,10 +205,7 @@ impl Router {
             return;
         }
         if self.dedup.contains(&tick.key)
-            || self
-                .held
-                .get(&tick.symbol)
-                .is_some_and(|(_, h)| h.key == tick.key)
+            || (!self.held.is_empty() && self.held.values().any(|(_, h)| h.key == tick.key))
         {
             out.push(Decision::Duplicate);
             return;
@@ -225,12 +223,17 @@ impl Router {
             };
         if let Some(f) = &mut self.spike {
             let point = 10f64.powi(-i32::from(tick.scale));
-            let (outcome, verdict) = f.judge(&tick.symbol, tick.mid_f64(), point, now_ns);
+            let (outcome, verdict) =
+                f.judge(&tick.symbol, &tick.source, tick.mid_f64(), point, now_ns);
             if let Some(outcome) = outcome
-                && let Some((id, held)) = self.held.remove(&tick.symbol)
+                && let Some((id, held)) = self
+                    .held
+                    .remove(&(tick.symbol.clone(), tick.source.clone()))
             {
                 match outcome {
-                    HeldOutcome::Confirmed => self.emit_clean(held, Some(id), false, now_ns, out),
+                    HeldOutcome::Confirmed | HeldOutcome::Reanchored => {
+                        self.emit_clean(held, Some(id), false, now_ns, out)
+                    }
                     HeldOutcome::Rejected => out.push(Decision::Reject {
                         reject: Reject {
                             reason: RejectReason::Spike,
@@ -247,7 +250,8 @@ impl Router {
             if verdict == SpikeVerdict::Hold {
                 let id = self.next_hold;
                 self.next_hold += 1;
-                self.held.insert(tick.symbol.clone(), (id, tick));
+                self.held
+                    .insert((tick.symbol.clone(), tick.source.clone()), (id, tick));
                 out.push(Decision::Hold(id));
                 return;
             }
@@ -259,8 +263,8 @@ impl Router {
     pub fn on_timer(&mut self, now_ns: i64, out: &mut Vec<Decision>) {
         self.arbiter.on_timer(now_ns, &mut self.switches);
         if let Some(f) = &mut self.spike {
-            for symbol in f.expire(now_ns) {
-                if let Some((id, held)) = self.held.remove(&symbol) {
+            for key in f.expire(now_ns) {
+                if let Some((id, held)) = self.held.remove(&key) {
                     out.push(Decision::Reject {
                         reject: Reject {
                             reason: RejectReason::Spike,
@@ -751,6 +755,38 @@ mod tests {
     }
 
     #[test]
+    fn in_merge_a_second_feed_at_its_own_level_is_never_condemned_by_the_first() {
+        // Default settings: merge arbitration, the default spike filter.
+        let mut r = Router::new(RouterConfig {
+            spike: Some(SpikeConfig::default()),
+            ..RouterConfig::default()
+        });
+        let mut out = vec![];
+        let feed = |source: &str, i: i64, bid: i64| Tick {
+            key: format!("{source}-{i}"),
+            source: source.into(),
+            ts_event_ns: NOW - S + i * 1_000,
+            bid,
+            ask: bid + 3,
+            ..tick()
+        };
+        // A calm spell of feed A, then feed B 150 points higher, interleaved.
+        for i in 0..500 {
+            r.on_tick(feed("a", i, 110_230), NOW, &mut out);
+        }
+        for i in 500..1_500 {
+            r.on_tick(feed("a", i, 110_230), NOW, &mut out);
+            r.on_tick(feed("b", i, 110_380 + i % 3), NOW, &mut out);
+        }
+        let clean = out
+            .iter()
+            .filter(|d| matches!(d, Decision::Clean { .. }))
+            .count();
+        assert_eq!(clean, 2_500, "every price of both feeds is clean");
+        assert_eq!(out.len(), 2_500, "nothing held or rejected");
+    }
+
+    #[test]
     fn a_spike_is_held_then_rejected_and_a_confirmed_jump_is_released_in_order() {
         let mut r = Router::new(RouterConfig {
             spike: Some(SpikeConfig {
@@ -759,6 +795,7 @@ mod tests {
                 alpha: 0.1,
                 max_hold_ns: 5 * S,
                 floor_points: 5.0,
+                reanchor_after: 3,
             }),
             ..RouterConfig::default()
         });

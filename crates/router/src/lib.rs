@@ -83,6 +83,10 @@ pub struct RulesArgs {
     /// calm spell then never makes ordinary moves look like spikes).
     #[arg(long, env = "TICKFLOW_SPIKE_FLOOR_POINTS", default_value_t = 5.0)]
     pub spike_floor_points: f64,
+    /// Held ticks in a row that agree with each other (a new price level, not spikes) after
+    /// which the spike filter re-anchors at the new level and passes them (0: never).
+    #[arg(long, env = "TICKFLOW_SPIKE_REANCHOR_AFTER", default_value_t = 3)]
+    pub spike_reanchor_after: u32,
     /// How long (in event time) idempotency keys are remembered for de-duplication.
     #[arg(long, env = "TICKFLOW_DEDUP_WINDOW", value_parser = humantime::parse_duration, default_value = "15m")]
     pub dedup_window: Duration,
@@ -119,6 +123,7 @@ impl RulesArgs {
             warmup: self.spike_warmup,
             max_hold_ns: self.spike_max_hold.as_nanos() as i64,
             floor_points: self.spike_floor_points,
+            reanchor_after: self.spike_reanchor_after,
             ..SpikeConfig::default()
         });
         Ok(RouterConfig {
