@@ -16,8 +16,9 @@ pub struct IndicatorsArgs {
     /// Address the gRPC SignalService listens on.
     #[arg(long, env = "TICKFLOW_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
-    /// Redis URL for per-symbol snapshots (none: no snapshots in Redis).
-    #[arg(long, env = "TICKFLOW_REDIS_URL")]
+    /// Redis URL for per-symbol snapshots (none: no snapshots in Redis):
+    /// `redis://[[user]:password@]host:port[/db]`, or `rediss://...` for TLS.
+    #[arg(long, env = "TICKFLOW_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Lifetime of a snapshot in Redis.
     #[arg(long, env = "TICKFLOW_SNAPSHOT_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
@@ -99,7 +100,7 @@ pub async fn run(
         Some(url) => {
             let (tx, task) = snapshots::start_writer(url, cfg.snapshot_ttl)
                 .await
-                .with_context(|| format!("failed to connect to redis at {url}"))?;
+                .context("failed to start the redis snapshot writer")?;
             (Some(tx), Some(task))
         }
         None => (None, None),
