@@ -14,9 +14,11 @@ input string InpTerminal      = "";            // terminal name in the source (d
 input string InpSymbols       = "";            // comma-separated symbols (default: the chart's symbol)
 input int    InpHeartbeatSec  = 1;             // heartbeat interval
 input int    InpResendWindowMs = 5000;         // resend this much before the last acknowledged tick
+input bool   InpTls           = false;         // TLS (ingest --mt5-tls-cert/--mt5-tls-key); InpHost must match the certificate
 
 string   g_symbols[];
 long     g_last_msc[];      // per symbol: time_msc of the newest tick sent
+long     g_start_msc[];     // per symbol: where streaming started (the resend point before any ack)
 int      g_sent_at_last[];  // per symbol: ticks already sent with that time_msc
 long     g_acked_msc = 0;   // newest tick ingest acknowledged as durable
 int      g_socket = INVALID_HANDLE;
@@ -31,6 +33,7 @@ int OnInit()
    if(n <= 0)
       return(INIT_PARAMETERS_INCORRECT);
    ArrayResize(g_last_msc, n);
+   ArrayResize(g_start_msc, n);
    ArrayResize(g_sent_at_last, n);
    for(int i = 0; i < n; i++)
      {
@@ -38,6 +41,7 @@ int OnInit()
       StringTrimRight(g_symbols[i]);
       SymbolSelect(g_symbols[i], true);
       g_last_msc[i] = (long)TimeTradeServer() * 1000;
+      g_start_msc[i] = g_last_msc[i];
       g_sent_at_last[i] = 0;
      }
    EventSetMillisecondTimer(50);
@@ -57,7 +61,8 @@ bool SendLine(const string line)
   {
    uchar buf[];
    int len = StringToCharArray(line + "\n", buf, 0, WHOLE_ARRAY, CP_UTF8) - 1;
-   if(SocketSend(g_socket, buf, len) != len)
+   int sent = InpTls ? SocketTlsSend(g_socket, buf, len) : SocketSend(g_socket, buf, len);
+   if(sent != len)
      {
       Print("tickflow: send failed, reconnecting: ", GetLastError());
       SocketClose(g_socket);
@@ -87,19 +92,28 @@ bool Connect()
       g_socket = INVALID_HANDLE;
       return(false);
      }
+   // TLS: the terminal checks ingest's certificate against the Windows certificate store and
+   // InpHost; the token then never crosses the network in clear.
+   if(InpTls && !SocketTlsHandshake(g_socket, InpHost))
+     {
+      Print("tickflow: TLS handshake failed: ", GetLastError());
+      SocketClose(g_socket);
+      g_socket = INVALID_HANDLE;
+      return(false);
+     }
    // Broker server time is not UTC: tell ingest the offset.
    long offset = (long)(TimeTradeServer() - TimeGMT());
    string hello = StringFormat("{\"type\":\"hello\",\"token\":\"%s\",\"terminal\":\"%s\",\"utc_offset_s\":%I64d}",
                                InpToken, TerminalName(), offset);
    if(!SendLine(hello))
       return(false);
-   // Resend from just before the last acknowledged tick: the idempotency key drops the overlap.
-   if(g_acked_msc > 0)
-      for(int i = 0; i < ArraySize(g_symbols); i++)
-        {
-         g_last_msc[i] = g_acked_msc - InpResendWindowMs;
-         g_sent_at_last[i] = 0;
-        }
+   // Resend from just before the last acknowledged tick (from the start when nothing was
+   // acknowledged yet): the idempotency key drops the overlap.
+   for(int i = 0; i < ArraySize(g_symbols); i++)
+     {
+      g_last_msc[i] = g_acked_msc > 0 ? g_acked_msc - InpResendWindowMs : g_start_msc[i];
+      g_sent_at_last[i] = 0;
+     }
    g_inbox = "";
    Print("tickflow: connected to ", InpHost, ":", InpPort);
    return(true);
@@ -146,11 +160,17 @@ void SendNewTicks(const int i)
 //+------------------------------------------------------------------+
 void ReadReplies()
   {
-   uint avail = SocketIsReadable(g_socket);
-   if(avail == 0)
-      return;
    uchar buf[];
-   int n = SocketRead(g_socket, buf, avail, 100);
+   int n = 0;
+   if(InpTls)
+      n = SocketTlsReadAvailable(g_socket, buf, 65536);
+   else
+     {
+      uint avail = SocketIsReadable(g_socket);
+      if(avail == 0)
+         return;
+      n = SocketRead(g_socket, buf, avail, 100);
+     }
    if(n <= 0)
       return;
    g_inbox += CharArrayToString(buf, 0, n, CP_UTF8);

@@ -7,11 +7,19 @@
 //!   "last":0,"volume":0,"volume_real":0,"flags":6}` per tick and `{"type":"hb"}` heartbeats.
 //! - ingest -> EA: `{"type":"welcome"}` after a good hello (the EA keeps its own resume point,
 //!   the last acknowledged millisecond),
-//!   `{"type":"ack","time_msc":T}` once every tick up to T is durable (confirmed by Kafka or
-//!   spooled), `{"type":"hb"}` heartbeats, and `{"type":"error","reason":"..."}` before closing.
+//!   `{"type":"ack","time_msc":T}` once every tick the connection sent with a time up to T is
+//!   durable (confirmed by Kafka or spooled; in embedded mode committed to SQLite),
+//!   `{"type":"hb"}` heartbeats, and `{"type":"error","reason":"..."}` before closing.
 //!
-//! After a reconnect the EA resends with `CopyTicksRange` from the last acknowledged
-//! millisecond (inclusive); the idempotency key (`mt5:<terminal>|symbol|utc ns|ordinal within
+//! Lines are at most `--mt5-max-line` bytes (default 4096): a longer one, one that is not UTF-8
+//! or not a valid message is a reject (a dead letter with the reason and a bounded prefix) and
+//! the connection goes on. With `--mt5-tls-cert`/`--mt5-tls-key` the listener speaks TLS (the
+//! EA's `InpTls`, MQL5's `SocketTlsHandshake`). The token is compared in constant time; the
+//! terminal name must be 1-64 characters of `A-Z a-z 0-9 . _ -`.
+//!
+//! After a reconnect the EA resends with `CopyTicksRange` from a few seconds (`InpResendWindowMs`)
+//! before the last acknowledged millisecond, or from where it started when nothing was
+//! acknowledged yet; the idempotency key (`mt5:<terminal>|symbol|utc ns|ordinal within
 //! the ms`) is the same for a resent tick, so the overlap never becomes a duplicate. Prices are
 //! taken from the JSON text as decimals, never through a float. Broker server time is
 //! converted to UTC with the offset the EA reports.
@@ -475,6 +483,7 @@ impl Connection {
         let mut beat = tokio::time::interval(self.cfg.heartbeat);
         let mut last_heard = tokio::time::Instant::now();
         let mut last_acked = i64::MIN;
+        let mut newest_durable = None;
         let result = loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break Ok(()),
@@ -482,7 +491,7 @@ impl Connection {
                     if last_heard.elapsed() > self.cfg.idle_timeout {
                         break Err("peer silent".to_string());
                     }
-                    let acked = self.durable_upto();
+                    let acked = self.durable_upto(&mut newest_durable);
                     let msg = match acked {
                         Some(t) if t != last_acked => {
                             last_acked = t;
@@ -551,20 +560,24 @@ impl Connection {
         let _ = self.rejects.send(Rejected::line(source, refusal)).await;
     }
 
-    /// Returns the server time of the newest tick of this connection that is durable.
-    fn durable_upto(&self) -> Option<i64> {
+    /// Returns the server time T such that every tick this connection sent with a time up to
+    /// T is durable: the newest durable tick's time, or just before the oldest tick still in
+    /// flight when that is earlier (the EA sends several symbols, so send order is not time
+    /// order). `newest` carries the newest durable time between calls.
+    fn durable_upto(&self, newest: &mut Option<i64>) -> Option<i64> {
         let durable = self.durable.durable();
         let mut book = self.book.lock().ok()?;
         let q = book.get_mut(&self.id)?;
-        let mut last = None;
         while let Some(&(pos, t)) = q.front() {
             if pos >= durable {
                 break;
             }
-            last = Some(t);
+            *newest = Some(newest.map_or(t, |n| n.max(t)));
             q.pop_front();
         }
-        last
+        let newest = (*newest)?;
+        let in_flight = q.iter().map(|&(_, t)| t).min();
+        Some(in_flight.map_or(newest, |oldest| newest.min(oldest - 1)))
     }
 }
 

@@ -224,3 +224,130 @@ async fn the_ea_protocol_delivers_every_tick_once_across_a_dropped_connection() 
         "server time converted to UTC"
     );
 }
+
+#[derive(Parser)]
+struct Mt5Cli {
+    #[command(flatten)]
+    a: ingest::mt5::Mt5Args,
+}
+
+/// The EA's side over TLS (what `SocketTlsHandshake` does in MQL5): the listener serves the
+/// certificate from `--mt5-tls-cert`/`--mt5-tls-key`; an EA that trusts its CA connects to
+/// `localhost`, says hello, sends ticks and gets them acknowledged once durable. A client that
+/// does not trust the CA, and one that speaks plain TCP, get nothing.
+#[tokio::test]
+async fn an_ea_streams_over_tls() {
+    use ingest::source::{BuildSource, Durability, SourceContext};
+    use tokio::io::AsyncReadExt;
+    let certs = tick_core::testenv::tls::Certificates::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certs.server.to_pem().unwrap()).unwrap();
+    std::fs::write(&key, certs.server_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = Mt5Cli::parse_from([
+        "ingest",
+        "--mt5-listen",
+        &listen,
+        "--mt5-token",
+        "secret",
+        "--mt5-tls-cert",
+        cert.to_str().unwrap(),
+        "--mt5-tls-key",
+        key.to_str().unwrap(),
+    ])
+    .a;
+    let durable = Durability::default();
+    let cx = SourceContext {
+        intake: ingest::source::IntakeArgs {
+            symbols: vec![],
+            duration: None,
+            from: None,
+            to: None,
+            speed: None,
+        },
+        shutdown: CancellationToken::new(),
+        durable: durable.clone(),
+    };
+    let mut source = args.build(&cx).await.unwrap();
+
+    let connector = |ca: &openssl::x509::X509| {
+        tokio_native_tls::TlsConnector::from(
+            native_tls::TlsConnector::builder()
+                .add_root_certificate(
+                    native_tls::Certificate::from_pem(&ca.to_pem().unwrap()).unwrap(),
+                )
+                .disable_built_in_roots(true)
+                .build()
+                .unwrap(),
+        )
+    };
+    // A client that does not trust the CA refuses the server.
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert!(
+        connector(&certs.other_ca)
+            .connect("localhost", tcp)
+            .await
+            .is_err()
+    );
+    // Plain TCP to a TLS listener: the hello is not understood, nothing comes back in clear.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    plain
+        .write_all(b"{\"type\":\"hello\",\"token\":\"secret\",\"terminal\":\"x\"}\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf))
+        .await
+        .map_or(0, |r| r.unwrap_or(0));
+    assert!(!String::from_utf8_lossy(&buf[..n]).contains("welcome"));
+
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = connector(&certs.ca)
+        .connect("localhost", tcp)
+        .await
+        .unwrap();
+    let (r, mut w) = tokio::io::split(tls);
+    let mut lines = BufReader::new(r).lines();
+    w.write_all(
+        b"{\"type\":\"hello\",\"token\":\"secret\",\"terminal\":\"tls-demo\",\"utc_offset_s\":0}\n",
+    )
+    .await
+    .unwrap();
+    let welcome = lines.next_line().await.unwrap().unwrap();
+    assert!(welcome.contains("welcome"), "{welcome}");
+    let base = clock::now_ns() / 1_000_000;
+    for i in 0..10 {
+        let (_, line) = tick_line(base, i);
+        w.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    }
+    let mut ticks = Vec::new();
+    while ticks.len() < 10 {
+        source.next_batch(&mut ticks).await.unwrap();
+    }
+    assert!(
+        ticks
+            .iter()
+            .all(|t| t.source == "mt5:tls-demo" && t.scale == 5)
+    );
+    // Once durable, the EA is acknowledged over the same TLS stream.
+    durable.set(10);
+    let last = tick_line(base, 9).0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut acked = false;
+    while !acked && Instant::now() < deadline {
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        acked = line.contains(&format!("\"ack\",\"time_msc\":{last}"));
+    }
+    assert!(acked, "the last tick was acknowledged over TLS");
+    cx.shutdown.cancel();
+}

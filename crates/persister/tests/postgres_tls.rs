@@ -9,16 +9,6 @@
 //! `/usr/lib/postgresql/<version>/bin`, from the Debian package it installs). Without them
 //! the test skips, unless `TICKFLOW_REQUIRE_SERVICES=1` (scripts/test.sh), where it fails.
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
-use openssl::x509::extension::{
-    BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
-};
-use openssl::x509::{X509, X509NameBuilder};
 use persister::stores::{StoreOptions, StoreUrl, Stores};
 use persister::{BatchConfig, DeadLetters, PersisterStats, breaker::BreakerArgs};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -29,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tick_core::bus::{MemoryBus, topics};
 use tick_core::shutdown::CancellationToken;
+use tick_core::testenv::tls::Certificates;
 
 #[tokio::test]
 async fn the_persister_stores_into_a_postgres_that_requires_tls() {
@@ -428,99 +419,4 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A CA, a server certificate for `localhost` it signed, and a second, unrelated CA.
-struct Certificates {
-    ca: X509,
-    other_ca: X509,
-    server: X509,
-    server_key: PKey<Private>,
-}
-
-impl Certificates {
-    fn new() -> Self {
-        let (ca, ca_key) = self_signed_ca("tickflow test CA");
-        let (other_ca, _) = self_signed_ca("tickflow unrelated CA");
-        let server_key = key();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        b.set_serial_number(&serial()).unwrap();
-        b.set_subject_name(&name("localhost")).unwrap();
-        b.set_issuer_name(ca.subject_name()).unwrap();
-        b.set_pubkey(&server_key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
-            .unwrap();
-        b.append_extension(BasicConstraints::new().build().unwrap())
-            .unwrap();
-        b.append_extension(
-            KeyUsage::new()
-                .digital_signature()
-                .key_encipherment()
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
-        b.append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap())
-            .unwrap();
-        let san = SubjectAlternativeName::new()
-            .dns("localhost")
-            .build(&b.x509v3_context(Some(&ca), None))
-            .unwrap();
-        b.append_extension(san).unwrap();
-        b.sign(&ca_key, MessageDigest::sha256()).unwrap();
-        Self {
-            ca,
-            other_ca,
-            server: b.build(),
-            server_key,
-        }
-    }
-}
-
-fn self_signed_ca(cn: &str) -> (X509, PKey<Private>) {
-    let key = key();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&serial()).unwrap();
-    b.set_subject_name(&name(cn)).unwrap();
-    b.set_issuer_name(&name(cn)).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
-        .unwrap();
-    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-        .unwrap();
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .key_cert_sign()
-            .crl_sign()
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    b.sign(&key, MessageDigest::sha256()).unwrap();
-    (b.build(), key)
-}
-
-/// A P-256 key: made at once (an RSA key takes a noticeable while on a slow machine).
-fn key() -> PKey<Private> {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-}
-
-fn serial() -> openssl::asn1::Asn1Integer {
-    let mut n = BigNum::new().unwrap();
-    n.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-    n.to_asn1_integer().unwrap()
-}
-
-fn name(cn: &str) -> openssl::x509::X509Name {
-    let mut n = X509NameBuilder::new().unwrap();
-    n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-    n.build()
 }

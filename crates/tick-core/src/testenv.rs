@@ -1,6 +1,8 @@
 //! Addresses of the real services integration tests run against, as `scripts/test.sh` sets
 //! them (`KAFKA_BROKERS`, `DATABASE_URL`, `REDIS_URL`).
 
+pub mod tls;
+
 /// Returns the value of `var`, or `None` (the caller skips) when it is unset and the run does
 /// not require services. Under `scripts/test.sh` (`TICKFLOW_REQUIRE_SERVICES=1`) a missing
 /// variable fails the test instead, so CI can never pass by skipping.
