@@ -420,13 +420,20 @@ impl TickSink<'_> {
             let n = bad.len() as u64;
             match self.dead_letters {
                 DeadLetters::Topic(producer) => {
-                    let records = bad.drain(..).map(|r| {
-                        let key = r.reason.clone();
-                        (key, r.encode())
-                    });
-                    tick_core::bus::publish_all(producer.as_ref(), topics::DLQ, records)
-                        .await
-                        .context("failed to publish a dead letter")?;
+                    let records = bad
+                        .drain(..)
+                        .map(|r| (r.reason.clone().into_bytes(), r.encode()))
+                        .collect();
+                    // Refused or undelivered dead letters are sent again; the batch is
+                    // acknowledged only once all are confirmed.
+                    tick_core::bus::publish_dead_letters(
+                        producer.as_ref(),
+                        records,
+                        "persister",
+                        self.abort,
+                    )
+                    .await
+                    .context("failed to publish a dead letter")?;
                 }
                 DeadLetters::Store => {
                     intake

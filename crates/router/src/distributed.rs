@@ -40,7 +40,7 @@ pub async fn run(
         .context("failed to create the producer")?;
     let consumer = cfg
         .kafka
-        .consumer(&cfg.group, topics::RAW, shutdown)
+        .consumer(&cfg.group, topics::RAW, shutdown.clone())
         .context("failed to create the consumer")?;
     health.set_ready(true);
     let stats = Arc::new(RouterStats::default());
@@ -51,6 +51,7 @@ pub async fn run(
         stats,
         Some(tail),
         false,
+        shutdown.clone(),
     )
     .await
 }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tick_core::bus::{BusError, Consumer, InFlight, Producer, Receipt, topics};
+use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock};
 use tokio::sync::{mpsc, oneshot};
 
@@ -175,7 +176,8 @@ struct Held {
 }
 
 /// Routes every message of `consumer` until its stream ends, acknowledging each only after its
-/// outputs are confirmed. `tail` carries ticks other router instances let through.
+/// outputs are confirmed. `tail` carries ticks other router instances let through. A dead letter
+/// the bus refuses is sent again with backoff until `shutdown` fires.
 pub async fn run_router(
     mut consumer: Box<dyn Consumer>,
     producer: Arc<dyn Producer>,
@@ -183,7 +185,13 @@ pub async fn run_router(
     stats: Arc<RouterStats>,
     mut tail: Option<mpsc::Receiver<Tick>>,
     reject_holds_at_end: bool,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let ctx = Ctx {
+        producer: producer.as_ref(),
+        stats: &stats,
+        shutdown: &shutdown,
+    };
     let mut in_flight = InFlight::default();
     let mut holds: HashMap<HoldId, Held> = HashMap::new();
     let mut timer = tokio::time::interval(Duration::from_millis(100));
@@ -199,7 +207,7 @@ pub async fn run_router(
             Some(t) = async { tail.as_mut()?.recv().await }, if tail.is_some() => router.remember(&t),
             _ = timer.tick() => {
                 router.on_timer(clock::now_ns(), &mut out);
-                settle(&mut out, None, &mut holds, producer.as_ref(), &stats).await?;
+                settle(&mut out, None, &mut holds, &ctx).await?;
                 log_switches(&mut router, &stats);
             }
             next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
@@ -210,9 +218,9 @@ pub async fn run_router(
                     Ok(tick) => {
                         router.on_tick(tick, clock::now_ns(), &mut out);
                         log_switches(&mut router, &stats);
-                        settle(&mut out, Some(input), &mut holds, producer.as_ref(), &stats).await?
+                        settle(&mut out, Some(input), &mut holds, &ctx).await?
                     }
-                    Err(e) => vec![dead_letter(&input, RejectReason::MalformedPayload, e.to_string(), producer.as_ref(), &stats).await?],
+                    Err(e) => vec![dead_letter(&input, RejectReason::MalformedPayload, e.to_string(), &ctx).await?],
                 };
                 in_flight.push(d.id, own);
             }
@@ -222,7 +230,7 @@ pub async fn run_router(
         // The input is gone for good (embedded mode): a held tick can no longer be confirmed,
         // so it becomes a dead letter rather than vanish.
         router.on_timer(i64::MAX, &mut out);
-        settle(&mut out, None, &mut holds, producer.as_ref(), &stats).await?;
+        settle(&mut out, None, &mut holds, &ctx).await?;
     } else {
         // Kafka keeps the input: leave held ticks unacknowledged, so the next instance reads
         // them again and decides with the tick that follows.
@@ -249,13 +257,20 @@ fn log_switches(router: &mut Router, stats: &RouterStats) {
 
 /// Publishes the decisions in `out`; returns the receipts the current input (if any) waits
 /// for. Decisions that settle earlier holds resolve those holds' receipts.
+/// What publishing a decision needs.
+struct Ctx<'a> {
+    producer: &'a dyn Producer,
+    stats: &'a RouterStats,
+    shutdown: &'a CancellationToken,
+}
+
 async fn settle(
     out: &mut Vec<Decision>,
     input: Option<Held>,
     holds: &mut HashMap<HoldId, Held>,
-    producer: &dyn Producer,
-    stats: &RouterStats,
+    ctx: &Ctx<'_>,
 ) -> anyhow::Result<Vec<Receipt>> {
+    let (producer, stats) = (ctx.producer, ctx.stats);
     let mut input = input;
     let mut own = Vec::new();
     for decision in out.drain(..) {
@@ -278,15 +293,12 @@ async fn settle(
                 };
                 match source {
                     Some(h) => {
-                        let r =
-                            dead_letter(&h, reject.reason, reject.detail, producer, stats).await?;
+                        let r = dead_letter(&h, reject.reason, reject.detail, ctx).await?;
                         resolve_later(h, r);
                     }
                     None => {
                         let Some(i) = &input else { continue };
-                        own.push(
-                            dead_letter(i, reject.reason, reject.detail, producer, stats).await?,
-                        );
+                        own.push(dead_letter(i, reject.reason, reject.detail, ctx).await?);
                     }
                 }
             }
@@ -327,9 +339,9 @@ async fn dead_letter(
     input: &Held,
     reason: RejectReason,
     detail: String,
-    producer: &dyn Producer,
-    stats: &RouterStats,
+    ctx: &Ctx<'_>,
 ) -> anyhow::Result<Receipt> {
+    let stats = ctx.stats;
     stats.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
     metrics::counter!("tickflow_router_ticks_total", "outcome" => "rejected").increment(1);
     metrics::counter!("tickflow_router_rejects_total", "reason" => reason.code()).increment(1);
@@ -341,9 +353,14 @@ async fn dead_letter(
         input.payload.clone(),
         &input.origin,
     );
-    Ok(producer
-        .send(topics::DLQ, &input.key, record.encode())
-        .await?)
+    Ok(tick_core::bus::send_dead_letter(
+        ctx.producer,
+        &input.key,
+        record.encode(),
+        "router",
+        ctx.shutdown,
+    )
+    .await?)
 }
 
 #[cfg(test)]
@@ -405,6 +422,7 @@ mod tests {
             stats.clone(),
             None,
             true,
+            CancellationToken::new(),
         )
         .await
         .unwrap();

@@ -116,6 +116,70 @@ pub async fn publish_all<K: AsRef<[u8]>>(
     Ok(())
 }
 
+/// Sends a dead letter (an encoded, bounded [`DeadLetterRecord`](crate::store::DeadLetterRecord))
+/// to `ticks.dlq`, sending it again with backoff while the bus refuses it (a full queue, a
+/// broker away): a refused dead letter is a counted, logged retry, never the end of the
+/// process. (Records are bounded, so a refusal for size cannot repeat.) Stops retrying, with
+/// [`BusError::Closed`], when `shutdown` fires or the bus is closed.
+pub async fn send_dead_letter(
+    producer: &dyn Producer,
+    key: &[u8],
+    payload: Vec<u8>,
+    component: &'static str,
+    shutdown: &crate::shutdown::CancellationToken,
+) -> Result<Receipt, BusError> {
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(5),
+    );
+    loop {
+        match producer.send(topics::DLQ, key, payload.clone()).await {
+            Ok(r) => return Ok(r),
+            // A closed bus does not open again (embedded mode stopping).
+            Err(BusError::Closed) => return Err(BusError::Closed),
+            Err(e) => {
+                metrics::counter!("tickflow_dead_letter_send_retries_total", "component" => component)
+                    .increment(1);
+                tracing::warn!(component, error = %crate::error::chain(&e), "the bus refused a dead letter; sending it again");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(BusError::Closed),
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// Publishes dead letters and waits until each is confirmed, sending again (with backoff) any
+/// the bus refuses or fails to deliver, until all are confirmed or `shutdown` fires.
+pub async fn publish_dead_letters(
+    producer: &dyn Producer,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    component: &'static str,
+    shutdown: &crate::shutdown::CancellationToken,
+) -> Result<(), BusError> {
+    let mut todo = records;
+    while !todo.is_empty() {
+        let mut receipts = Vec::with_capacity(todo.len());
+        for (key, payload) in &todo {
+            receipts
+                .push(send_dead_letter(producer, key, payload.clone(), component, shutdown).await?);
+        }
+        let mut failed = Vec::new();
+        for (record, r) in todo.into_iter().zip(receipts) {
+            if let Err(e) = r.await {
+                if matches!(e, BusError::Closed) {
+                    return Err(e);
+                }
+                tracing::warn!(component, error = %crate::error::chain(&e), "a dead letter was not delivered; sending it again");
+                failed.push(record);
+            }
+        }
+        todo = failed;
+    }
+    Ok(())
+}
+
 /// Messages whose outputs are published but not yet confirmed, acknowledged in input order as
 /// their receipts resolve, so a crash never skips an unconfirmed message.
 #[derive(Default)]
@@ -426,6 +490,62 @@ impl Consumer for MemoryConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Refuses the first `refuse` sends and fails the delivery of the next `fail`.
+    struct Flaky {
+        refuse: AtomicU64,
+        fail: AtomicU64,
+        delivered: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Producer for Flaky {
+        async fn send(&self, _: &str, _: &[u8], _: Vec<u8>) -> Result<Receipt, BusError> {
+            if self.refuse.load(Ordering::Relaxed) > 0 {
+                self.refuse.fetch_sub(1, Ordering::Relaxed);
+                return Err(BusError::Broker(crate::error::Cause::msg("queue full")));
+            }
+            if self.fail.load(Ordering::Relaxed) > 0 {
+                self.fail.fetch_sub(1, Ordering::Relaxed);
+                return Ok(Box::pin(futures::future::ready(Err(BusError::Broker(
+                    crate::error::Cause::msg("message timed out"),
+                )))));
+            }
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            Ok(Box::pin(futures::future::ready(Ok(()))))
+        }
+        async fn flush(&self) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_or_undelivered_dead_letters_are_sent_again_until_confirmed() {
+        let p = Flaky {
+            refuse: 5.into(),
+            fail: 2.into(),
+            delivered: 0.into(),
+        };
+        let records = (0..4u8).map(|i| (vec![i], vec![i; 10])).collect();
+        let stop = crate::shutdown::CancellationToken::new();
+        publish_dead_letters(&p, records, "test", &stop)
+            .await
+            .unwrap();
+        assert_eq!(
+            p.delivered.load(Ordering::Relaxed),
+            4,
+            "every one, once delivered"
+        );
+        // Shutdown ends the retries.
+        let p = Flaky {
+            refuse: u64::MAX.into(),
+            fail: 0.into(),
+            delivered: 0.into(),
+        };
+        stop.cancel();
+        let r = send_dead_letter(&p, b"", vec![1], "test", &stop).await;
+        assert!(matches!(r, Err(BusError::Closed)));
+    }
 
     #[tokio::test]
     async fn fans_out_to_every_group_in_order_and_ends_on_close() {

@@ -287,6 +287,7 @@ impl Stages {
             stats.router.clone(),
             None,
             true,
+            tick_core::shutdown::CancellationToken::new(),
         ));
         let indicators = hot.handle.spawn(indicators::run_indicators(
             Box::new(q.clean_realtime),
