@@ -8,8 +8,7 @@ pub use tick_formats::csv::*;
 use tick_core::error::Cause;
 use crate::source::{BuildSource, Rejected, SourceContext, SourceError, TickSource};
 use async_trait::async_trait;
-use crate::lines::{Line, LineSplitter};
-use std::io::Read;
+use tick_formats::lines::{Line, ReadLines};
 use std::path::{Path, PathBuf};
 use tick_core::Tick;
 
@@ -25,47 +24,24 @@ impl BuildSource for CsvArgs {
     }
 }
 
-/// The longest CSV line read, in bytes (a tick line is under 200).
-pub const MAX_CSV_LINE: usize = 64 * 1024;
 
 /// A CSV file as a source, read to its end as fast as the bus takes it.
 pub struct CsvSource {
     path: PathBuf,
-    reader: std::fs::File,
-    lines: LineSplitter,
-    eof: bool,
+    lines: ReadLines<std::fs::File>,
     parser: CsvParser,
     line_no: usize,
     rejects: Vec<Rejected>,
 }
 
 impl CsvSource {
-    /// Reads the next line (without its line ending); `None` at the end of the file.
-    fn next_line(&mut self) -> std::io::Result<Option<Line>> {
-        loop {
-            if let Some(line) = self.lines.next_line() {
-                return Ok(Some(line));
-            }
-            if self.eof {
-                return Ok(self.lines.finish());
-            }
-            let mut chunk = [0u8; 64 * 1024];
-            match self.reader.read(&mut chunk)? {
-                0 => self.eof = true,
-                n => self.lines.push(&chunk[..n]),
-            }
-        }
-    }
-
     /// Opens `path`.
     pub fn open(path: &Path, parser: CsvParser) -> Result<Self, SourceError> {
         let f = std::fs::File::open(path)
             .map_err(|e| SourceError::Input(Cause::new(path.display().to_string(), e)))?;
         Ok(Self {
             path: path.to_path_buf(),
-            reader: f,
-            lines: LineSplitter::new(MAX_CSV_LINE),
-            eof: false,
+            lines: ReadLines::new(f, MAX_CSV_LINE),
             parser,
             line_no: 0,
             rejects: Vec::new(),
@@ -81,7 +57,7 @@ impl TickSource for CsvSource {
 
     async fn next_batch(&mut self, out: &mut Vec<Tick>) -> Result<bool, SourceError> {
         for _ in 0..4096 {
-            let line = self.next_line().map_err(|e| {
+            let line = self.lines.next().transpose().map_err(|e| {
                 SourceError::Input(Cause::new(
                     format!("{}:{}", self.path.display(), self.line_no + 1),
                     e,

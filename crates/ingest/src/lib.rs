@@ -1,7 +1,6 @@
 //! The ingest stage: reads ticks from a [`source::TickSource`] and publishes each, keyed by
 //! symbol, to `ticks.raw`.
 
-pub mod lines;
 pub mod source;
 pub mod spool;
 

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tick_core::shutdown::CancellationToken;
 use tick_core::{KeyOrdinals, Price, Tick, clock, idempotency_key};
-use crate::lines::{Line, LineSplitter};
+use tick_formats::lines::{Line, LineSplitter};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -556,7 +556,7 @@ impl Connection {
             .await;
     }
 
-    async fn reject_line(&self, source: &str, refusal: crate::lines::Refusal) {
+    async fn reject_line(&self, source: &str, refusal: tick_formats::lines::Refusal) {
         let _ = self.rejects.send(Rejected::line(source, refusal)).await;
     }
 

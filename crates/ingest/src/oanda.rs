@@ -10,7 +10,7 @@
 //! the stream goes on.
 
 use tick_core::error::Cause;
-use crate::lines::{Line, LineSplitter};
+use tick_formats::lines::{Line, LineSplitter};
 use crate::source::{BuildSource, Rejected, Skipped, SourceContext, SourceError, TickSource};
 use async_trait::async_trait;
 use futures::StreamExt;

@@ -33,7 +33,7 @@ pub struct Rejected {
 impl Rejected {
     /// Returns the reject of a line the framing refused; `at` says where it was (file and
     /// line, peer).
-    pub fn line(at: impl std::fmt::Display, refusal: crate::lines::Refusal) -> Self {
+    pub fn line(at: impl std::fmt::Display, refusal: tick_formats::lines::Refusal) -> Self {
         Self {
             reason: refusal.reason,
             detail: format!("{at}: {}", refusal.why),

@@ -9,14 +9,15 @@ use anyhow::Context;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::{HOUR_NS, ImportCheckpoints, TickWriter, hour_floor};
 use tick_core::{KeyOrdinals, Tick, clock};
 use tick_formats::csv::CsvParser;
+use tick_formats::csv::MAX_CSV_LINE;
 use tick_formats::dukascopy::{self, Location};
+use tick_formats::lines::Line;
 use tokio::sync::mpsc;
 
 /// Options of `replayer import`.
@@ -414,7 +415,9 @@ fn read_csv_chunks(
             return;
         }
     };
-    let mut lines = std::io::BufReader::new(file).lines();
+    // Lines are bounded like the CSV source's: a longer one, or one that is not UTF-8, is a
+    // rejected line, never held whole and never the end of the import.
+    let mut lines = tick_formats::lines::ReadLines::new(file, MAX_CSV_LINE);
     let mut line_no = 0usize;
     let mut rejected_total = 0u64;
     loop {
@@ -429,15 +432,19 @@ fn read_csv_chunks(
             let Some(line) = lines.next() else { break };
             line_no += 1;
             let line = match line {
-                Ok(l) => l,
+                Ok(Line::Text(l)) => Ok(l),
+                Ok(Line::Refused(r)) => Err((r.len, r.why)),
                 Err(e) => {
                     let _ =
                         tx.blocking_send(Err(anyhow::anyhow!("{}:{line_no}: {e}", path.display())));
                     return;
                 }
             };
-            unit.weight += line.len() as u64 + 1;
-            match parser.parse_line(&line) {
+            unit.weight += line.as_ref().map_or_else(|(n, _)| *n, String::len) as u64 + 1;
+            match line
+                .map_err(|(_, why)| why)
+                .and_then(|l| parser.parse_line(&l))
+            {
                 Ok(Some(t)) => unit.ticks.push(t),
                 Ok(None) => {}
                 Err(reason) => {

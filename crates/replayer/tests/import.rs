@@ -370,3 +370,42 @@ async fn csv_files_import_into_sqlite_with_rejects_counted_and_resume() {
     );
     assert_eq!(store.count_ticks().await.unwrap(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_lines_up_to_8_mib_and_binary_junk_are_rejected_lines_not_the_end_of_the_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("junk.csv");
+    let mut bytes = b"timestamp,bid,ask\n".to_vec();
+    let junk: [&[u8]; 4] = [
+        &[b'x'; 8 << 20],
+        b"\xff\xfe\x00\xc3",
+        &[b'7'; 70_000],
+        b"1,2",
+    ];
+    for (i, j) in junk.iter().enumerate() {
+        bytes.extend(format!("{},1.08500,1.08503\n", 1_700_000_000_000i64 + i as i64).bytes());
+        bytes.extend_from_slice(j);
+        bytes.push(b'\n');
+    }
+    bytes.extend(b"1700000000009,1.08501,1.08504".iter()); // the last line, unended
+    std::fs::write(&csv, bytes).unwrap();
+    let db = dir.path().join("t.db");
+    let store = format!("sqlite:{}", db.display());
+    let args = Cli::parse_from([
+        "replayer",
+        "csv",
+        "--csv-file",
+        csv.to_str().unwrap(),
+        "--csv-symbol",
+        "EURUSD",
+        "--store",
+        &store,
+    ])
+    .a;
+    let report = run_import(args, CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (report.ticks_read, report.rows_stored, report.rejected_lines),
+        (5, 5, 4),
+        "{report:?}"
+    );
+}

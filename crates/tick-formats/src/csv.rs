@@ -16,6 +16,10 @@ pub enum CsvFormat {
     Plain,
 }
 
+/// The longest CSV line read, in bytes (a tick line is under 200): a longer one is a rejected
+/// line (by the CSV source and `replayer import`).
+pub const MAX_CSV_LINE: usize = 64 * 1024;
+
 /// Parses one file's lines into ticks of `symbol`, carrying MT5's "unchanged" bid/ask.
 pub struct CsvParser {
     format: CsvFormat,

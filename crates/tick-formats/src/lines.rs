@@ -1,5 +1,5 @@
-//! Line framing for the line-based sources (CSV files, the OANDA NDJSON stream, MT5
-//! connections), written once: bytes go in as they arrive, whole lines come out, each bounded.
+//! Line framing for the line-based inputs (CSV files read by the source and by `replayer
+//! import`, the OANDA NDJSON stream, MT5 connections), written once: bytes go in as they arrive, whole lines come out, each bounded.
 //! A line over the limit is never held whole: its first bytes are kept for the dead letter, the
 //! rest is counted and hashed as it streams past, and the next line starts after its newline.
 //! A line that is not UTF-8 is refused too. Neither ends the stream.
@@ -25,6 +25,8 @@ pub struct Refusal {
     pub why: String,
     /// The line, or its first [`KEPT_PREFIX`] bytes when it was too long.
     pub bytes: Vec<u8>,
+    /// The line's length in bytes (without its line ending).
+    pub len: usize,
 }
 
 /// Splits a byte stream into bounded lines.
@@ -147,6 +149,7 @@ impl LineSplitter {
 
     fn too_long(&self, prefix: Vec<u8>, len: usize, hasher: crc32fast::Hasher) -> Refusal {
         Refusal {
+            len,
             reason: "line_too_long",
             why: format!(
                 "line of {len} bytes, over the limit of {} (crc32 {:08x}; its first {} bytes kept)",
@@ -163,10 +166,51 @@ fn text(line: Vec<u8>) -> Line {
     match String::from_utf8(line) {
         Ok(t) => Line::Text(t),
         Err(e) => Line::Refused(Refusal {
+            len: e.as_bytes().len(),
             reason: "malformed_line",
             why: format!("not UTF-8: {}", e.utf8_error()),
             bytes: e.into_bytes(),
         }),
+    }
+}
+
+/// The bounded lines of a reader (a file), read in 64 KiB chunks.
+pub struct ReadLines<R> {
+    reader: R,
+    lines: LineSplitter,
+    eof: bool,
+}
+
+impl<R: std::io::Read> ReadLines<R> {
+    /// Returns the lines of `reader`, refusing those over `max` bytes.
+    pub fn new(reader: R, max: usize) -> Self {
+        Self {
+            reader,
+            lines: LineSplitter::new(max),
+            eof: false,
+        }
+    }
+}
+
+impl<R: std::io::Read> Iterator for ReadLines<R> {
+    type Item = std::io::Result<Line>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(line) = self.lines.next_line() {
+                return Some(Ok(line));
+            }
+            if self.eof {
+                return self.lines.finish().map(Ok);
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.reader.read(&mut chunk) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.lines.push(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }
 
