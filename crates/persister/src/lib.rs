@@ -105,6 +105,16 @@ pub struct PersisterStats {
     pub bars_stored: AtomicU64,
 }
 
+impl PersisterStats {
+    /// Returns the tick messages accounted for by an outcome: stored + duplicates + dead
+    /// letters (refused rows and payloads that were not ticks). Equals `received` once every
+    /// message read was written.
+    pub fn accounted(&self) -> u64 {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        n(&self.stored) + n(&self.duplicates) + n(&self.dead_letters)
+    }
+}
+
 /// One consumed stream and the breaker guarding its writes: messages received while the
 /// breaker held intake paused wait in `held` and come first afterwards.
 struct Intake {
@@ -400,6 +410,7 @@ impl TickSink<'_> {
                         .await
                 }
             };
+            let bad_before = bad.len();
             let new = match attempt {
                 Ok(n) => n,
                 Err(StoreError::Data(e)) => {
@@ -408,7 +419,9 @@ impl TickSink<'_> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let (new, dup) = crate::core::tally(rows.len(), new);
+            // Rows the database refused are dead letters, not duplicates.
+            let refused = bad.len() - bad_before;
+            let (new, dup) = crate::core::tally(rows.len() - refused, new);
             stats.stored.fetch_add(new, Ordering::Relaxed);
             stats.duplicates.fetch_add(dup, Ordering::Relaxed);
             stats.batches.fetch_add(1, Ordering::Relaxed);

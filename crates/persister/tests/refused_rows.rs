@@ -91,6 +91,11 @@ async fn refused_rows_go_to_the_dead_letter_topic_and_the_rest_is_stored() {
         "every other row stored"
     );
     assert_eq!(stats.stored.load(Ordering::Relaxed), 9);
+    assert_eq!(
+        stats.accounted(),
+        stats.received.load(Ordering::Relaxed),
+        "every message counted once: {stats:?}"
+    );
 
     // The refused row is on ticks.dlq, read back from the broker, with PostgreSQL's error.
     let now_ms = tick_core::clock::now_ns() / 1_000_000;

@@ -154,11 +154,26 @@ pub struct RouterStats {
     pub standby: AtomicU64,
     /// Ticks held by the spike filter.
     pub held: AtomicU64,
+    /// Held ticks since settled: released to `ticks.clean` or rejected (and counted there too).
+    pub released: AtomicU64,
     /// Source switches.
     pub switches: AtomicU64,
 }
 
 impl RouterStats {
+    /// Returns the inputs accounted for by an outcome: clean + rejected + duplicates + standby +
+    /// still held. Every input read has exactly one, so this equals `received` whenever no
+    /// input is between its read and its decision.
+    pub fn accounted(&self) -> u64 {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        n(&self.clean)
+            + self.rejected_total()
+            + n(&self.duplicates)
+            + n(&self.standby)
+            + n(&self.held)
+            - n(&self.released)
+    }
+
     /// Returns the total number of rejects.
     pub fn rejected_total(&self) -> u64 {
         self.rejected
@@ -277,6 +292,9 @@ async fn settle(
         match decision {
             Decision::Clean { tick, held } => {
                 stats.clean.fetch_add(1, Ordering::Relaxed);
+                if held.is_some() {
+                    stats.released.fetch_add(1, Ordering::Relaxed);
+                }
                 metrics::counter!("tickflow_router_ticks_total", "outcome" => "clean").increment(1);
                 let r = producer
                     .send(topics::CLEAN, tick.symbol.as_bytes(), tick.encode())
@@ -287,6 +305,9 @@ async fn settle(
                 }
             }
             Decision::Reject { reject, held } => {
+                if held.is_some() {
+                    stats.released.fetch_add(1, Ordering::Relaxed);
+                }
                 let source = match held {
                     Some(id) => holds.remove(&id),
                     None => None,
@@ -452,5 +473,70 @@ mod tests {
         assert_eq!(stats.received.load(Ordering::Relaxed), 4);
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
         assert_eq!(stats.rejected_total(), 2);
+        assert_eq!(stats.accounted(), 4, "every input counted once");
+    }
+
+    /// Held ticks are counted once whatever becomes of them: released, rejected as a spike, or
+    /// rejected when the input ends.
+    #[tokio::test]
+    async fn counters_add_up_with_spike_holds() {
+        let bus = MemoryBus::new();
+        let raw = bus.subscribe(topics::RAW, 4096);
+        let _clean = bus.subscribe(topics::CLEAN, 4096);
+        let _dlq = bus.subscribe(topics::DLQ, 4096);
+        let p = bus.producer();
+        let mut n = 0;
+        let mut send = |key: String, bid: i64| {
+            n += 1;
+            let payload = tick(&key, bid, bid + 3).encode();
+            let p = &p;
+            async move {
+                p.send(topics::RAW, b"EURUSD", payload)
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+            }
+        };
+        for i in 0..100 {
+            send(format!("w{i}"), 110_000 + i % 2).await;
+        }
+        send("spike".into(), 112_000).await; // held, then rejected by the next
+        send("back".into(), 110_001).await;
+        send("jump".into(), 111_000).await; // held, then confirmed
+        send("confirm".into(), 111_001).await;
+        send("last".into(), 113_000).await; // held when the input ends
+        send("w5".into(), 110_001).await; // a duplicate
+        let sent = n;
+        bus.close(topics::RAW);
+        let stats = Arc::new(RouterStats::default());
+        let cfg = RouterConfig {
+            spike: Some(SpikeConfig {
+                warmup: 10,
+                ..SpikeConfig::default()
+            }),
+            ..RouterConfig::default()
+        };
+        run_router(
+            Box::new(raw),
+            Arc::new(bus.producer()),
+            Router::new(cfg),
+            stats.clone(),
+            None,
+            true,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(n(&stats.received), sent);
+        assert_eq!((n(&stats.held), n(&stats.released)), (3, 3), "{stats:?}");
+        assert_eq!(
+            stats.rejected_total(),
+            2,
+            "the spike and the one held at the end"
+        );
+        assert_eq!(n(&stats.duplicates), 1);
+        assert_eq!(stats.accounted(), sent, "{stats:?}");
     }
 }
