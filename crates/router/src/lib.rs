@@ -156,6 +156,10 @@ pub struct RouterStats {
     pub held: AtomicU64,
     /// Held ticks since settled: released to `ticks.clean` or rejected (and counted there too).
     pub released: AtomicU64,
+    /// Total time the settled held ticks waited, in nanoseconds (wall clock, hold to decision).
+    pub held_ns_total: AtomicU64,
+    /// Longest time a settled held tick waited, in nanoseconds.
+    pub held_ns_max: AtomicU64,
     /// Source switches.
     pub switches: AtomicU64,
 }
@@ -184,6 +188,8 @@ impl RouterStats {
 }
 
 struct Held {
+    /// When the spike filter held it (set at the hold).
+    since: std::time::Instant,
     done: oneshot::Sender<Result<(), BusError>>,
     key: Vec<u8>,
     payload: Vec<u8>,
@@ -228,7 +234,7 @@ pub async fn run_router(
             next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                 let Some(d) = next? else { break };
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                let input = Held { done: oneshot::channel().0, key: d.key, payload: d.payload, origin: d.topic };
+                let input = Held { since: std::time::Instant::now(), done: oneshot::channel().0, key: d.key, payload: d.payload, origin: d.topic };
                 let own = match Tick::decode(&input.payload) {
                     Ok(tick) => {
                         router.on_tick(tick, clock::now_ns(), &mut out);
@@ -300,7 +306,10 @@ async fn settle(
                     .send(topics::CLEAN, tick.symbol.as_bytes(), tick.encode())
                     .await?;
                 match held.and_then(|id| holds.remove(&id)) {
-                    Some(h) => resolve_later(h, r),
+                    Some(h) => {
+                        record_hold(&h, stats);
+                        resolve_later(h, r)
+                    }
                     None => own.push(r),
                 }
             }
@@ -314,6 +323,7 @@ async fn settle(
                 };
                 match source {
                     Some(h) => {
+                        record_hold(&h, stats);
                         let r = dead_letter(&h, reject.reason, reject.detail, ctx).await?;
                         resolve_later(h, r);
                     }
@@ -339,6 +349,7 @@ async fn settle(
                 if let Some(mut h) = input.take() {
                     let (tx, rx) = oneshot::channel();
                     h.done = tx;
+                    h.since = std::time::Instant::now();
                     holds.insert(id, h);
                     own.push(Box::pin(async move {
                         rx.await.unwrap_or(Err(BusError::Closed))
@@ -348,6 +359,15 @@ async fn settle(
         }
     }
     Ok(own)
+}
+
+/// Records how long a held tick waited for its decision.
+fn record_hold(h: &Held, stats: &RouterStats) {
+    let waited = h.since.elapsed();
+    let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+    stats.held_ns_total.fetch_add(ns, Ordering::Relaxed);
+    stats.held_ns_max.fetch_max(ns, Ordering::Relaxed);
+    metrics::histogram!("tickflow_router_spike_hold_seconds").record(waited.as_secs_f64());
 }
 
 fn resolve_later(h: Held, receipt: Receipt) {
@@ -531,6 +551,7 @@ mod tests {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         assert_eq!(n(&stats.received), sent);
         assert_eq!((n(&stats.held), n(&stats.released)), (3, 3), "{stats:?}");
+        assert!(n(&stats.held_ns_max) > 0 && n(&stats.held_ns_total) >= n(&stats.held_ns_max));
         assert_eq!(
             stats.rejected_total(),
             2,

@@ -89,6 +89,10 @@ struct RunResult {
     p50_first: u64,
     p50_last: u64,
     peak_rss_kb: u64,
+    /// Ticks the router routed and those its spike filter held, with the longest hold.
+    routed: u64,
+    held: u64,
+    held_max_ns: u64,
 }
 
 impl RunResult {
@@ -106,7 +110,7 @@ impl RunResult {
             )
         };
         format!(
-            "{{\"expected\":{},\"received\":{},\"gaps\":{},\"sustained\":{},\"from_recv\":{},\"from_schedule\":{},\"p50_first_fifth_ns\":{},\"p50_last_fifth_ns\":{},\"peak_rss_kb\":{}}}",
+            "{{\"expected\":{},\"received\":{},\"gaps\":{},\"sustained\":{},\"from_recv\":{},\"from_schedule\":{},\"p50_first_fifth_ns\":{},\"p50_last_fifth_ns\":{},\"peak_rss_kb\":{},\"routed\":{},\"spike_held\":{},\"spike_held_max_ns\":{}}}",
             self.expected,
             self.received,
             self.gaps,
@@ -115,9 +119,59 @@ impl RunResult {
             s(&self.from_schedule),
             self.p50_first,
             self.p50_last,
-            self.peak_rss_kb
+            self.peak_rss_kb,
+            self.routed,
+            self.held,
+            self.held_max_ns
         )
     }
+
+    /// Reads the spike filter's figures from the summary `tickflow run` prints at exit.
+    fn held_from_summary(&mut self, summary: &str) {
+        let num = |line: &str, after: &str| -> Option<u64> {
+            let rest = &line[line.find(after)? + after.len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        };
+        for line in summary.lines() {
+            if line.trim_start().starts_with("ticks in") {
+                self.routed = num(line, "ticks in").unwrap_or(0);
+            }
+            if line.contains("spike filter") {
+                self.held = num(line, "held").unwrap_or(0);
+                self.held_max_ns = line
+                    .rsplit("max ")
+                    .next()
+                    .and_then(|v| humantime::parse_duration(&v.replace("µs", "us")).ok())
+                    .map_or(0, |d| d.as_nanos() as u64);
+            }
+        }
+    }
+}
+
+/// Reads the spike filter's counters from a router's Prometheus endpoint on `port`.
+#[cfg(feature = "kafka")]
+async fn held_from_metrics(port: u16) -> Option<(u64, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.ok()?;
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    // A held tick is counted again when it is settled (clean or rejected).
+    let held = value("tickflow_router_ticks_total{outcome=\"held\"}");
+    Some((
+        value("tickflow_router_ticks_total{").saturating_sub(held),
+        held,
+    ))
 }
 
 /// Runs `tickflow bench`.
@@ -285,6 +339,7 @@ fn result(sub: &Subscription, rate: u64, window: Duration, peak_rss_kb: u64) -> 
         p50_first: sub.first.summary().p50,
         p50_last: sub.last.summary().p50,
         peak_rss_kb,
+        ..RunResult::default()
     }
 }
 
@@ -300,7 +355,7 @@ async fn embedded_run(load: &LoadArgs, rate: u64, dir: &Path) -> anyhow::Result<
         .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
         .args(["--status-interval", "1h", "--store"])
         .arg(format!("sqlite:{}", db.display()))
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .context("failed to start tickflow run")?;
@@ -320,7 +375,14 @@ async fn embedded_run(load: &LoadArgs, rate: u64, dir: &Path) -> anyhow::Result<
     if !status.success() {
         bail!("tickflow run exited with {status}");
     }
-    Ok(result(&sub, rate, load.duration, peak))
+    let mut summary = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut summary);
+    }
+    let mut r = result(&sub, rate, load.duration, peak);
+    r.held_from_summary(&summary);
+    Ok(r)
 }
 
 async fn embedded(load: LoadArgs) -> anyhow::Result<()> {
@@ -427,6 +489,17 @@ fn report(scenario: &str, load: &LoadArgs, rows: &[Row]) -> anyhow::Result<()> {
     match best {
         Some(r) => println!("highest rate sustained in every run: {r} ticks/s"),
         None => println!("no rate was sustained in every run"),
+    }
+    for (rate, runs, _) in rows {
+        let (held, routed) = (m(runs, |r| r.held), m(runs, |r| r.routed));
+        let longest = match m(runs, |r| r.held_max_ns) {
+            0 => "n/a".to_string(),
+            ns => fmt_ns(ns),
+        };
+        println!(
+            "spike filter at {rate} ticks/s: held {held} of {routed} ticks ({:.3} %), longest hold {longest} (medians)",
+            100.0 * held as f64 / routed.max(1) as f64,
+        );
     }
     std::fs::create_dir_all(&load.out)?;
     let runs_json: Vec<String> = rows

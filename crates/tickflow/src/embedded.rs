@@ -84,6 +84,13 @@ pub struct Summary {
     pub signals: u64,
     /// Tick-to-update latency.
     pub latency: LatencySummary,
+    /// Ticks the router's spike filter held (each waited for the next tick of its symbol and
+    /// source, or for the hold limit).
+    pub held: u64,
+    /// Mean time a held tick waited, in nanoseconds.
+    pub held_mean_ns: u64,
+    /// Longest time a held tick waited, in nanoseconds.
+    pub held_max_ns: u64,
 }
 
 impl std::fmt::Display for Summary {
@@ -106,6 +113,14 @@ impl std::fmt::Display for Summary {
             f,
             "  updates         {} indicator updates, {} bars ({} stored), {} signals",
             self.updates, self.bars, self.bars_stored, self.signals
+        )?;
+        writeln!(
+            f,
+            "  spike filter    held {} ticks ({:.3} % of ticks in), waited mean {} max {}",
+            self.held,
+            100.0 * self.held as f64 / self.ticks_in.max(1) as f64,
+            fmt_ns(self.held_mean_ns),
+            fmt_ns(self.held_max_ns)
         )?;
         write!(
             f,
@@ -213,6 +228,10 @@ impl Stats {
             bars_stored: p.bars_stored.load(Ordering::Relaxed),
             signals: n.signals.load(Ordering::Relaxed),
             latency: n.latency.summary(),
+            held: r.held.load(Ordering::Relaxed),
+            held_mean_ns: r.held_ns_total.load(Ordering::Relaxed)
+                / r.released.load(Ordering::Relaxed).max(1),
+            held_max_ns: r.held_ns_max.load(Ordering::Relaxed),
         }
     }
 }

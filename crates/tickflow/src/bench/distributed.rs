@@ -100,7 +100,11 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
         if !status.success() {
             bail!("ingest exited with {status}");
         }
-        Ok(result(&sub, rate, load.duration, peak))
+        let mut r = result(&sub, rate, load.duration, peak);
+        if let Some((routed, held)) = super::held_from_metrics(ports[0]).await {
+            (r.routed, r.held) = (routed, held);
+        }
+        Ok(r)
     }
     .await;
     for (_, child, _) in children.iter_mut() {
