@@ -88,8 +88,8 @@ pub struct GrpcArgs {
         default_value = "drop-oldest"
     )]
     pub slow_subscriber: SlowSubscriber,
-    /// Bearer token `Subscribe` and `GetSnapshot` require (metadata
-    /// `authorization: Bearer <token>`); none: no authentication.
+    /// Bearer token every SignalService call (`Subscribe`, `GetSnapshot`, `GetHistory`,
+    /// `GetBars`) requires (metadata `authorization: Bearer <token>`); none: no authentication.
     #[arg(long, env = "TICKFLOW_GRPC_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
     /// PEM certificate chain to serve gRPC over TLS with (needs `--tls-key`).

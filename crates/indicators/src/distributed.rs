@@ -37,6 +37,10 @@ pub struct IndicatorsArgs {
     /// Consumer group; pods of one group share the partitions (and so the symbols).
     #[arg(long, env = "TICKFLOW_GROUP", default_value = "indicators")]
     pub group: String,
+    /// The store `GetHistory` and `GetBars` read (the persister's, read only: no migration);
+    /// without `--store` those calls answer FAILED_PRECONDITION.
+    #[command(flatten)]
+    pub store: persister::stores::StoreArgs,
     /// Engine options.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -107,13 +111,15 @@ pub async fn run(
     };
     let hub = cfg.engine.hub();
     let (query_tx, query_rx) = mpsc::channel(64);
-    let server = service::GrpcServer::start(
-        cfg.grpc_addr,
-        cfg.engine.grpc.serve_options()?,
-        hub.clone(),
-        query_tx,
-    )
-    .await?;
+    let mut service = service::Service::new(hub.clone(), query_tx);
+    if let Some(url) = &cfg.store.store {
+        let stores = url.connect(&cfg.store.options())?;
+        tracing::info!(store = %url, "serving GetHistory and GetBars from the store");
+        service = service.with_history(stores.reader()?);
+    }
+    let server =
+        service::GrpcServer::start(cfg.grpc_addr, cfg.engine.grpc.serve_options()?, service)
+            .await?;
     health.set_ready(true);
     let outputs = Outputs {
         producer: Some(Arc::new(producer)),

@@ -5,6 +5,7 @@
 pub mod bars;
 pub mod config;
 pub mod engine;
+pub mod history;
 pub mod indicator;
 pub mod rules;
 pub mod service;

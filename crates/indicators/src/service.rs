@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tick_core::shutdown::CancellationToken;
+use tick_core::store::HistoryReader;
 use tick_core::{clock, pb};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
@@ -500,12 +501,25 @@ impl Filter {
 pub struct Service {
     hub: Arc<Hub>,
     snapshots: mpsc::Sender<SnapshotQuery>,
+    history: Option<Arc<dyn HistoryReader>>,
 }
 
 impl Service {
-    /// Returns the service over `hub`, answering snapshots through `snapshots`.
+    /// Returns the service over `hub`, answering snapshots through `snapshots`; without a
+    /// store, `GetHistory` and `GetBars` answer FAILED_PRECONDITION (see [`Self::with_history`]).
     pub fn new(hub: Arc<Hub>, snapshots: mpsc::Sender<SnapshotQuery>) -> Self {
-        Self { hub, snapshots }
+        Self {
+            hub,
+            snapshots,
+            history: None,
+        }
+    }
+
+    /// Returns the service serving `GetHistory` and `GetBars` from `reader` (the store the
+    /// pipeline writes to).
+    pub fn with_history(mut self, reader: Arc<dyn HistoryReader>) -> Self {
+        self.history = Some(reader);
+        self
     }
 }
 
@@ -514,6 +528,22 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send +
 #[tonic::async_trait]
 impl SignalService for Service {
     type SubscribeStream = EventStream;
+    type GetHistoryStream = crate::history::TickChunks;
+    type GetBarsStream = crate::history::BarChunks;
+
+    async fn get_history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<Self::GetHistoryStream>, Status> {
+        crate::history::ticks(self.history.clone(), request.into_inner()).map(Response::new)
+    }
+
+    async fn get_bars(
+        &self,
+        request: Request<pb::BarsRequest>,
+    ) -> Result<Response<Self::GetBarsStream>, Status> {
+        crate::history::bars(self.history.clone(), request.into_inner()).map(Response::new)
+    }
 
     async fn subscribe(
         &self,
@@ -553,8 +583,9 @@ impl SignalService for Service {
 /// Transport options of the gRPC server.
 #[derive(Clone, Default)]
 pub struct ServeOptions {
-    /// When set, `Subscribe` and `GetSnapshot` require the metadata
-    /// `authorization: Bearer <token>` (health and reflection stay open).
+    /// When set, every `SignalService` call (`Subscribe`, `GetSnapshot`, `GetHistory`,
+    /// `GetBars`) requires the metadata `authorization: Bearer <token>` (health and reflection
+    /// stay open).
     pub auth_token: Option<String>,
     /// PEM certificate chain and private key: serve TLS instead of plaintext.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
@@ -673,13 +704,11 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Binds `addr` and serves `hub` with `options` (token, TLS); snapshot queries go to
-    /// `snapshots`.
+    /// Binds `addr` and serves `service` (see [`Service::new`]) with `options` (token, TLS).
     pub async fn start(
         addr: std::net::SocketAddr,
         options: ServeOptions,
-        hub: Arc<Hub>,
-        snapshots: mpsc::Sender<SnapshotQuery>,
+        service: Service,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let listener = TcpListener::bind(addr)
@@ -690,15 +719,11 @@ impl GrpcServer {
             %addr,
             tls = options.tls.is_some(),
             auth = options.auth_token.is_some(),
+            history = service.history.is_some(),
             "gRPC SignalService listening"
         );
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve_with(
-            listener,
-            Service::new(hub, snapshots),
-            options,
-            stop.clone(),
-        ));
+        let task = tokio::spawn(serve_with(listener, service, options, stop.clone()));
         Ok(Self { addr, stop, task })
     }
 

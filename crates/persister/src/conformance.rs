@@ -118,6 +118,23 @@ pub async fn check_store(store: &dyn TickStore) {
         .unwrap();
     assert_eq!(page1.len(), 4);
     assert_eq!(page2[0], a[4], "paging resumes after the cursor");
+    let both = ["USDJPY".to_string(), "EURUSD".to_string()];
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .ticks_between(&both, from, to, cursor, 3)
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        cursor = Some((last.ts_event_ns, last.key.clone()));
+        paged.extend(page);
+    }
+    assert_eq!(
+        paged, all,
+        "pages of several symbols add up to the range, in order"
+    );
 
     let dl = DeadLetterRecord {
         reason: "crossed_quote".into(),
@@ -170,6 +187,53 @@ async fn check_bars(store: &dyn TickStore) {
     assert!(
         store
             .bars_between("EURUSD", "1s", 0, i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Pages, by side or every side, resume after their cursor.
+    let page = |side: Option<&'static str>, after: Option<(i64, String)>, limit: usize| {
+        store.bars_page("EURUSD", "1m", side, 0, i64::MAX, after, limit)
+    };
+    assert_eq!(
+        page(Some("bid"), None, 10).await.unwrap(),
+        vec![bar(0, "bid"), bar(1, "bid")]
+    );
+    assert_eq!(
+        page(Some("ask"), None, 10).await.unwrap(),
+        vec![bar(0, "ask")]
+    );
+    assert!(page(Some("mid"), None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        page(None, None, 2).await.unwrap(),
+        vec![bar(0, "ask"), bar(0, "bid")]
+    );
+    let cursor = Some((bar(0, "ask").open_time_ns, "ask".to_string()));
+    assert_eq!(
+        page(None, cursor, 10).await.unwrap(),
+        vec![bar(0, "bid"), bar(1, "bid")],
+        "paging resumes after the cursor"
+    );
+    let (t0, t1) = (bar(0, "bid").open_time_ns, bar(1, "bid").open_time_ns);
+    assert_eq!(
+        store
+            .bars_page("EURUSD", "1m", Some("bid"), t0 + 1, t1 + 1, None, 10)
+            .await
+            .unwrap(),
+        vec![bar(1, "bid")],
+        "the range is on the open time, end excluded"
+    );
+    assert!(
+        store
+            .bars_page("EURUSD", "1m", None, t0, t1, None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .bars_page("GBPUSD", "1m", None, 0, i64::MAX, None, 10)
             .await
             .unwrap()
             .is_empty()

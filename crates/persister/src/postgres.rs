@@ -387,6 +387,26 @@ impl TickWriter for PgStore {
     }
 }
 
+/// Reads a row of the `bars` table in the column order the queries select.
+fn bar_row(r: &tokio_postgres::Row) -> tick_core::pb::Bar {
+    tick_core::pb::Bar {
+        symbol: r.get(0),
+        timeframe: r.get(1),
+        price_side: r.get(2),
+        open_time_ns: r.get(3),
+        close_time_ns: r.get(4),
+        price_scale: r.get::<_, i16>(5) as u32,
+        open: r.get(6),
+        high: r.get(7),
+        low: r.get(8),
+        close: r.get(9),
+        tick_count: r.get::<_, i64>(10) as u64,
+        volume: r.get(11),
+        ts_recv_ns: r.get(12),
+        flags: r.get::<_, i32>(13) as u32,
+    }
+}
+
 #[async_trait]
 impl HistoryReader for PgStore {
     async fn bars_between(
@@ -408,25 +428,45 @@ impl HistoryReader for PgStore {
             )
             .await
             .map_err(pg_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| tick_core::pb::Bar {
-                symbol: r.get(0),
-                timeframe: r.get(1),
-                price_side: r.get(2),
-                open_time_ns: r.get(3),
-                close_time_ns: r.get(4),
-                price_scale: r.get::<_, i16>(5) as u32,
-                open: r.get(6),
-                high: r.get(7),
-                low: r.get(8),
-                close: r.get(9),
-                tick_count: r.get::<_, i64>(10) as u64,
-                volume: r.get(11),
-                ts_recv_ns: r.get(12),
-                flags: r.get::<_, i32>(13) as u32,
-            })
-            .collect())
+        Ok(rows.iter().map(bar_row).collect())
+    }
+
+    async fn bars_page(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        side: Option<&str>,
+        from_ns: i64,
+        to_ns: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<tick_core::pb::Bar>, StoreError> {
+        let (after_t, after_side) = after.unwrap_or((i64::MIN, String::new()));
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT symbol, timeframe, price_side, open_time_ns, close_time_ns, price_scale,
+                    open, high, low, close, tick_count, volume, ts_recv_ns, flags
+                 FROM bars WHERE symbol = $1 AND timeframe = $2
+                    AND ($3::text IS NULL OR price_side = $3)
+                    AND open_time_ns >= $4 AND open_time_ns < $5
+                    AND (open_time_ns, price_side) > ($6, $7)
+                 ORDER BY open_time_ns, price_side
+                 LIMIT $8",
+                &[
+                    &symbol,
+                    &timeframe,
+                    &side,
+                    &from_ns,
+                    &to_ns,
+                    &after_t,
+                    &after_side,
+                    &(limit.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(bar_row).collect())
     }
 
     async fn count_ticks(&self) -> Result<u64, StoreError> {

@@ -111,8 +111,9 @@ pub fn open(
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Unavailable(Cause::new(format!("open {}", path.display()), e)))?;
+        let conn = Connection::open(path).map_err(|e| {
+            StoreError::Unavailable(Cause::new(format!("open {}", path.display()), e))
+        })?;
         // WAL lets readers (sqlite3, the replayer) query while we write; FULL sync makes a
         // committed batch survive a power cut, not only a crash.
         conn.execute_batch(
@@ -277,6 +278,26 @@ impl TickWriter for SqliteStore {
     }
 }
 
+/// Reads a row of the `bars` table in the column order the queries select.
+fn bar_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<tick_core::pb::Bar> {
+    Ok(tick_core::pb::Bar {
+        symbol: r.get(0)?,
+        timeframe: r.get(1)?,
+        price_side: r.get(2)?,
+        open_time_ns: r.get(3)?,
+        close_time_ns: r.get(4)?,
+        price_scale: r.get(5)?,
+        open: r.get(6)?,
+        high: r.get(7)?,
+        low: r.get(8)?,
+        close: r.get(9)?,
+        tick_count: r.get::<_, i64>(10)? as u64,
+        volume: r.get(11)?,
+        ts_recv_ns: r.get(12)?,
+        flags: r.get(13)?,
+    })
+}
+
 #[async_trait]
 impl HistoryReader for SqliteStore {
     async fn bars_between(
@@ -298,24 +319,59 @@ impl HistoryReader for SqliteStore {
                 )
                 .map_err(db_err)?;
             let rows = stmt
-                .query_map(params![symbol, timeframe, from_ns, to_ns], |r| {
-                    Ok(tick_core::pb::Bar {
-                        symbol: r.get(0)?,
-                        timeframe: r.get(1)?,
-                        price_side: r.get(2)?,
-                        open_time_ns: r.get(3)?,
-                        close_time_ns: r.get(4)?,
-                        price_scale: r.get(5)?,
-                        open: r.get(6)?,
-                        high: r.get(7)?,
-                        low: r.get(8)?,
-                        close: r.get(9)?,
-                        tick_count: r.get::<_, i64>(10)? as u64,
-                        volume: r.get(11)?,
-                        ts_recv_ns: r.get(12)?,
-                        flags: r.get(13)?,
-                    })
-                })
+                .query_map(params![symbol, timeframe, from_ns, to_ns], bar_row)
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn bars_page(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        side: Option<&str>,
+        from_ns: i64,
+        to_ns: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<tick_core::pb::Bar>, StoreError> {
+        let (symbol, timeframe) = (symbol.to_string(), timeframe.to_string());
+        let side = side.map(str::to_string);
+        let (after_t, after_side) = after.unwrap_or((i64::MIN, String::new()));
+        self.with_conn(move |c| {
+            // One side's page is a range of the primary key (symbol, timeframe, price_side,
+            // open_time_ns); every side's is sorted from the rest of the range.
+            let side_filter = if side.is_some() {
+                "price_side = ?3"
+            } else {
+                "?3 IS NULL"
+            };
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT symbol, timeframe, price_side, open_time_ns, close_time_ns,
+                        price_scale, open, high, low, close, tick_count, volume, ts_recv_ns, flags
+                     FROM bars WHERE symbol = ?1 AND timeframe = ?2 AND {side_filter}
+                        AND open_time_ns >= ?4 AND open_time_ns < ?5
+                        AND (open_time_ns, price_side) > (?6, ?7)
+                     ORDER BY open_time_ns, price_side
+                     LIMIT ?8"
+                ))
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        symbol,
+                        timeframe,
+                        side,
+                        from_ns,
+                        to_ns,
+                        after_t,
+                        after_side,
+                        limit as i64
+                    ],
+                    bar_row,
+                )
                 .map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
         })
@@ -355,25 +411,34 @@ impl HistoryReader for SqliteStore {
         let symbols = symbols.to_vec();
         self.with_conn(move |c| {
             let (after_ts, after_key) = after.unwrap_or((i64::MIN, String::new()));
+            // The symbols and the limit go into the query: one symbol's page is then a range
+            // of the index (symbol, ts_event_ns, idempotency_key), not a sort of the table.
+            let in_symbols = if symbols.is_empty() {
+                String::new()
+            } else {
+                let marks: Vec<String> =
+                    (0..symbols.len()).map(|i| format!("?{}", i + 6)).collect();
+                format!("AND symbol IN ({})", marks.join(", "))
+            };
             let mut stmt = c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "SELECT idempotency_key, symbol, source, ts_event_ns, ts_recv_ns, price_scale,
                             bid, ask, last, bid_size, ask_size, volume, flags, replay
                      FROM ticks
                      WHERE ts_event_ns >= ?1 AND ts_event_ns < ?2
-                       AND (ts_event_ns, idempotency_key) > (?3, ?4)
-                     ORDER BY ts_event_ns, idempotency_key",
-                )
+                       AND (ts_event_ns, idempotency_key) > (?3, ?4) {in_symbols}
+                     ORDER BY ts_event_ns, idempotency_key
+                     LIMIT ?5"
+                ))
                 .map_err(db_err)?;
-            let mut rows = stmt
-                .query(params![from_ns, to_ns, after_ts, after_key])
-                .map_err(db_err)?;
+            let limit = limit as i64;
+            let mut values: Vec<&dyn rusqlite::ToSql> =
+                vec![&from_ns, &to_ns, &after_ts, &after_key, &limit];
+            values.extend(symbols.iter().map(|s| s as &dyn rusqlite::ToSql));
+            let mut rows = stmt.query(values.as_slice()).map_err(db_err)?;
             let mut out = Vec::new();
             while let Some(r) = rows.next().map_err(db_err)? {
                 let symbol: String = r.get(1).map_err(db_err)?;
-                if !symbols.is_empty() && !symbols.contains(&symbol) {
-                    continue;
-                }
                 out.push(Tick {
                     key: r.get(0).map_err(db_err)?,
                     symbol,
@@ -391,9 +456,6 @@ impl HistoryReader for SqliteStore {
                     route: Default::default(),
                     replay: r.get(13).map_err(db_err)?,
                 });
-                if out.len() >= limit {
-                    break;
-                }
             }
             Ok(out)
         })

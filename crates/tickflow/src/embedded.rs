@@ -12,7 +12,7 @@
 use anyhow::Context;
 use indicators::config::EngineArgs;
 use indicators::engine::Engine;
-use indicators::service::GrpcServer;
+use indicators::service::{GrpcServer, Service};
 use persister::BatchArgs;
 use persister::stores::{StoreOptions, StoreUrl};
 use router::core::Router;
@@ -158,13 +158,10 @@ pub async fn run(
     let queues = Queues::subscribe(&bus);
     let hub = args.engine.hub();
     let (snap_tx, snap_rx) = tokio::sync::mpsc::channel(64);
-    let server = GrpcServer::start(
-        args.grpc_addr,
-        args.engine.grpc.serve_options()?,
-        hub.clone(),
-        snap_tx,
-    )
-    .await?;
+    // GetHistory and GetBars read the store the pipeline writes to.
+    let service = Service::new(hub.clone(), snap_tx).with_history(reader.clone());
+    let server =
+        GrpcServer::start(args.grpc_addr, args.engine.grpc.serve_options()?, service).await?;
     on_listen(server.addr);
     tracing::info!(addr = %server.addr, store = %args.store, source = ?args.source.source, "tickflow embedded: running");
 

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class SignalServiceStub:
-    """Streams indicator updates, closed bars and signals to bots.
+    """Streams indicator updates, closed bars and signals to bots, and serves stored ticks and bars.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,20 @@ class SignalServiceStub:
                 request_serializer=tickflow_dot_v1_dot_signal__service__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=tickflow_dot_v1_dot_signal__service__pb2.Snapshot.FromString,
                 _registered_method=True)
+        self.GetHistory = channel.unary_stream(
+                '/tickflow.v1.SignalService/GetHistory',
+                request_serializer=tickflow_dot_v1_dot_signal__service__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=tickflow_dot_v1_dot_signal__service__pb2.TickChunk.FromString,
+                _registered_method=True)
+        self.GetBars = channel.unary_stream(
+                '/tickflow.v1.SignalService/GetBars',
+                request_serializer=tickflow_dot_v1_dot_signal__service__pb2.BarsRequest.SerializeToString,
+                response_deserializer=tickflow_dot_v1_dot_signal__service__pb2.BarChunk.FromString,
+                _registered_method=True)
 
 
 class SignalServiceServicer:
-    """Streams indicator updates, closed bars and signals to bots.
+    """Streams indicator updates, closed bars and signals to bots, and serves stored ticks and bars.
     """
 
     def Subscribe(self, request, context):
@@ -70,6 +80,32 @@ class SignalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHistory(self, request, context):
+        """Streams the stored ticks of `symbols` with event time in `[from_ns, to_ns)`, in event-time
+        order (ties by idempotency key), in chunks of at most `max_ticks_per_chunk`. The server
+        reads the store page by page as the client reads, so its memory stays bounded whatever the
+        range. Stored ticks carry no router fields (`ts_route_ns`, `symbol_seq`, `route_flags`,
+        `gap_ns` are 0). Fails with INVALID_ARGUMENT for `from_ns >= to_ns`, no symbol, or a symbol
+        that is empty or not canonical (A-Z and 0-9, like "EURUSD"; lower case is accepted);
+        FAILED_PRECONDITION when the server runs without a store (`--store`); UNAVAILABLE when the
+        store cannot be read; UNAUTHENTICATED as `Subscribe`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBars(self, request, context):
+        """Streams the stored bars of one symbol and timeframe (and price side, if given) whose open
+        time is in `[from_ns, to_ns)`, oldest first (ties by price side), in chunks, paged from the
+        store like `GetHistory`: exactly the rows of the store's `bars` table. Fails with
+        INVALID_ARGUMENT for `from_ns >= to_ns`, a symbol as in `GetHistory`, a timeframe that is
+        not one ("1s", "5m", "1h", "1d", "100t") or a price side other than "bid", "ask", "mid" or
+        empty; otherwise as `GetHistory`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +119,16 @@ def add_SignalServiceServicer_to_server(servicer, server):
                     request_deserializer=tickflow_dot_v1_dot_signal__service__pb2.SnapshotRequest.FromString,
                     response_serializer=tickflow_dot_v1_dot_signal__service__pb2.Snapshot.SerializeToString,
             ),
+            'GetHistory': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=tickflow_dot_v1_dot_signal__service__pb2.HistoryRequest.FromString,
+                    response_serializer=tickflow_dot_v1_dot_signal__service__pb2.TickChunk.SerializeToString,
+            ),
+            'GetBars': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetBars,
+                    request_deserializer=tickflow_dot_v1_dot_signal__service__pb2.BarsRequest.FromString,
+                    response_serializer=tickflow_dot_v1_dot_signal__service__pb2.BarChunk.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tickflow.v1.SignalService', rpc_method_handlers)
@@ -92,7 +138,7 @@ def add_SignalServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SignalService:
-    """Streams indicator updates, closed bars and signals to bots.
+    """Streams indicator updates, closed bars and signals to bots, and serves stored ticks and bars.
     """
 
     @staticmethod
@@ -139,6 +185,60 @@ class SignalService:
             '/tickflow.v1.SignalService/GetSnapshot',
             tickflow_dot_v1_dot_signal__service__pb2.SnapshotRequest.SerializeToString,
             tickflow_dot_v1_dot_signal__service__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tickflow.v1.SignalService/GetHistory',
+            tickflow_dot_v1_dot_signal__service__pb2.HistoryRequest.SerializeToString,
+            tickflow_dot_v1_dot_signal__service__pb2.TickChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBars(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tickflow.v1.SignalService/GetBars',
+            tickflow_dot_v1_dot_signal__service__pb2.BarsRequest.SerializeToString,
+            tickflow_dot_v1_dot_signal__service__pb2.BarChunk.FromString,
             options,
             channel_credentials,
             insecure,
