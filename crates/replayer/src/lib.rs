@@ -1,8 +1,9 @@
 //! The replayer: plays history back. `replay_store` reads stored ticks in event-time order and
 //! publishes them, flagged as replays, with their original spacing scaled by a speed.
 //! [`import`] bulk loads history files into storage; [`gaps`] finds the open-market hours
-//! storage lacks.
+//! storage lacks; [`export`] writes stored ticks and bars to Parquet.
 
+pub mod export;
 pub mod gaps;
 pub mod import;
 pub mod pacing;

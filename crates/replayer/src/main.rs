@@ -9,6 +9,7 @@ use tick_ops::ProcessArgs;
 /// event-time order with the original spacing scaled by --speed: backtests through the live
 /// pipeline. `import` bulk loads Dukascopy or CSV history straight into storage, resumably.
 /// `gaps` lists the open-market hours storage lacks and whether Kafka still holds them.
+/// `export parquet` writes stored ticks and bars to Parquet files by symbol and day.
 #[derive(Debug, Parser)]
 #[command(name = "replayer", version)]
 struct Args {
@@ -34,6 +35,10 @@ enum Command {
     /// Lists the hours in which the market was open but storage holds no tick, and whether
     /// Kafka still holds them. Exit status: 0 no gaps, 1 gaps found, 2 the check failed.
     Gaps(replayer::gaps::GapsArgs),
+    /// Exports stored ticks and bars to files (Parquet, by symbol and UTC day) that pandas,
+    /// polars and DuckDB read; resumable: days already exported are skipped (--restart
+    /// rewrites them).
+    Export(replayer::export::ExportArgs),
 }
 
 #[tokio::main]
@@ -58,6 +63,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             Ok(r) if r.interrupted => Err(anyhow::anyhow!(
                 "import interrupted after {} units; run the same command again to resume",
                 r.units_done
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        },
+        Command::Export(a) => match replayer::export::run_export(a, p.shutdown.clone()).await {
+            Ok(r) if r.interrupted => Err(anyhow::anyhow!(
+                "export interrupted; run the same command again to resume"
             )),
             Ok(_) => Ok(()),
             Err(e) => Err(e),
