@@ -6,7 +6,7 @@
 //! exactly, read as the broker's decimal.
 //!
 //! Each symbol-day is read in pages through the store's [`HistoryReader`] (ticks by the
-//! `(event time, key)` cursor, bars an hour at a time) and streamed into its file, so memory is
+//! `(event time, key)` cursor, bars by the `(open time, side)` cursor) and streamed into its file, so memory is
 //! bounded by a page and a row group whatever the range. A finished file is written under a
 //! temporary name and renamed, and records in its footer the part of the day it holds: a rerun
 //! skips the days already exported (`--restart` rewrites them).
@@ -101,7 +101,7 @@ pub struct ParquetExportArgs {
     /// Rewrite days already exported.
     #[arg(long)]
     pub restart: bool,
-    /// Ticks read from the store per query.
+    /// Rows (ticks or bars) read from the store per query.
     #[arg(long, default_value_t = 20_000)]
     pub page_size: usize,
     /// Rows per Parquet row group (the writer holds one row group in memory).
@@ -254,7 +254,7 @@ pub struct ParquetExport {
     pub timeframes: Vec<String>,
     /// Rewrite days already exported.
     pub restart: bool,
-    /// Ticks per store query.
+    /// Rows per store query.
     pub page_size: usize,
     /// Rows per row group.
     pub row_group_rows: usize,
@@ -537,7 +537,7 @@ async fn write_part(
 }
 
 /// Reads the rows of one symbol-day in pages and sends them: ticks by the store's
-/// `(event time, key)` cursor, bars one timeframe and one hour at a time.
+/// `(event time, key)` cursor, bars one timeframe at a time by the `(open time, side)` cursor.
 #[allow(clippy::too_many_arguments)]
 async fn read_pages(
     reader: Arc<dyn HistoryReader>,
@@ -573,18 +573,26 @@ async fn read_pages(
         }
         Kind::Bars => {
             for tf in &timeframes {
-                let mut h = from_ns;
-                while h < to_ns {
-                    let end = (h - h.rem_euclid(HOUR_NS) + HOUR_NS).min(to_ns);
+                let mut cursor = None;
+                loop {
                     let page = reader
-                        .bars_between(&symbol, tf, h, end)
+                        .bars_page(&symbol, tf, None, from_ns, to_ns, cursor.take(), page_size)
                         .await
                         .with_context(|| context("bars"));
+                    let done = match &page {
+                        Ok(p) => {
+                            cursor = p.last().map(|b| (b.open_time_ns, b.price_side.clone()));
+                            p.len() < page_size
+                        }
+                        Err(_) => true,
+                    };
                     let stop = page.is_err();
                     if tx.send(page.map(Page::Bars)).await.is_err() || stop {
                         return;
                     }
-                    h = end;
+                    if done {
+                        break;
+                    }
                 }
             }
         }
