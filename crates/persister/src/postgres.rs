@@ -501,12 +501,14 @@ impl HistoryReader for PgStore {
     ) -> Result<Vec<Tick>, StoreError> {
         let (after_ts, after_key) = after.unwrap_or((i64::MIN, String::new()));
         let client = self.pool.get().await.map_err(pool_err)?;
+        // The cursor is the start of the index range too (GREATEST), so a page never rescans
+        // the rows of the pages before it.
         let rows = client
             .query(
                 "SELECT idempotency_key, symbol, source, ts_event_ns, ts_recv_ns, price_scale,
                         bid, ask, last, bid_size, ask_size, volume, flags, replay
                  FROM ticks
-                 WHERE ts_event_ns >= $1 AND ts_event_ns < $2
+                 WHERE ts_event_ns >= GREATEST($1::bigint, $3::bigint) AND ts_event_ns < $2
                    AND (ts_event_ns, idempotency_key) > ($3, $4)
                    AND (cardinality($5::text[]) = 0 OR symbol = ANY($5))
                  ORDER BY ts_event_ns, idempotency_key

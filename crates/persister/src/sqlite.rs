@@ -411,8 +411,10 @@ impl HistoryReader for SqliteStore {
         let symbols = symbols.to_vec();
         self.with_conn(move |c| {
             let (after_ts, after_key) = after.unwrap_or((i64::MIN, String::new()));
-            // The symbols and the limit go into the query: one symbol's page is then a range
-            // of the index (symbol, ts_event_ns, idempotency_key), not a sort of the table.
+            // The symbols and the limit go into the query, and the cursor into the index
+            // range's start (`max`: with `ts_event_ns >= ?1` beside the row value, SQLite starts
+            // every page at the range's start): one symbol's page is then a range of the index
+            // (symbol, ts_event_ns, idempotency_key), not a scan or a sort of the table.
             let in_symbols = if symbols.is_empty() {
                 String::new()
             } else {
@@ -425,7 +427,7 @@ impl HistoryReader for SqliteStore {
                     "SELECT idempotency_key, symbol, source, ts_event_ns, ts_recv_ns, price_scale,
                             bid, ask, last, bid_size, ask_size, volume, flags, replay
                      FROM ticks
-                     WHERE ts_event_ns >= ?1 AND ts_event_ns < ?2
+                     WHERE ts_event_ns >= max(?1, ?3) AND ts_event_ns < ?2
                        AND (ts_event_ns, idempotency_key) > (?3, ?4) {in_symbols}
                      ORDER BY ts_event_ns, idempotency_key
                      LIMIT ?5"
