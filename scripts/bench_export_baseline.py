@@ -77,7 +77,12 @@ def export_day(conn, symbol, start, end, path):
         "idempotency_key": pa.array(cols[11], pa.string()),
     })
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd", compression_level=3)
+    # The export's encodings: delta for the rising times and the prefix-sharing keys.
+    delta = {"ts_event": "DELTA_BINARY_PACKED", "ts_recv": "DELTA_BINARY_PACKED",
+             "idempotency_key": "DELTA_BYTE_ARRAY"}
+    pq.write_table(table, path, compression="zstd", compression_level=3,
+                   use_dictionary=[c for c in table.column_names if c not in delta],
+                   column_encoding=delta)
     return n
 
 

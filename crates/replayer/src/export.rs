@@ -19,7 +19,7 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use indicatif::{ProgressBar, ProgressStyle};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use std::path::{Path, PathBuf};
@@ -629,11 +629,28 @@ impl PartFile {
         .into_iter()
         .map(|(k, v)| KeyValue::new(k.to_string(), v))
         .collect();
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(job.zstd_level)?))
             .set_max_row_group_row_count(Some(job.row_group_rows))
-            .set_key_value_metadata(Some(kv))
-            .build();
+            .set_key_value_metadata(Some(kv));
+        // Times rise steadily and keys share long prefixes: delta encodings store them in a
+        // fraction of what dictionary or plain pages take (ts_event alone was 43 % of a ticks
+        // file plain, and the keys 33 %).
+        let (times, keys): (&[&str], &[&str]) = match part.kind {
+            Kind::Ticks => (&["ts_event", "ts_recv"], &["idempotency_key"]),
+            Kind::Bars => (&["open_time", "close_time", "ts_recv"], &[]),
+        };
+        for (columns, encoding) in [
+            (times, Encoding::DELTA_BINARY_PACKED),
+            (keys, Encoding::DELTA_BYTE_ARRAY),
+        ] {
+            for &c in columns {
+                props = props
+                    .set_column_dictionary_enabled(c.into(), false)
+                    .set_column_encoding(c.into(), encoding);
+            }
+        }
+        let props = props.build();
         let out = std::fs::File::create(tmp)
             .with_context(|| format!("failed to create {}", tmp.display()))?;
         let writer = ArrowWriter::try_new(out, schema.clone(), Some(props))?;
