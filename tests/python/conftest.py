@@ -36,6 +36,23 @@ def bins():
 
 
 @pytest.fixture(scope="session")
+def tf(tmp_path_factory):
+    """Installs clients/python with pip (as a user would, dependencies aside: the test
+    environment has them) into a fresh directory and imports it from there (once per session:
+    test_python_client.py and test_history_client.py share it)."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+         "--no-build-isolation", "--target", str(target), str(ROOT / "clients" / "python")],
+        check=True,
+    )
+    sys.path.insert(0, str(target))
+    mod = importlib.import_module("tickflow_client")
+    assert Path(mod.__file__).is_relative_to(target), mod.__file__
+    return mod
+
+
+@pytest.fixture(scope="session")
 def pb(tmp_path_factory):
     """Generates Python modules from proto/ with grpcio-tools and returns them."""
     out = tmp_path_factory.mktemp("gen")

@@ -20,22 +20,6 @@ CLIENT = ROOT / "clients" / "python"
 GEN = CLIENT / "tickflow_client" / "_proto" / "tickflow" / "v1"
 
 
-@pytest.fixture(scope="session")
-def tf(tmp_path_factory):
-    """Installs clients/python with pip (as a user would, dependencies aside: the test
-    environment has them) into a fresh directory and imports it from there."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--target", str(target), str(CLIENT)],
-        check=True,
-    )
-    sys.path.insert(0, str(target))
-    mod = importlib.import_module("tickflow_client")
-    assert Path(mod.__file__).is_relative_to(target), mod.__file__
-    return mod
-
-
 def start_run(bins, tmp_path, *extra, rate=2000):
     port = free_port()
     proc = subprocess.Popen(

@@ -11,24 +11,31 @@ network cut, a pod restart within the same process) the caller sees no gap and n
 long as the server still retains the missed events (`--resume-window`). What the server could
 not replay arrives as a `Gap` event (`ev.WhichOneof("kind") == "gap"`) with a reason and count.
 
+`history` and `bars` read the ticks and bars the server has stored (its `--store`), as lists
+of protobuf messages or, with `as_frame=True`, pandas DataFrames (ns UTC `DatetimeIndex`,
+prices as exact `decimal.Decimal`).
+
 The generated protobuf and grpcio modules are `tickflow_client.pb.{tick_pb2, events_pb2,
 signal_service_pb2, signal_service_pb2_grpc}` (regenerate with `generate.sh`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import random
 import time
 import types
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from decimal import Decimal
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import grpc
 
 from tickflow_client._proto.tickflow.v1 import events_pb2, signal_service_pb2, tick_pb2
 from tickflow_client._proto.tickflow.v1 import signal_service_pb2_grpc
 
-__all__ = ["subscribe", "snapshot", "channel", "pb", "Event", "Snapshot", "RETRYABLE"]
+__all__ = ["subscribe", "snapshot", "history", "bars", "channel", "pb", "Event", "Snapshot",
+           "RETRYABLE", "to_ns", "price"]
 
 #: The generated modules.
 pb = types.SimpleNamespace(
@@ -186,3 +193,153 @@ def snapshot(target: str, symbol: str, token: Optional[str] = None,
         stub = signal_service_pb2_grpc.SignalServiceStub(ch)
         return stub.GetSnapshot(signal_service_pb2.SnapshotRequest(symbol=symbol.strip().upper()),
                                 metadata=_metadata(token), timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored history: GetHistory and GetBars.
+
+Time = Union[int, str, _dt.datetime]
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def to_ns(t: Time) -> int:
+    """Returns `t` as UTC nanoseconds since the Unix epoch, exactly: an int is taken as ns
+    already; a `datetime` (or pandas `Timestamp`, whose nanoseconds are kept) without a time
+    zone is UTC; a string is ISO 8601 (`"2019-02-04T00:00:00Z"`)."""
+    if isinstance(t, bool):
+        raise TypeError("a time is an int (ns), a datetime or an ISO 8601 string")
+    if isinstance(t, int):
+        return t
+    if isinstance(t, str):
+        s = t.strip()
+        if s.endswith(("Z", "z")):
+            s = s[:-1] + "+00:00"
+        t = _dt.datetime.fromisoformat(s)
+    if isinstance(t, _dt.datetime):
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=_dt.timezone.utc)
+        value = getattr(t, "value", None)  # pandas.Timestamp: ns since the epoch, UTC
+        if isinstance(value, int) and type(t).__name__ == "Timestamp":
+            return value
+        d = t - _EPOCH
+        return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
+    raise TypeError(f"cannot read {t!r} as a time: give ns, a datetime or an ISO 8601 string")
+
+
+def price(mantissa: int, scale: int) -> Decimal:
+    """Returns the exact decimal of a fixed-point price (`mantissa / 10**scale`)."""
+    return Decimal(f"{mantissa}E-{scale}")
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("as_frame=True needs pandas: pip install pandas") from None
+    return pandas
+
+
+def _stream(target, token, root_certificates, tls, timeout, call):
+    with channel(target, root_certificates, tls) as ch:
+        stub = signal_service_pb2_grpc.SignalServiceStub(ch)
+        for chunk in call(stub, dict(metadata=_metadata(token), timeout=timeout)):
+            yield chunk
+
+
+def history(target: str, symbols: Union[str, Iterable[str]], start: Time, end: Time,
+            token: Optional[str] = None, root_certificates: Certs = None, *,
+            tls: Optional[bool] = None, as_frame: bool = False, timeout: Optional[float] = None,
+            max_ticks_per_chunk: int = 0):
+    """Returns the stored ticks of `symbols` (one or several canonical symbols) with event time
+    in `[start, end)`, in event-time order (ties by idempotency key), read with
+    `SignalService.GetHistory` from the server's store.
+
+    `start` and `end` are UTC ns, `datetime`s (naive means UTC) or ISO 8601 strings. Returns a
+    list of `pb.tick_pb2.Tick`, or with `as_frame=True` a pandas DataFrame indexed by the event
+    time (`ts_event`, a nanosecond UTC `DatetimeIndex`) with columns symbol, source, bid, ask,
+    last (exact `decimal.Decimal`, last None when the source sends none), price_scale,
+    bid_size, ask_size, volume, flags, ts_recv (ns UTC), replay, idempotency_key. Errors are
+    `grpc.RpcError`s: INVALID_ARGUMENT for an empty range or a bad symbol, FAILED_PRECONDITION
+    when the server has no store, UNAUTHENTICATED without the server's token.
+    """
+    if isinstance(symbols, str):
+        symbols = [symbols]
+    request = signal_service_pb2.HistoryRequest(
+        symbols=[s.strip().upper() for s in symbols], from_ns=to_ns(start), to_ns=to_ns(end),
+        max_ticks_per_chunk=max_ticks_per_chunk)
+    ticks: List = []
+    for chunk in _stream(target, token, root_certificates, tls, timeout,
+                         lambda stub, kw: stub.GetHistory(request, **kw)):
+        ticks.extend(chunk.ticks)
+    return _ticks_frame(ticks) if as_frame else ticks
+
+
+def bars(target: str, symbol: str, timeframe: str, start: Time, end: Time, side: str = "",
+         token: Optional[str] = None, root_certificates: Certs = None, *,
+         tls: Optional[bool] = None, as_frame: bool = False, timeout: Optional[float] = None):
+    """Returns the stored bars of `symbol` and `timeframe` ("1m", "1s", "100t", ... as the
+    server's `--timeframes` named them) whose open time is in `[start, end)`, oldest first (ties
+    by price side), read with `SignalService.GetBars`: exactly the rows of the store's `bars`
+    table. `side` is "bid", "ask" or "mid"; empty means every side stored.
+
+    Returns a list of `pb.events_pb2.Bar`, or with `as_frame=True` a pandas DataFrame indexed by
+    the open time (`open_time`, a nanosecond UTC `DatetimeIndex`) with columns symbol,
+    timeframe, price_side, close_time (ns UTC), open, high, low, close (exact
+    `decimal.Decimal`), price_scale, tick_count, volume, ts_recv (ns UTC), flags. Errors as
+    `history`, and INVALID_ARGUMENT for an unknown timeframe or side.
+    """
+    request = signal_service_pb2.BarsRequest(
+        symbol=symbol.strip().upper(), timeframe=timeframe.strip(),
+        price_side=(side or "").strip().lower(), from_ns=to_ns(start), to_ns=to_ns(end))
+    out: List = []
+    for chunk in _stream(target, token, root_certificates, tls, timeout,
+                         lambda stub, kw: stub.GetBars(request, **kw)):
+        out.extend(chunk.bars)
+    return _bars_frame(out) if as_frame else out
+
+
+def _times(pd, ns, name):
+    index = pd.to_datetime(list(ns), unit="ns", utc=True)
+    if hasattr(index, "as_unit"):  # pandas 2 picks a coarser unit for an empty list
+        index = index.as_unit("ns")
+    return pd.DatetimeIndex(index, name=name)
+
+
+def _ticks_frame(ticks):
+    pd = _pandas()
+    frame = pd.DataFrame({
+        "symbol": [t.symbol for t in ticks],
+        "source": [t.source for t in ticks],
+        "bid": [price(t.bid, t.price_scale) for t in ticks],
+        "ask": [price(t.ask, t.price_scale) for t in ticks],
+        "last": [price(t.last, t.price_scale) if t.HasField("last") else None for t in ticks],
+        "price_scale": pd.array([t.price_scale for t in ticks], dtype="int64"),
+        "bid_size": pd.array([t.bid_size for t in ticks], dtype="float64"),
+        "ask_size": pd.array([t.ask_size for t in ticks], dtype="float64"),
+        "volume": pd.array([t.volume for t in ticks], dtype="float64"),
+        "flags": pd.array([t.flags for t in ticks], dtype="int64"),
+        "ts_recv": _times(pd, (t.ts_recv_ns for t in ticks), None),
+        "replay": pd.array([t.replay for t in ticks], dtype="bool"),
+        "idempotency_key": [t.idempotency_key for t in ticks],
+    }, index=_times(pd, (t.ts_event_ns for t in ticks), "ts_event"))
+    return frame
+
+
+def _bars_frame(bars_):
+    pd = _pandas()
+    frame = pd.DataFrame({
+        "symbol": [b.symbol for b in bars_],
+        "timeframe": [b.timeframe for b in bars_],
+        "price_side": [b.price_side for b in bars_],
+        "close_time": _times(pd, (b.close_time_ns for b in bars_), None),
+        "open": [price(b.open, b.price_scale) for b in bars_],
+        "high": [price(b.high, b.price_scale) for b in bars_],
+        "low": [price(b.low, b.price_scale) for b in bars_],
+        "close": [price(b.close, b.price_scale) for b in bars_],
+        "price_scale": pd.array([b.price_scale for b in bars_], dtype="int64"),
+        "tick_count": pd.array([b.tick_count for b in bars_], dtype="int64"),
+        "volume": pd.array([b.volume for b in bars_], dtype="float64"),
+        "ts_recv": _times(pd, (b.ts_recv_ns for b in bars_), None),
+        "flags": pd.array([b.flags for b in bars_], dtype="int64"),
+    }, index=_times(pd, (b.open_time_ns for b in bars_), "open_time"))
+    return frame
