@@ -569,3 +569,98 @@ async fn without_a_store_history_is_a_failed_precondition() {
     assert_eq!(e.code(), Code::InvalidArgument);
     server.shutdown().await;
 }
+
+/// The distributed `indicators` stage (Kafka in, gRPC out) given `--store`: its `run` serves
+/// `GetHistory` and `GetBars` from the persister's PostgreSQL database.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_distributed_stage_serves_history_from_its_store() {
+    use clap::Parser;
+    let (Some(brokers), Some(url)) = (
+        tick_core::testenv::service("KAFKA_BROKERS"),
+        tick_core::testenv::service("DATABASE_URL"),
+    ) else {
+        return;
+    };
+    let db = format!("tickflow_history_stage_{}", std::process::id());
+    let test_url = persister::conformance::fresh_database(&url, &db).await;
+    let stores = test_url
+        .parse::<StoreUrl>()
+        .unwrap()
+        .open(&StoreOptions { pool_size: 1 })
+        .await
+        .unwrap();
+    fill(stores.full.as_deref().unwrap()).await;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        stage: indicators::IndicatorsArgs,
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // An input topic of its own: the stage reads nothing of other tests' ticks.
+    let input = format!("history-test-{}", std::process::id());
+    let args = Args::parse_from([
+        "indicators",
+        "--kafka-brokers",
+        &brokers,
+        "--input-topic",
+        &input,
+        "--group",
+        &input,
+        "--warm-start",
+        "0s",
+        "--grpc-addr",
+        &format!("127.0.0.1:{port}"),
+        "--store",
+        &test_url,
+    ])
+    .stage;
+    args.kafka.create_topic(&input, 1).await.unwrap();
+    let shutdown = CancellationToken::new();
+    // Its `run` future is not `Send` (as in its binary, it runs on the test's task).
+    let stage = indicators::run(args, shutdown.clone(), tick_core::health::Health::new());
+    let checks = async {
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut client = loop {
+            match SignalServiceClient::connect(format!("http://127.0.0.1:{port}")).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "no gRPC server: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let pg = Db::Postgres(test_url.clone());
+        let req = bars_req("GBPUSD", "1m", "", T0, T0 + 3_600 * SEC);
+        let got = get_bars(&mut client, req.clone()).await.unwrap();
+        assert_eq!(got.len(), 180, "an hour of 1m bars on three sides");
+        assert!(got == pg.bars(&req).await, "the rows of the bars table");
+        let got: Vec<pb::Tick> = get_history(
+            &mut client,
+            history(&["EURUSD", "USDJPY"], T0, T0 + 3_600 * SEC, 0),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|c| c.ticks)
+        .collect();
+        assert_eq!(got.len(), 12_120);
+        assert!(got == pg.ticks(&["EURUSD", "USDJPY"], T0, T0 + 3_600 * SEC).await);
+        shutdown.cancel();
+    };
+    let (result, ()) = tokio::time::timeout(WAIT * 2, async { tokio::join!(stage, checks) })
+        .await
+        .expect("the stage serves and drains");
+    result.unwrap();
+    persister::postgres::connect(&url)
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
