@@ -267,6 +267,9 @@ pub struct ParquetExport {
 impl ParquetExport {
     /// Checks the options: a non-empty range, at least one symbol and timeframe.
     pub fn from_args(a: &ParquetExportArgs) -> anyhow::Result<Self> {
+        if a.from < 0 {
+            anyhow::bail!("--from is before 1970-01-01T00:00:00Z: no stored time is");
+        }
         if a.from >= a.to {
             anyhow::bail!(
                 "empty range: --from {} is not before --to {}",
@@ -314,19 +317,27 @@ impl ParquetExport {
         })
     }
 
-    /// Returns the symbol-days of the range, per kind: the units of work.
-    fn units(&self) -> Vec<(Kind, String, i64)> {
-        let mut out = Vec::new();
-        for &kind in &self.kinds {
-            for s in &self.symbols {
-                let mut day = day_floor(self.from_ns);
-                while day < self.to_ns {
-                    out.push((kind, s.clone(), day));
-                    day += DAY_NS;
-                }
-            }
-        }
-        out
+    /// Returns the days of the range (their starts).
+    fn days(&self) -> impl Iterator<Item = i64> + Clone + use<> {
+        let (first, to) = (day_floor(self.from_ns), self.to_ns);
+        (0..)
+            .map(move |i| first + i * DAY_NS)
+            .take_while(move |d| *d < to)
+    }
+
+    /// Returns the symbol-days of the range, per kind: the units of work, made as they are
+    /// needed (a range of years over many symbols is not listed in memory first).
+    fn units(&self) -> impl Iterator<Item = (Kind, String, i64)> + '_ {
+        self.kinds.iter().flat_map(move |&kind| {
+            self.symbols
+                .iter()
+                .flat_map(move |s| self.days().map(move |day| (kind, s.clone(), day)))
+        })
+    }
+
+    /// Returns how many units [`units`](Self::units) yields.
+    fn unit_count(&self) -> u64 {
+        (self.kinds.len() * self.symbols.len()) as u64 * self.days().count() as u64
     }
 }
 
@@ -363,9 +374,8 @@ pub async fn export_parquet(
         bars: job.kinds.contains(&Kind::Bars).then(KindReport::default),
         ..Default::default()
     };
-    let units = job.units();
     // Drawn on stderr, and hidden by indicatif when stderr is not a terminal.
-    let bar = ProgressBar::new(units.len() as u64);
+    let bar = ProgressBar::new(job.unit_count());
     bar.set_style(
         ProgressStyle::with_template(
             "{elapsed_precise} [{wide_bar}] {pos}/{len} symbol-days {msg} ETA {eta}",
@@ -373,7 +383,7 @@ pub async fn export_parquet(
         .expect("valid progress template"),
     );
     let mut last_log = Instant::now();
-    for (kind, symbol, day) in units {
+    for (kind, symbol, day) in job.units() {
         if shutdown.is_cancelled() {
             report.interrupted = true;
             break;
@@ -846,6 +856,56 @@ mod tests {
             part_path(Path::new("o"), Kind::Bars, "BTCUSD", day + DAY_NS),
             Path::new("o/bars/symbol=BTCUSD/date=2019-02-05/part-0.parquet")
         );
+    }
+
+    #[test]
+    fn units_are_every_symbol_day_of_the_range_per_kind() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: ParquetExportArgs,
+        }
+        let day = 1_549_238_400_000_000_000; // 2019-02-04T00:00:00Z
+        let argv = [
+            "x",
+            "--symbols",
+            "eurusd,GBPUSD",
+            "--from",
+            "2019-02-04T12:00:00Z",
+            "--to",
+            "2019-02-06T00:00:01Z",
+            "--out",
+            "o",
+        ];
+        let job = ParquetExport::from_args(&Cli::parse_from(argv).a).unwrap();
+        let units: Vec<_> = job.units().collect();
+        assert_eq!(units.len() as u64, job.unit_count());
+        assert_eq!(
+            units.len(),
+            2 * 2 * 3,
+            "kinds x symbols x days the range touches"
+        );
+        assert_eq!(units[0], (Kind::Ticks, "EURUSD".to_string(), day));
+        assert_eq!(
+            units[2],
+            (Kind::Ticks, "EURUSD".to_string(), day + 2 * DAY_NS)
+        );
+        assert_eq!(units[3], (Kind::Ticks, "GBPUSD".to_string(), day));
+        assert_eq!(
+            units[11],
+            (Kind::Bars, "GBPUSD".to_string(), day + 2 * DAY_NS)
+        );
+        let early = ["x", "--symbols", "A", "--from", "1969-12-31T00:00:00Z"];
+        let early = Cli::try_parse_from(early.iter().chain(&[
+            "--to",
+            "2000-01-01T00:00:00Z",
+            "--out",
+            "o",
+        ]));
+        if let Ok(c) = early {
+            assert!(ParquetExport::from_args(&c.a).is_err(), "before 1970");
+        }
     }
 
     #[test]
