@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tick_core::bus::{MemoryBus, topics};
 use tick_core::shutdown::CancellationToken;
+use tick_core::testenv::free_port;
 use tick_core::testenv::tls::Certificates;
 
 #[tokio::test]
@@ -411,12 +412,4 @@ fn as_owner(mut cmd: Command, owner: Option<(u32, u32)>) -> Command {
         cmd.uid(uid).gid(gid);
     }
     cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

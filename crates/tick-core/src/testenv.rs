@@ -20,6 +20,14 @@ pub fn service(var: &str) -> Option<String> {
     }
 }
 
+/// Returns a free TCP port on loopback (bound and released: a test binds it again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// Returns a valid tick for integration tests and benchmarks: `symbol` from `source` at
 /// `ts_event_ns` (also its receipt time), scale 5, `bid` and a 2-point spread, its idempotency
 /// key derived as the pipeline derives it (ordinal 0).

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tick_core::shutdown::CancellationToken;
+use tick_core::testenv::free_port;
 use tickflow::embedded::{RunArgs, Summary};
 
 fn fixtures() -> PathBuf {
@@ -193,13 +194,6 @@ async fn dukascopy_history_is_stored_exactly_with_the_fixture_prices_and_makes_b
 }
 
 /// Returns a port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `tickflow run` child process, killed (SIGKILL) when dropped, so a failing assertion
 /// never leaves it running.

@@ -8,30 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tick_core::pb;
 use tick_core::pb::signal_service_client::SignalServiceClient;
+use tick_core::testenv::{free_port, tick};
 
 /// 2019-02-04T00:00:00Z.
 const T0: i64 = 1_549_238_400_000_000_000;
 const LIMIT_KIB: u64 = 64 * 1024;
-
-fn tick(source: &str, symbol: &str, ts_event_ns: i64, bid: i64) -> tick_core::Tick {
-    tick_core::Tick {
-        symbol: symbol.into(),
-        source: source.into(),
-        ts_event_ns,
-        ts_recv_ns: ts_event_ns,
-        scale: 5,
-        bid,
-        ask: bid + 2,
-        last: None,
-        bid_size: 1.0,
-        ask_size: 1.0,
-        volume: 0.0,
-        flags: 0,
-        key: tick_core::idempotency_key(source, symbol, ts_event_ns, 0),
-        route: Default::default(),
-        replay: false,
-    }
-}
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -59,14 +40,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
