@@ -193,8 +193,6 @@ async fn dukascopy_history_is_stored_exactly_with_the_fixture_prices_and_makes_b
     assert_eq!(eurusd.bars_stored, eurusd.bars);
 }
 
-/// Returns a port that was free a moment ago.
-
 /// A `tickflow run` child process, killed (SIGKILL) when dropped, so a failing assertion
 /// never leaves it running.
 struct Tickflow(Child);
