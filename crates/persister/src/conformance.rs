@@ -180,13 +180,13 @@ async fn check_bars(store: &dyn TickStore) {
         "a stored bar is not stored twice"
     );
     let got = store
-        .bars_between("EURUSD", "1m", 0, i64::MAX)
+        .bars_page("EURUSD", "1m", None, 0, i64::MAX, None, 1000)
         .await
         .unwrap();
     assert_eq!(got, vec![bar(0, "ask"), bar(0, "bid"), bar(1, "bid")]);
     assert!(
         store
-            .bars_between("EURUSD", "1s", 0, i64::MAX)
+            .bars_page("EURUSD", "1s", None, 0, i64::MAX, None, 1000)
             .await
             .unwrap()
             .is_empty()

@@ -409,28 +409,6 @@ fn bar_row(r: &tokio_postgres::Row) -> tick_core::pb::Bar {
 
 #[async_trait]
 impl HistoryReader for PgStore {
-    async fn bars_between(
-        &self,
-        symbol: &str,
-        timeframe: &str,
-        from_ns: i64,
-        to_ns: i64,
-    ) -> Result<Vec<tick_core::pb::Bar>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        let rows = client
-            .query(
-                "SELECT symbol, timeframe, price_side, open_time_ns, close_time_ns, price_scale,
-                    open, high, low, close, tick_count, volume, ts_recv_ns, flags
-                 FROM bars WHERE symbol = $1 AND timeframe = $2
-                    AND open_time_ns >= $3 AND open_time_ns < $4
-                 ORDER BY open_time_ns, price_side",
-                &[&symbol, &timeframe, &from_ns, &to_ns],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(rows.iter().map(bar_row).collect())
-    }
-
     async fn bars_page(
         &self,
         symbol: &str,

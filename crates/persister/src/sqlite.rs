@@ -300,32 +300,6 @@ fn bar_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<tick_core::pb::Bar> {
 
 #[async_trait]
 impl HistoryReader for SqliteStore {
-    async fn bars_between(
-        &self,
-        symbol: &str,
-        timeframe: &str,
-        from_ns: i64,
-        to_ns: i64,
-    ) -> Result<Vec<tick_core::pb::Bar>, StoreError> {
-        let (symbol, timeframe) = (symbol.to_string(), timeframe.to_string());
-        self.with_conn(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT symbol, timeframe, price_side, open_time_ns, close_time_ns,
-                        price_scale, open, high, low, close, tick_count, volume, ts_recv_ns, flags
-                     FROM bars WHERE symbol = ?1 AND timeframe = ?2
-                        AND open_time_ns >= ?3 AND open_time_ns < ?4
-                     ORDER BY open_time_ns, price_side",
-                )
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map(params![symbol, timeframe, from_ns, to_ns], bar_row)
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })
-        .await
-    }
-
     async fn bars_page(
         &self,
         symbol: &str,

@@ -134,21 +134,10 @@ pub trait HistoryReader: Send + Sync {
     /// Returns the number of stored ticks.
     async fn count_ticks(&self) -> Result<u64, StoreError>;
 
-    /// Returns the stored bars of `symbol` and `timeframe` whose open time is in
-    /// `[from_ns, to_ns)`, oldest first.
-    async fn bars_between(
-        &self,
-        symbol: &str,
-        timeframe: &str,
-        from_ns: i64,
-        to_ns: i64,
-    ) -> Result<Vec<crate::pb::Bar>, StoreError>;
-
     /// Returns the stored bars of `symbol`, `timeframe` and, when given, `side`, whose open
     /// time is in `[from_ns, to_ns)`, ordered by open time then side, at most `limit` of them,
-    /// starting after `after` (open time, side) when given: pages for `GetBars`. The default
-    /// reads the whole range with [`bars_between`](Self::bars_between); stores override it with
-    /// a bounded query.
+    /// starting after `after` (open time, side) when given: pages for `GetBars` and the Parquet
+    /// export.
     #[allow(clippy::too_many_arguments)]
     async fn bars_page(
         &self,
@@ -159,19 +148,7 @@ pub trait HistoryReader: Send + Sync {
         to_ns: i64,
         after: Option<(i64, String)>,
         limit: usize,
-    ) -> Result<Vec<crate::pb::Bar>, StoreError> {
-        let all = self.bars_between(symbol, timeframe, from_ns, to_ns).await?;
-        Ok(all
-            .into_iter()
-            .filter(|b| side.is_none_or(|s| b.price_side == s))
-            .filter(|b| {
-                after
-                    .as_ref()
-                    .is_none_or(|(t, s)| (b.open_time_ns, &b.price_side) > (*t, s))
-            })
-            .take(limit)
-            .collect())
-    }
+    ) -> Result<Vec<crate::pb::Bar>, StoreError>;
 
     /// Returns the idempotency keys of the ticks with event time in `[from_ns, to_ns)`, in
     /// no particular order (for audits).
