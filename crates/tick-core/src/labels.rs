@@ -32,14 +32,12 @@ impl SymbolLabels {
     /// `A-Z0-9` and either a known instrument or one of the first `max` such symbols seen;
     /// otherwise [`OTHER`].
     pub fn label(&mut self, raw: &str) -> &str {
-        let canonical = if raw
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-        {
-            std::borrow::Cow::Borrowed(raw)
-        } else {
-            std::borrow::Cow::Owned(crate::instrument::canonical(raw))
-        };
+        // The common case, once per tick: a symbol already labelled under its own spelling is
+        // found without being canonicalised again.
+        if self.seen.contains(raw) {
+            return self.seen.get(raw).map_or(OTHER, String::as_str);
+        }
+        let canonical = crate::instrument::canonical(raw);
         let well_formed = (1..=MAX_SYMBOL_LEN).contains(&canonical.len())
             && canonical
                 .bytes()
@@ -47,15 +45,12 @@ impl SymbolLabels {
         if !well_formed {
             return OTHER;
         }
-        if !self.seen.contains(canonical.as_ref())
+        if !self.seen.contains(&canonical)
             && (self.seen.len() < self.max || crate::instrument::lookup(&canonical).is_some())
         {
-            self.seen.insert(canonical.clone().into_owned());
+            self.seen.insert(canonical.clone());
         }
-        match self.seen.get(canonical.as_ref()) {
-            Some(s) => s,
-            None => OTHER,
-        }
+        self.seen.get(&canonical).map_or(OTHER, String::as_str)
     }
 
     /// Returns how many symbols have a label of their own.
