@@ -88,6 +88,11 @@ pub struct GrpcArgs {
         default_value = "drop-oldest"
     )]
     pub slow_subscriber: SlowSubscriber,
+    /// How long a `Subscribe` with `since_ns` waits at the seam between stored history and the
+    /// live stream for the persister to store the ticks in between, before it reports those
+    /// still missing with a `Gap` "history_incomplete".
+    #[arg(long, env = "TICKFLOW_HISTORY_SEAM_WAIT", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub history_seam_wait: std::time::Duration,
     /// Bearer token every SignalService call (`Subscribe`, `GetSnapshot`, `GetHistory`,
     /// `GetBars`) requires (metadata `authorization: Bearer <token>`); none: no authentication.
     #[arg(long, env = "TICKFLOW_GRPC_TOKEN", hide_env_values = true)]
@@ -105,6 +110,7 @@ impl std::fmt::Debug for GrpcArgs {
         f.debug_struct("GrpcArgs")
             .field("resume_window", &self.resume_window)
             .field("slow_subscriber", &self.slow_subscriber)
+            .field("history_seam_wait", &self.history_seam_wait)
             .field(
                 "auth_token",
                 &self.auth_token.as_ref().map(|_| "<redacted>"),

@@ -111,10 +111,13 @@ pub async fn run(
     };
     let hub = cfg.engine.hub();
     let (query_tx, query_rx) = mpsc::channel(64);
-    let mut service = service::Service::new(hub.clone(), query_tx);
+    let mut service = service::Service::new(hub.clone(), query_tx).with_engine(
+        cfg.engine.engine_config(),
+        cfg.engine.grpc.history_seam_wait,
+    );
     if let Some(url) = &cfg.store.store {
         let stores = url.connect(&cfg.store.options())?;
-        tracing::info!(store = %url, "serving GetHistory and GetBars from the store");
+        tracing::info!(store = %url, "serving GetHistory, GetBars and Subscribe since_ns from the store");
         service = service.with_history(stores.reader()?);
     }
     let server =

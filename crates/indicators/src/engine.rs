@@ -165,6 +165,7 @@ impl Group {
             ts_recv_ns,
             price: input.close,
             values,
+            ..Default::default()
         }
     }
 }
@@ -345,13 +346,16 @@ impl Engine {
         }
         let input = Input::from_tick(&tick);
         let times = (tick.ts_event_ns, tick.ts_recv_ns);
-        out.update = Some(self.groups[0].feed(
+        let mut update = self.groups[0].feed(
             &mut st.series[0],
             &input,
             &tick.symbol,
             times,
             &mut out.signals,
-        ));
+        );
+        update.idempotency_key = tick.key.clone();
+        update.symbol_seq = tick.route.symbol_seq;
+        out.update = Some(update);
         st.last_tick = Some(tick);
         st.dirty = true;
         out
@@ -405,6 +409,8 @@ impl Engine {
                 ts_event_ns: t.ts_event_ns,
                 ts_recv_ns: t.ts_recv_ns,
                 price: t.mid_f64(),
+                idempotency_key: t.key.clone(),
+                symbol_seq: t.route.symbol_seq,
                 values: self
                     .groups
                     .iter()

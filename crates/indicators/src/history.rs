@@ -34,7 +34,7 @@ pub const NO_STORE: &str = "this server has no store to read history from: start
      (TICKFLOW_STORE) sqlite:PATH or postgres://... (`tickflow run` always has one)";
 
 /// Returns the canonical form of a requested symbol (upper case), or INVALID_ARGUMENT.
-fn symbol(raw: &str) -> Result<String, Status> {
+pub(crate) fn symbol(raw: &str) -> Result<String, Status> {
     let s = raw.trim().to_uppercase();
     if s.is_empty() {
         return Err(Status::invalid_argument("symbol is empty"));
@@ -64,7 +64,7 @@ fn range(from_ns: i64, to_ns: i64) -> Result<(), Status> {
 }
 
 /// Returns the status of a failed store read.
-fn store_status(e: StoreError) -> Status {
+pub(crate) fn store_status(e: StoreError) -> Status {
     let why = tick_core::error::chain(&e);
     tracing::warn!(error = %why, "history read failed");
     if e.is_transient() {
@@ -88,8 +88,10 @@ struct SymbolCursor {
     exhausted: bool,
 }
 
-/// A `GetHistory` stream's state.
-struct TickMerge {
+/// Stored ticks of several symbols merged in event-time order (ties by key), read a page per
+/// symbol at a time: a `GetHistory` stream's state, and the history a `Subscribe` with
+/// `since_ns` opens with.
+pub(crate) struct TickMerge {
     reader: Arc<dyn HistoryReader>,
     cursors: Vec<SymbolCursor>,
     from_ns: i64,
@@ -100,6 +102,51 @@ struct TickMerge {
 }
 
 impl TickMerge {
+    /// Returns the merge of the stored ticks of `symbols` with event time in
+    /// `[from_ns, to_ns)`, sent in chunks of `chunk` ticks by [`Self::next_chunk`].
+    pub(crate) fn new(
+        reader: Arc<dyn HistoryReader>,
+        symbols: Vec<String>,
+        from_ns: i64,
+        to_ns: i64,
+        chunk: usize,
+    ) -> Self {
+        Self {
+            reader,
+            page: (TICKS_PER_PAGE / symbols.len().max(1)).max(MIN_PAGE_PER_SYMBOL),
+            cursors: symbols
+                .into_iter()
+                .map(|symbol| SymbolCursor {
+                    symbol,
+                    page: VecDeque::new(),
+                    after: None,
+                    exhausted: false,
+                })
+                .collect(),
+            from_ns,
+            to_ns,
+            chunk,
+            failed: false,
+        }
+    }
+
+    /// Returns the next tick in event-time order (ties by key) among the symbols, `None` at
+    /// the end.
+    pub(crate) async fn next_tick(&mut self) -> Option<Result<Tick, StoreError>> {
+        if let Err(e) = self.refill().await {
+            return Some(Err(e));
+        }
+        let next = self
+            .cursors
+            .iter_mut()
+            .filter(|c| !c.page.is_empty())
+            .min_by(|a, b| {
+                let (a, b) = (&a.page[0], &b.page[0]);
+                (a.ts_event_ns, &a.key).cmp(&(b.ts_event_ns, &b.key))
+            })?;
+        next.page.pop_front().map(Ok)
+    }
+
     /// Reads the next page of every symbol whose page is used up.
     async fn refill(&mut self) -> Result<(), StoreError> {
         for c in self.cursors.iter_mut() {
@@ -131,21 +178,14 @@ impl TickMerge {
         }
         let mut ticks = Vec::with_capacity(self.chunk.min(1024));
         while ticks.len() < self.chunk {
-            if let Err(e) = self.refill().await {
-                self.failed = true;
-                return Some(Err(store_status(e)));
+            match self.next_tick().await {
+                Some(Ok(tick)) => ticks.push(pb::Tick::from(&tick)),
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Some(Err(store_status(e)));
+                }
+                None => break,
             }
-            let next = self
-                .cursors
-                .iter_mut()
-                .filter(|c| !c.page.is_empty())
-                .min_by(|a, b| {
-                    let (a, b) = (&a.page[0], &b.page[0]);
-                    (a.ts_event_ns, &a.key).cmp(&(b.ts_event_ns, &b.key))
-                });
-            let Some(c) = next else { break };
-            let tick = c.page.pop_front().expect("a non-empty page");
-            ticks.push(pb::Tick::from(&tick));
         }
         (!ticks.is_empty()).then_some(Ok(pb::TickChunk { ticks }))
     }
@@ -186,23 +226,7 @@ pub fn ticks(
         to_ns = r.to_ns,
         "history requested"
     );
-    let merge = TickMerge {
-        reader,
-        page: (TICKS_PER_PAGE / symbols.len()).max(MIN_PAGE_PER_SYMBOL),
-        cursors: symbols
-            .into_iter()
-            .map(|symbol| SymbolCursor {
-                symbol,
-                page: VecDeque::new(),
-                after: None,
-                exhausted: false,
-            })
-            .collect(),
-        from_ns: r.from_ns,
-        to_ns: r.to_ns,
-        chunk,
-        failed: false,
-    };
+    let merge = TickMerge::new(reader, symbols, r.from_ns, r.to_ns, chunk);
     Ok(Box::pin(futures::stream::unfold(
         merge,
         |mut m| async move {

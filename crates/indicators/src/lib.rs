@@ -9,6 +9,7 @@ pub mod history;
 pub mod indicator;
 pub mod rules;
 pub mod service;
+pub mod since;
 pub mod snapshots;
 #[cfg(feature = "kafka")]
 pub mod warm;

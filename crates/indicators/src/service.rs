@@ -160,6 +160,7 @@ impl Hub {
             ts_sent_ns: 0,
             resume_token: String::new(),
             kind: Some(kind),
+            history: false,
         });
         let evicted = if self.window > 0 {
             let old = (r.events.len() >= self.window).then(|| r.events.pop_front());
@@ -199,20 +200,15 @@ impl Hub {
             .filter_map(|r| futures::future::ready(r.ok()))
     }
 
-    /// Returns the stream of the events matching `filter` after the position `resume_token`
-    /// names (live from now on when it is empty): first the retained events after it, then
-    /// live ones. An error item (`RESOURCE_EXHAUSTED`, disconnect policy) ends the stream.
-    pub fn subscribe_from(
-        &self,
-        filter: Filter,
-        resume_token: &str,
-    ) -> impl Stream<Item = Result<pb::Event, Status>> + Send + 'static {
+    /// Returns a cursor over the events matching `filter` published from now on, and the
+    /// sequence number of the last event published before it (its position).
+    pub(crate) fn cursor(&self, filter: Filter) -> (Cursor, u64) {
         let (rx, head) = {
             let r = lock(&self.retained);
             // Taken under the lock: the receiver gets exactly the events after `head`.
             (self.tx.subscribe(), r.head)
         };
-        let mut cursor = Cursor {
+        let cursor = Cursor {
             filter,
             rx,
             retained: self.retained.clone(),
@@ -228,6 +224,38 @@ impl Hub {
             done: false,
             _guard: SubscriberGuard::new(self.subscribers.clone()),
         };
+        (cursor, head)
+    }
+
+    /// Points `cursor` (which has not been read yet) at the retained events after `after` then
+    /// the live ones, with a fresh live receiver (the old one may have lagged while the cursor
+    /// was not read); events after `after` no longer retained are skipped. Returns the
+    /// sequence number of the first event it replays (or of the next live one).
+    pub(crate) fn rewind(&self, cursor: &mut Cursor, after: u64) -> u64 {
+        let r = lock(&self.retained);
+        let from = (after + 1).max(r.oldest());
+        cursor.rx = self.tx.subscribe();
+        cursor.replay_next = from;
+        cursor.replay_end = r.head;
+        cursor.last = from - 1;
+        cursor.lagged = 0;
+        from
+    }
+
+    /// Returns the sequence number of the oldest retained event (the next one when none is).
+    pub(crate) fn oldest_retained(&self) -> u64 {
+        lock(&self.retained).oldest()
+    }
+
+    /// Returns the stream of the events matching `filter` after the position `resume_token`
+    /// names (live from now on when it is empty): first the retained events after it, then
+    /// live ones. An error item (`RESOURCE_EXHAUSTED`, disconnect policy) ends the stream.
+    pub fn subscribe_from(
+        &self,
+        filter: Filter,
+        resume_token: &str,
+    ) -> impl Stream<Item = Result<pb::Event, Status>> + Send + 'static {
+        let (mut cursor, head) = self.cursor(filter);
         let token = resume_token.trim();
         if !token.is_empty() {
             match parse_token(token) {
@@ -260,7 +288,7 @@ const REPLAY_CHUNK: usize = 1024;
 
 /// One subscriber's position: what it still has to replay, its live receiver, and the events
 /// ready to go out.
-struct Cursor {
+pub(crate) struct Cursor {
     filter: Filter,
     rx: broadcast::Receiver<Arc<pb::Event>>,
     retained: Arc<Mutex<Retained>>,
@@ -297,7 +325,9 @@ impl Cursor {
             kind: Some(Kind::Gap(pb::Gap {
                 dropped,
                 reason: reason.into(),
+                history_from_ns: 0,
             })),
+            history: false,
         });
     }
 
@@ -389,7 +419,7 @@ impl Cursor {
     }
 
     /// Returns the next item of the stream, or `None` when it ends.
-    async fn next(&mut self) -> Option<Result<pb::Event, Status>> {
+    pub(crate) async fn next(&mut self) -> Option<Result<pb::Event, Status>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 return Some(Ok(ev));
@@ -482,6 +512,19 @@ impl Filter {
         }
     }
 
+    /// Returns the filter without its symbols: the same kinds and timeframes of every symbol.
+    pub(crate) fn with_any_symbol(&self) -> Filter {
+        Filter {
+            symbols: HashSet::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Returns the symbols the filter names (empty: every symbol).
+    pub fn symbols(&self) -> &HashSet<String> {
+        &self.symbols
+    }
+
     /// Returns whether `ev` passes the filter.
     pub fn matches(&self, ev: &pb::Event) -> bool {
         let (kind, symbol, tf) = match &ev.kind {
@@ -502,7 +545,15 @@ pub struct Service {
     hub: Arc<Hub>,
     snapshots: mpsc::Sender<SnapshotQuery>,
     history: Option<Arc<dyn HistoryReader>>,
+    /// The indicator configuration the history of a `Subscribe` with `since_ns` is
+    /// recomputed with (the server's).
+    engine: crate::engine::EngineConfig,
+    seam_wait: std::time::Duration,
 }
+
+/// How long, by default, a `Subscribe` with `since_ns` waits at the seam for the persister to
+/// store the ticks between the history read and the live stream.
+pub const DEFAULT_SEAM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Service {
     /// Returns the service over `hub`, answering snapshots through `snapshots`; without a
@@ -512,7 +563,22 @@ impl Service {
             hub,
             snapshots,
             history: None,
+            engine: crate::engine::EngineConfig::default(),
+            seam_wait: DEFAULT_SEAM_WAIT,
         }
+    }
+
+    /// Returns the service recomputing the history of a `Subscribe` with `since_ns` with
+    /// `engine` (the configuration of the engine that feeds the hub) and waiting up to
+    /// `seam_wait` at the seam for the persister (see [`crate::since`]).
+    pub fn with_engine(
+        mut self,
+        engine: crate::engine::EngineConfig,
+        seam_wait: std::time::Duration,
+    ) -> Self {
+        self.engine = engine;
+        self.seam_wait = seam_wait;
+        self
     }
 
     /// Returns the service serving `GetHistory` and `GetBars` from `reader` (the store the
@@ -556,8 +622,21 @@ impl SignalService for Service {
             kinds = ?r.kinds,
             timeframes = ?r.timeframes,
             resume_token = %r.resume_token,
+            since_ns = r.since_ns,
             "subscriber joined"
         );
+        if r.since_ns != 0 {
+            let stream = crate::since::subscribe(
+                &self.hub,
+                self.history.clone(),
+                &self.engine,
+                r,
+                self.seam_wait,
+            )?;
+            return Ok(Response::new(Box::pin(
+                stream.take_until(self.hub.closed.clone().cancelled_owned()),
+            )));
+        }
         let stream = self.hub.subscribe_from(filter, &r.resume_token);
         Ok(Response::new(Box::pin(stream)))
     }

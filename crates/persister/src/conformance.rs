@@ -25,7 +25,17 @@ fn tick(i: i64, symbol: &str) -> Tick {
             1_700_000_000_000_000_000 + i * 1_000_000,
             0,
         ),
-        route: Default::default(),
+        // EURUSD as a router passed it, USDJPY as imported (no router fields).
+        route: if symbol == "EURUSD" {
+            tick_core::RouteInfo {
+                ts_route_ns: 1_700_000_000_000_000_000 + i * 1_000_000 + 9,
+                symbol_seq: 40 + i as u64,
+                flags: (i % 4) as u32,
+                gap_ns: i * 7,
+            }
+        } else {
+            Default::default()
+        },
         replay: i % 3 == 0,
     }
 }
@@ -87,6 +97,11 @@ pub async fn check_store(store: &dyn TickStore) {
         "only new rows of a mixed batch"
     );
     assert_eq!(store.count_ticks().await.unwrap(), 15);
+    assert_eq!(
+        store.last_symbol_seqs().await.unwrap(),
+        vec![("EURUSD".to_string(), 49)],
+        "the last sequence number of each symbol a router passed"
+    );
 
     let from = a[0].ts_event_ns;
     let to = a[9].ts_event_ns + 1;

@@ -18,10 +18,12 @@ pub mod tls;
 
 const DAY_NS: i64 = 86_400_000_000_000;
 const INSERT_TICKS: &str = "INSERT INTO ticks (idempotency_key, symbol, source, ts_event_ns,
-    ts_recv_ns, price_scale, bid, ask, last, bid_size, ask_size, volume, flags, replay)";
+    ts_recv_ns, price_scale, bid, ask, last, bid_size, ask_size, volume, flags, replay,
+    ts_route_ns, symbol_seq, route_flags, gap_ns)";
 const FROM_UNNEST: &str = "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[],
     $4::bigint[], $5::bigint[], $6::smallint[], $7::bigint[], $8::bigint[], $9::bigint[],
-    $10::float8[], $11::float8[], $12::float8[], $13::bigint[], $14::bool[])";
+    $10::float8[], $11::float8[], $12::float8[], $13::bigint[], $14::bool[], $15::bigint[],
+    $16::bigint[], $17::integer[], $18::bigint[])";
 /// Batches written with ON CONFLICT DO NOTHING after one hit a stored key.
 const CAREFUL_AFTER_CONFLICT: u32 = 16;
 
@@ -87,6 +89,13 @@ const MIGRATIONS: &[&str] = &[
         stored_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (symbol, timeframe, price_side, open_time_ns)
     );",
+    // 4: the router's fields of a clean tick (0 on rows stored before, and on ticks that did
+    // not pass a router, like `replayer import`'s): what `Subscribe` with `since` stitches
+    // stored history to the live stream with, and what a restarted embedded router continues.
+    "ALTER TABLE ticks ADD COLUMN ts_route_ns BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN symbol_seq BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN route_flags INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN gap_ns BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// A [`TickStore`] on PostgreSQL.
@@ -282,9 +291,13 @@ impl TickWriter for PgStore {
         let volume: Vec<f64> = ticks.iter().map(|t| t.volume).collect();
         let flags: Vec<i64> = ticks.iter().map(|t| i64::from(t.flags)).collect();
         let replay: Vec<bool> = ticks.iter().map(|t| t.replay).collect();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
+        let ts_route: Vec<i64> = ticks.iter().map(|t| t.route.ts_route_ns).collect();
+        let seq: Vec<i64> = ticks.iter().map(|t| t.route.symbol_seq as i64).collect();
+        let route_flags: Vec<i32> = ticks.iter().map(|t| t.route.flags as i32).collect();
+        let gap: Vec<i64> = ticks.iter().map(|t| t.route.gap_ns).collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 18] = [
             &keys, &symbols, &sources, &ts_event, &ts_recv, &scale, &bid, &ask, &last, &bid_size,
-            &ask_size, &volume, &flags, &replay,
+            &ask_size, &volume, &flags, &replay, &ts_route, &seq, &route_flags, &gap,
         ];
         let client = self.pool.get().await.map_err(pool_err)?;
         // Fast path: a plain insert, which PostgreSQL runs much faster than one with
@@ -484,7 +497,8 @@ impl HistoryReader for PgStore {
         let rows = client
             .query(
                 "SELECT idempotency_key, symbol, source, ts_event_ns, ts_recv_ns, price_scale,
-                        bid, ask, last, bid_size, ask_size, volume, flags, replay
+                        bid, ask, last, bid_size, ask_size, volume, flags, replay,
+                        ts_route_ns, symbol_seq, route_flags, gap_ns
                  FROM ticks
                  WHERE ts_event_ns >= GREATEST($1::bigint, $3::bigint) AND ts_event_ns < $2
                    AND (ts_event_ns, idempotency_key) > ($3, $4)
@@ -518,9 +532,29 @@ impl HistoryReader for PgStore {
                 ask_size: r.get(10),
                 volume: r.get(11),
                 flags: r.get::<_, i64>(12) as u32,
-                route: Default::default(),
+                route: tick_core::tick::RouteInfo {
+                    ts_route_ns: r.get(14),
+                    symbol_seq: r.get::<_, i64>(15) as u64,
+                    flags: r.get::<_, i32>(16) as u32,
+                    gap_ns: r.get(17),
+                },
                 replay: r.get(13),
             })
+            .collect())
+    }
+
+    async fn last_symbol_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT symbol, max(symbol_seq) FROM ticks WHERE ts_route_ns > 0 GROUP BY symbol",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
             .collect())
     }
 

@@ -65,6 +65,13 @@ const MIGRATIONS: &[&str] = &[
         flags INTEGER NOT NULL,
         PRIMARY KEY (symbol, timeframe, price_side, open_time_ns)
     ) WITHOUT ROWID;",
+    // 4: the router's fields of a clean tick (0 on rows stored before, and on ticks that did
+    // not pass a router): what `Subscribe` with `since` stitches stored history to the live
+    // stream with, and what a restarted embedded router continues its sequences from.
+    "ALTER TABLE ticks ADD COLUMN ts_route_ns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ticks ADD COLUMN symbol_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ticks ADD COLUMN route_flags INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ticks ADD COLUMN gap_ns INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A [`TickStore`] in one SQLite file.
@@ -175,8 +182,12 @@ impl TickWriter for SqliteStore {
             {
                 let mut stmt = tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO ticks VALUES
-                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                        "INSERT OR IGNORE INTO ticks (idempotency_key, symbol, source,
+                            ts_event_ns, ts_recv_ns, price_scale, bid, ask, last, bid_size,
+                            ask_size, volume, flags, replay, ts_route_ns, symbol_seq,
+                            route_flags, gap_ns)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                            ?15, ?16, ?17, ?18)",
                     )
                     .map_err(db_err)?;
                 for t in &ticks {
@@ -196,6 +207,10 @@ impl TickWriter for SqliteStore {
                             t.volume,
                             t.flags,
                             t.replay,
+                            t.route.ts_route_ns,
+                            t.route.symbol_seq as i64,
+                            t.route.flags,
+                            t.route.gap_ns,
                         ])
                         .map_err(db_err)? as u64;
                 }
@@ -399,7 +414,8 @@ impl HistoryReader for SqliteStore {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT idempotency_key, symbol, source, ts_event_ns, ts_recv_ns, price_scale,
-                            bid, ask, last, bid_size, ask_size, volume, flags, replay
+                            bid, ask, last, bid_size, ask_size, volume, flags, replay,
+                            ts_route_ns, symbol_seq, route_flags, gap_ns
                      FROM ticks
                      WHERE ts_event_ns >= max(?1, ?3) AND ts_event_ns < ?2
                        AND (ts_event_ns, idempotency_key) > (?3, ?4) {in_symbols}
@@ -429,11 +445,31 @@ impl HistoryReader for SqliteStore {
                     ask_size: r.get(10).map_err(db_err)?,
                     volume: r.get(11).map_err(db_err)?,
                     flags: r.get(12).map_err(db_err)?,
-                    route: Default::default(),
+                    route: tick_core::tick::RouteInfo {
+                        ts_route_ns: r.get(14).map_err(db_err)?,
+                        symbol_seq: r.get::<_, i64>(15).map_err(db_err)? as u64,
+                        flags: r.get(16).map_err(db_err)?,
+                        gap_ns: r.get(17).map_err(db_err)?,
+                    },
                     replay: r.get(13).map_err(db_err)?,
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn last_symbol_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_conn(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT symbol, max(symbol_seq) FROM ticks WHERE ts_route_ns > 0 GROUP BY symbol",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
         })
         .await
     }

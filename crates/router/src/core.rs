@@ -293,6 +293,16 @@ impl Router {
         );
     }
 
+    /// Continues the numbering of each symbol after the last `symbol_seq` stored for it (an
+    /// embedded router reads them from its store on start, as a distributed one reads
+    /// `ticks.clean` back), so sequence numbers never restart under stored history.
+    pub fn continue_sequences(&mut self, last: impl IntoIterator<Item = (String, u64)>) {
+        for (symbol, seq) in last {
+            let st = self.seq.entry(symbol).or_default();
+            st.next = st.next.max(seq + 1);
+        }
+    }
+
     /// Returns and forgets the source switches made since the last call.
     pub fn take_switches(&mut self) -> Vec<Switch> {
         std::mem::take(&mut self.switches)

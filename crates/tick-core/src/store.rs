@@ -166,6 +166,11 @@ pub trait HistoryReader: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Tick>, StoreError>;
 
+    /// Returns, per symbol, the highest `symbol_seq` among the stored ticks a router passed
+    /// (`ts_route_ns > 0`), in no particular order: where a restarted embedded router
+    /// continues each symbol's sequence, so that sequences never restart under stored history.
+    async fn last_symbol_seqs(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Returns the starts (UTC ns, ascending) of the hours holding at least one tick of
     /// `symbol`, among the hours from the one containing `from_ns` up to `to_ns` (exclusive):
     /// what `replayer gaps` compares with the market calendar.

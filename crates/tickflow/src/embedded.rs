@@ -159,7 +159,12 @@ pub async fn run(
     let hub = args.engine.hub();
     let (snap_tx, snap_rx) = tokio::sync::mpsc::channel(64);
     // GetHistory and GetBars read the store the pipeline writes to.
-    let service = Service::new(hub.clone(), snap_tx).with_history(reader.clone());
+    let service = Service::new(hub.clone(), snap_tx)
+        .with_history(reader.clone())
+        .with_engine(
+            args.engine.engine_config(),
+            args.engine.grpc.history_seam_wait,
+        );
     let server =
         GrpcServer::start(args.grpc_addr, args.engine.grpc.serve_options()?, service).await?;
     on_listen(server.addr);
@@ -180,7 +185,11 @@ pub async fn run(
         batch: args.batch.to_config(),
         abort,
     };
-    let mut stages = Stages::spawn(&wiring, queues, &args, engine, &hub, snap_rx, &stats)?;
+    // Each symbol's sequence continues after its last stored tick, as a distributed router's
+    // continues after the last one in `ticks.clean`.
+    let mut router = Router::new(args.rules.router_config()?);
+    router.continue_sequences(reader.last_symbol_seqs().await?);
+    let mut stages = Stages::spawn(&wiring, queues, router, engine, &hub, snap_rx, &stats)?;
     stages.ingest = Some(stages.hot.handle.spawn(ingest::run_source(
         source,
         Arc::new(bus.producer()),
@@ -288,7 +297,7 @@ impl Stages {
     fn spawn(
         w: &Wiring,
         q: Queues,
-        args: &RunArgs,
+        router: Router,
         engine: Engine,
         hub: &Arc<indicators::service::Hub>,
         snapshots: tokio::sync::mpsc::Receiver<indicators::service::SnapshotQuery>,
@@ -299,7 +308,7 @@ impl Stages {
         let router = hot.handle.spawn(router::run_router(
             Box::new(q.raw),
             producer(),
-            Router::new(args.rules.router_config()?),
+            router,
             stats.router.clone(),
             None,
             true,

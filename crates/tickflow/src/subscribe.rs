@@ -95,6 +95,11 @@ pub struct SubscribeArgs {
     /// Start after the event with this resume token (receive what was missed since).
     #[arg(long)]
     pub resume: Option<String>,
+    /// Start with the stored history from this time: an RFC 3339 time
+    /// (`2026-01-05T10:00:00Z`) or a duration ago (`10m`, `2h`). Per-tick updates of the stored
+    /// ticks come first (marked `hist`), then the live stream, without gap or duplicate.
+    #[arg(long, value_parser = parse_since, conflicts_with = "resume")]
+    pub since: Option<i64>,
     /// When the stream breaks (server disconnect, network), reconnect with backoff and resume
     /// after the last event received.
     #[arg(long)]
@@ -102,6 +107,15 @@ pub struct SubscribeArgs {
     /// Token and TLS.
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+/// Parses `--since`: an RFC 3339 time, or a duration before now.
+fn parse_since(s: &str) -> Result<i64, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) => Ok(clock::now_ns() - d.as_nanos().min(i64::MAX as u128) as i64),
+        Err(_) => clock::parse_rfc3339_ns(s)
+            .map_err(|e| format!("{e} (or give a duration ago, like 10m)")),
+    }
 }
 
 fn values(v: &[pb::IndicatorValue]) -> String {
@@ -122,6 +136,15 @@ pub fn render(ev: &pb::Event, now_ns: i64) -> String {
     let lat = |ts_recv: i64| fmt_ns((now_ns - ts_recv).max(0) as u64);
     let p = |m: i64, s: u32| Price::new(m, s as u8).to_string();
     let body = match &ev.kind {
+        Some(Kind::Update(u)) if u.timeframe == "tick" => format!(
+            "update {} {} seq={} mid={:.6} {} latency={}",
+            u.symbol,
+            u.timeframe,
+            u.symbol_seq,
+            u.price,
+            values(&u.values),
+            lat(u.ts_recv_ns)
+        ),
         Some(Kind::Update(u)) => format!(
             "update {} {} mid={:.6} {} latency={}",
             u.symbol,
@@ -153,7 +176,11 @@ pub fn render(ev: &pb::Event, now_ns: i64) -> String {
         Some(Kind::Gap(g)) => format!("gap    {} events dropped ({})", g.dropped, g.reason),
         None => "empty event".to_string(),
     };
-    format!("#{:<8} {body}", ev.seq)
+    if ev.history {
+        format!("hist      {body}")
+    } else {
+        format!("#{:<8} {body}", ev.seq)
+    }
 }
 
 fn kind(s: &str) -> anyhow::Result<i32> {
@@ -181,6 +208,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?,
         timeframes: args.timeframes.clone(),
         resume_token: args.resume.clone().unwrap_or_default(),
+        since_ns: args.since.unwrap_or(0),
     };
     let mut n = 0;
     let mut backoff = Duration::from_millis(100);
@@ -196,7 +224,12 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                 backoff = Duration::from_millis(100);
                 println!("{}", render(&ev, clock::now_ns()));
                 if !ev.resume_token.is_empty() {
+                    // Live now: a reconnection resumes after this event.
                     request.resume_token = ev.resume_token;
+                    request.since_ns = 0;
+                } else if let (true, Some(Kind::Update(u))) = (ev.history, &ev.kind) {
+                    // History has no resume token: start again from this time.
+                    request.since_ns = u.ts_event_ns;
                 }
                 n += 1;
                 if args.count.is_some_and(|c| n >= c) {
@@ -252,7 +285,8 @@ pub async fn snapshot(addr: String, symbol: String, connect: ConnectArgs) -> any
                     seq: 0,
                     ts_sent_ns: 0,
                     resume_token: String::new(),
-                    kind: Some(Kind::Update(u))
+                    kind: Some(Kind::Update(u)),
+                    ..Default::default()
                 },
                 now
             )
@@ -266,7 +300,8 @@ pub async fn snapshot(addr: String, symbol: String, connect: ConnectArgs) -> any
                     seq: 0,
                     ts_sent_ns: 0,
                     resume_token: String::new(),
-                    kind: Some(Kind::Bar(b))
+                    kind: Some(Kind::Bar(b)),
+                    ..Default::default()
                 },
                 now
             )
