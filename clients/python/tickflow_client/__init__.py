@@ -120,7 +120,8 @@ def _position(token: str):
 def subscribe(target: str, symbols: Iterable[str] = (), kinds: Iterable = (),
               timeframes: Iterable[str] = (), token: Optional[str] = None,
               root_certificates: Certs = None, *, tls: Optional[bool] = None,
-              resume_token: str = "", initial_backoff: float = 0.1, max_backoff: float = 10.0,
+              resume_token: str = "", since: Optional[Time] = None,
+              initial_backoff: float = 0.1, max_backoff: float = 10.0,
               max_attempts: Optional[int] = None, on_reconnect=None,
               channel_options: Sequence = ()) -> Iterator[signal_service_pb2.Event]:
     """Yields the events of `SignalService.Subscribe` for the filter, forever.
@@ -129,6 +130,14 @@ def subscribe(target: str, symbols: Iterable[str] = (), kinds: Iterable = (),
     ("tick", "1m", ...) filter; empty means everything. `token` is the server's bearer token,
     `root_certificates` the PEM to trust for TLS (bytes or a path; `tls=True` uses the system's
     CAs). `resume_token` starts after that event instead of live.
+
+    `since` (ns since the epoch, a `datetime`, a `pandas.Timestamp` or an RFC 3339 string, as
+    `history`) starts with the stored history from that time: the per-tick updates of the
+    stored ticks, recomputed by the server's indicators and marked `ev.history`, then the live
+    stream, with no gap and no duplicate at the seam (each update's `idempotency_key` and
+    `symbol_seq` show it). The filter must take per-tick updates. A reconnection during the
+    history asks again from the time of the last history event and skips the updates already
+    yielded at that time; after it, it resumes after the last live event.
 
     When the stream breaks or ends, it reconnects after `initial_backoff` seconds, doubling up to
     `max_backoff` (with jitter; reset by every event received), resuming after the last event
@@ -143,6 +152,11 @@ def subscribe(target: str, symbols: Iterable[str] = (), kinds: Iterable = (),
         timeframes=list(timeframes or ()),
     )
     last = resume_token or ""
+    if since is not None and last:
+        raise ValueError("give since or resume_token, not both")
+    since_ns = to_ns(since) if since is not None else 0
+    # Keys of the history updates yielded at `since_ns`, skipped when a reconnection asks again.
+    yielded_at_since = set()
     backoff = initial_backoff
     failures = 0
     while True:
@@ -151,11 +165,20 @@ def subscribe(target: str, symbols: Iterable[str] = (), kinds: Iterable = (),
         try:
             stub = signal_service_pb2_grpc.SignalServiceStub(ch)
             request.resume_token = last
+            request.since_ns = 0 if last else since_ns
             call = stub.Subscribe(request, metadata=_metadata(token))
             try:
                 for ev in call:
                     failures, backoff = 0, initial_backoff
-                    if ev.resume_token:
+                    if ev.history:
+                        u = ev.update
+                        if u.ts_event_ns == since_ns:
+                            if u.idempotency_key in yielded_at_since:
+                                continue
+                        else:
+                            since_ns, yielded_at_since = u.ts_event_ns, set()
+                        yielded_at_since.add(u.idempotency_key)
+                    elif ev.resume_token:
                         # The server never repeats an event on a resumed stream; this guard
                         # only protects the caller from a misbehaving one.
                         pos, prev = _position(ev.resume_token), _position(last)

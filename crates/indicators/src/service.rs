@@ -520,6 +520,14 @@ impl Filter {
         }
     }
 
+    /// Returns whether the filter takes per-tick indicator updates and nothing else.
+    pub(crate) fn only_tick_updates(&self) -> bool {
+        self.kinds.len() == 1
+            && self.kinds.contains(&(pb::EventKind::Update as i32))
+            && self.timeframes.len() == 1
+            && self.timeframes.contains("tick")
+    }
+
     /// Returns the symbols the filter names (empty: every symbol).
     pub fn symbols(&self) -> &HashSet<String> {
         &self.symbols

@@ -301,7 +301,7 @@ impl Since {
         // Events after the call that the hub no longer retains are lost for good; per-tick
         // updates among them come back from the store through the seam (their sequence shows
         // the hole), the others cannot.
-        if from > self.called_at + 1 {
+        if from > self.called_at + 1 && !self.filter.only_tick_updates() {
             let lost = from - 1 - self.called_at;
             metrics::counter!("tickflow_indicators_resume_lost_total").increment(lost);
             let token = self.token(from - 1);
@@ -352,16 +352,17 @@ impl Since {
 
     /// Delivers from the store the ticks of `symbol` between the last one delivered and the
     /// live update numbered `next`, waiting up to the seam wait for the persister to store
-    /// them; queues a `Gap` "history_incomplete" for those still missing then.
+    /// them all; then queues, where each hole is, a `Gap` "history_incomplete" counting the
+    /// ticks still missing.
     async fn fill(&mut self, symbol: &str, next: u64) {
         let deadline = Instant::now() + self.seam_wait;
         let one = [symbol.to_string()];
+        let (last, from) = {
+            let seam = &self.seams[symbol];
+            let last = seam.last_seq.expect("a fill follows stored ticks");
+            (last, seam.last_ts.saturating_sub(FILL_LOOKBACK_NS))
+        };
         loop {
-            let (last, from) = {
-                let seam = &self.seams[symbol];
-                let last = seam.last_seq.expect("a fill follows stored ticks");
-                (last, seam.last_ts.saturating_sub(FILL_LOOKBACK_NS))
-            };
             let mut found: Vec<Tick> = Vec::new();
             let mut after = None;
             loop {
@@ -386,33 +387,40 @@ impl Since {
             }
             found.sort_by_key(|t| t.route.symbol_seq);
             found.dedup_by_key(|t| t.route.symbol_seq);
-            let mut expected = last + 1;
-            for tick in found {
-                if tick.route.symbol_seq != expected {
-                    break;
-                }
-                expected += 1;
-                self.deliver_stored(tick);
-            }
-            if expected == next {
-                return;
-            }
             let now = Instant::now();
-            if now >= deadline {
-                let dropped = next - expected;
-                tracing::warn!(
-                    symbol,
-                    dropped,
-                    "history seam: ticks still not stored after the seam wait"
-                );
-                metrics::counter!("tickflow_indicators_history_seam_missing_total")
-                    .increment(dropped);
-                let token = self.token(self.called_at);
-                self.pending
-                    .push_back(Ok(gap_event(token, GAP_HISTORY_INCOMPLETE, dropped, 0)));
+            if found.len() as u64 == next - last - 1 || now >= deadline {
+                let mut expected = last + 1;
+                for tick in found {
+                    let seq = tick.route.symbol_seq;
+                    if seq > expected {
+                        self.hole(symbol, seq - expected);
+                    }
+                    expected = seq + 1;
+                    self.deliver_stored(tick);
+                }
+                if next > expected {
+                    self.hole(symbol, next - expected);
+                }
                 return;
             }
             tokio::time::sleep(FILL_RETRY.min(deadline - now)).await;
         }
+    }
+
+    /// Queues a `Gap` "history_incomplete" for `dropped` ticks of `symbol` not stored in time.
+    fn hole(&mut self, symbol: &str, dropped: u64) {
+        tracing::warn!(
+            symbol,
+            dropped,
+            "history seam: ticks still not stored after the seam wait"
+        );
+        metrics::counter!("tickflow_indicators_history_seam_missing_total").increment(dropped);
+        let token = self.token(self.called_at);
+        self.pending.push_back(Ok(gap_event(
+            token,
+            GAP_HISTORY_INCOMPLETE,
+            dropped,
+            0,
+        )));
     }
 }

@@ -26,15 +26,15 @@ from tickflow_client._proto.tickflow.v1 import events_pb2 as tickflow_dot_v1_dot
 from tickflow_client._proto.tickflow.v1 import tick_pb2 as tickflow_dot_v1_dot_tick__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tickflow/v1/signal_service.proto\x12\x0btickflow.v1\x1a\x18tickflow/v1/events.proto\x1a\x16tickflow/v1/tick.proto\"^\n\x0eHistoryRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x0f\n\x07\x66rom_ns\x18\x02 \x01(\x03\x12\r\n\x05to_ns\x18\x03 \x01(\x03\x12\x1b\n\x13max_ticks_per_chunk\x18\x04 \x01(\r\"-\n\tTickChunk\x12 \n\x05ticks\x18\x01 \x03(\x0b\x32\x11.tickflow.v1.Tick\"d\n\x0b\x42\x61rsRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x11\n\ttimeframe\x18\x02 \x01(\t\x12\x12\n\nprice_side\x18\x03 \x01(\t\x12\x0f\n\x07\x66rom_ns\x18\x04 \x01(\x03\x12\r\n\x05to_ns\x18\x05 \x01(\x03\"*\n\x08\x42\x61rChunk\x12\x1e\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x10.tickflow.v1.Bar\"t\n\x10SubscribeRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12%\n\x05kinds\x18\x02 \x03(\x0e\x32\x16.tickflow.v1.EventKind\x12\x12\n\ntimeframes\x18\x03 \x03(\t\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\"\xdf\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nts_sent_ns\x18\x02 \x01(\x03\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12.\n\x06update\x18\n \x01(\x0b\x32\x1c.tickflow.v1.IndicatorUpdateH\x00\x12\x1f\n\x03\x62\x61r\x18\x0b \x01(\x0b\x32\x10.tickflow.v1.BarH\x00\x12%\n\x06signal\x18\x0c \x01(\x0b\x32\x13.tickflow.v1.SignalH\x00\x12\x1f\n\x03gap\x18\r \x01(\x0b\x32\x10.tickflow.v1.GapH\x00\x42\x06\n\x04kind\"!\n\x0fSnapshotRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\"\x8e\x01\n\x08Snapshot\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12$\n\tlast_tick\x18\x02 \x01(\x0b\x32\x11.tickflow.v1.Tick\x12,\n\x06latest\x18\x03 \x01(\x0b\x32\x1c.tickflow.v1.IndicatorUpdate\x12\x1e\n\x04\x62\x61rs\x18\x04 \x03(\x0b\x32\x10.tickflow.v1.Bar*i\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45VENT_KIND_UPDATE\x10\x01\x12\x12\n\x0e\x45VENT_KIND_BAR\x10\x02\x12\x15\n\x11\x45VENT_KIND_SIGNAL\x10\x03\x32\x98\x02\n\rSignalService\x12@\n\tSubscribe\x12\x1d.tickflow.v1.SubscribeRequest\x1a\x12.tickflow.v1.Event0\x01\x12\x42\n\x0bGetSnapshot\x12\x1c.tickflow.v1.SnapshotRequest\x1a\x15.tickflow.v1.Snapshot\x12\x43\n\nGetHistory\x12\x1b.tickflow.v1.HistoryRequest\x1a\x16.tickflow.v1.TickChunk0\x01\x12<\n\x07GetBars\x12\x18.tickflow.v1.BarsRequest\x1a\x15.tickflow.v1.BarChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tickflow/v1/signal_service.proto\x12\x0btickflow.v1\x1a\x18tickflow/v1/events.proto\x1a\x16tickflow/v1/tick.proto\"^\n\x0eHistoryRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x0f\n\x07\x66rom_ns\x18\x02 \x01(\x03\x12\r\n\x05to_ns\x18\x03 \x01(\x03\x12\x1b\n\x13max_ticks_per_chunk\x18\x04 \x01(\r\"-\n\tTickChunk\x12 \n\x05ticks\x18\x01 \x03(\x0b\x32\x11.tickflow.v1.Tick\"d\n\x0b\x42\x61rsRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x11\n\ttimeframe\x18\x02 \x01(\t\x12\x12\n\nprice_side\x18\x03 \x01(\t\x12\x0f\n\x07\x66rom_ns\x18\x04 \x01(\x03\x12\r\n\x05to_ns\x18\x05 \x01(\x03\"*\n\x08\x42\x61rChunk\x12\x1e\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x10.tickflow.v1.Bar\"\x86\x01\n\x10SubscribeRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12%\n\x05kinds\x18\x02 \x03(\x0e\x32\x16.tickflow.v1.EventKind\x12\x12\n\ntimeframes\x18\x03 \x03(\t\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\x12\x10\n\x08since_ns\x18\x05 \x01(\x03\"\xf0\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nts_sent_ns\x18\x02 \x01(\x03\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12\x0f\n\x07history\x18\x04 \x01(\x08\x12.\n\x06update\x18\n \x01(\x0b\x32\x1c.tickflow.v1.IndicatorUpdateH\x00\x12\x1f\n\x03\x62\x61r\x18\x0b \x01(\x0b\x32\x10.tickflow.v1.BarH\x00\x12%\n\x06signal\x18\x0c \x01(\x0b\x32\x13.tickflow.v1.SignalH\x00\x12\x1f\n\x03gap\x18\r \x01(\x0b\x32\x10.tickflow.v1.GapH\x00\x42\x06\n\x04kind\"!\n\x0fSnapshotRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\"\x8e\x01\n\x08Snapshot\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12$\n\tlast_tick\x18\x02 \x01(\x0b\x32\x11.tickflow.v1.Tick\x12,\n\x06latest\x18\x03 \x01(\x0b\x32\x1c.tickflow.v1.IndicatorUpdate\x12\x1e\n\x04\x62\x61rs\x18\x04 \x03(\x0b\x32\x10.tickflow.v1.Bar*i\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45VENT_KIND_UPDATE\x10\x01\x12\x12\n\x0e\x45VENT_KIND_BAR\x10\x02\x12\x15\n\x11\x45VENT_KIND_SIGNAL\x10\x03\x32\x98\x02\n\rSignalService\x12@\n\tSubscribe\x12\x1d.tickflow.v1.SubscribeRequest\x1a\x12.tickflow.v1.Event0\x01\x12\x42\n\x0bGetSnapshot\x12\x1c.tickflow.v1.SnapshotRequest\x1a\x15.tickflow.v1.Snapshot\x12\x43\n\nGetHistory\x12\x1b.tickflow.v1.HistoryRequest\x1a\x16.tickflow.v1.TickChunk0\x01\x12<\n\x07GetBars\x12\x18.tickflow.v1.BarsRequest\x1a\x15.tickflow.v1.BarChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tickflow.v1.signal_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=912
-  _globals['_EVENTKIND']._serialized_end=1017
+  _globals['_EVENTKIND']._serialized_start=948
+  _globals['_EVENTKIND']._serialized_end=1053
   _globals['_HISTORYREQUEST']._serialized_start=99
   _globals['_HISTORYREQUEST']._serialized_end=193
   _globals['_TICKCHUNK']._serialized_start=195
@@ -43,14 +43,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BARSREQUEST']._serialized_end=342
   _globals['_BARCHUNK']._serialized_start=344
   _globals['_BARCHUNK']._serialized_end=386
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=388
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=504
-  _globals['_EVENT']._serialized_start=507
-  _globals['_EVENT']._serialized_end=730
-  _globals['_SNAPSHOTREQUEST']._serialized_start=732
-  _globals['_SNAPSHOTREQUEST']._serialized_end=765
-  _globals['_SNAPSHOT']._serialized_start=768
-  _globals['_SNAPSHOT']._serialized_end=910
-  _globals['_SIGNALSERVICE']._serialized_start=1020
-  _globals['_SIGNALSERVICE']._serialized_end=1300
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=389
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=523
+  _globals['_EVENT']._serialized_start=526
+  _globals['_EVENT']._serialized_end=766
+  _globals['_SNAPSHOTREQUEST']._serialized_start=768
+  _globals['_SNAPSHOTREQUEST']._serialized_end=801
+  _globals['_SNAPSHOT']._serialized_start=804
+  _globals['_SNAPSHOT']._serialized_end=946
+  _globals['_SIGNALSERVICE']._serialized_start=1056
+  _globals['_SIGNALSERVICE']._serialized_end=1336
 # @@protoc_insertion_point(module_scope)

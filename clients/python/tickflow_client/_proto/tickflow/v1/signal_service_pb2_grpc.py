@@ -64,7 +64,8 @@ class SignalServiceServicer:
     def Subscribe(self, request, context):
         """Streams every event that matches the filter until the client disconnects: from now on, or,
         given a resume token, first the retained events after it that match the filter, then live
-        ones, with no duplicate and no gap. Fails with RESOURCE_EXHAUSTED when the server's
+        ones, with no duplicate and no gap; or, given `since_ns`, first the stored history from
+        that time (see `SubscribeRequest.since_ns`), then live events. Fails with RESOURCE_EXHAUSTED when the server's
         slow-subscriber policy is `disconnect` and the subscriber fell too far behind (reconnect
         with the last resume token), UNAUTHENTICATED when the server requires a bearer token and
         the `authorization` metadata does not carry it.
@@ -84,8 +85,9 @@ class SignalServiceServicer:
         """Streams the stored ticks of `symbols` with event time in `[from_ns, to_ns)`, in event-time
         order (ties by idempotency key), in chunks of at most `max_ticks_per_chunk`. The server
         reads the store page by page as the client reads, so its memory stays bounded whatever the
-        range. Stored ticks carry no router fields (`ts_route_ns`, `symbol_seq`, `route_flags`,
-        `gap_ns` are 0). Fails with INVALID_ARGUMENT for `from_ns >= to_ns`, no symbol, or a symbol
+        range. Stored ticks carry the router fields they were stored with (`ts_route_ns`,
+        `symbol_seq`, `route_flags`, `gap_ns`; all 0 on a tick that did not pass a router, like
+        those `replayer import` stores, or stored before the store kept them). Fails with INVALID_ARGUMENT for `from_ns >= to_ns`, no symbol, or a symbol
         that is empty or not canonical (A-Z and 0-9, like "EURUSD"; lower case is accepted);
         FAILED_PRECONDITION when the server runs without a store (`--store`); UNAVAILABLE when the
         store cannot be read; UNAUTHENTICATED as `Subscribe`.
