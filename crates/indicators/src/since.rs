@@ -262,9 +262,11 @@ impl Since {
                 first = Some(first.map_or(t.ts_event_ns, |f| f.min(t.ts_event_ns)));
             }
         }
-        let token = self.token(self.called_at);
+        // Part of the history: not a position of the live sequence, so no token (a client
+        // that resumes after its last token must not skip the live events before the call
+        // that continue the history).
         self.pending.push_back(Ok(gap_event(
-            token,
+            String::new(),
             GAP_HISTORY_BEFORE_STORE,
             0,
             first.unwrap_or(0),
@@ -415,9 +417,8 @@ impl Since {
             "history seam: ticks still not stored after the seam wait"
         );
         metrics::counter!("tickflow_indicators_history_seam_missing_total").increment(dropped);
-        let token = self.token(self.called_at);
         self.pending.push_back(Ok(gap_event(
-            token,
+            String::new(),
             GAP_HISTORY_INCOMPLETE,
             dropped,
             0,

@@ -59,7 +59,11 @@ impl Pipeline {
     async fn step(&mut self, lose: &HashSet<(&str, u64)>) {
         for (k, symbol) in SYMBOLS.into_iter().enumerate() {
             let ts = self.start_ns + self.n * 10 * MS + k as i64;
-            let bid = if symbol == "EURUSD" { 110_000 } else { 14_950_000 } + (self.n % 37) * 3;
+            let bid = if symbol == "EURUSD" {
+                110_000
+            } else {
+                14_950_000
+            } + (self.n % 37) * 3;
             let mut tick = tick_core::testenv::tick("sim", symbol, ts, bid);
             let seq = self.seq.entry(symbol).or_insert(0);
             tick.route = RouteInfo {
@@ -89,7 +93,10 @@ impl Pipeline {
         }
         self.n += 1;
         if self.unstored.len() > self.lag {
-            let due: Vec<Tick> = self.unstored.drain(..self.unstored.len() - self.lag).collect();
+            let due: Vec<Tick> = self
+                .unstored
+                .drain(..self.unstored.len() - self.lag)
+                .collect();
             self.store.insert_ticks(&due).await.unwrap();
         }
     }
@@ -111,7 +118,11 @@ struct Server {
     stop: CancellationToken,
 }
 
-async fn serve(hub: Arc<Hub>, store: Option<Arc<dyn HistoryReader>>, seam_wait: Duration) -> Server {
+async fn serve(
+    hub: Arc<Hub>,
+    store: Option<Arc<dyn HistoryReader>>,
+    seam_wait: Duration,
+) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
@@ -190,7 +201,9 @@ fn check_seamless(events: &[pb::Event], routed: &[Tick], since: i64, last_seq: u
         let got: Vec<(&pb::Event, &pb::IndicatorUpdate)> = events
             .iter()
             .filter_map(|e| match &e.kind {
-                Some(Kind::Update(u)) if u.timeframe == "tick" && u.symbol == symbol => Some((e, u)),
+                Some(Kind::Update(u)) if u.timeframe == "tick" && u.symbol == symbol => {
+                    Some((e, u))
+                }
                 _ => None,
             })
             .collect();
@@ -198,16 +211,27 @@ fn check_seamless(events: &[pb::Event], routed: &[Tick], since: i64, last_seq: u
             .iter()
             .map(|(_, u)| (u.idempotency_key.as_str(), u.symbol_seq))
             .collect();
-        assert_eq!(keys, want, "{symbol}: each tick from since once, in sequence");
+        assert_eq!(
+            keys, want,
+            "{symbol}: each tick from since once, in sequence"
+        );
         let flags: Vec<bool> = got.iter().map(|(e, _)| e.history).collect();
         let n_hist = flags.iter().take_while(|h| **h).count();
         assert!(
             flags[n_hist..].iter().all(|h| !h),
             "{symbol}: history first, then live"
         );
-        assert!(n_hist > 0 && n_hist < flags.len(), "{symbol}: {n_hist} of {}", flags.len());
+        assert!(
+            n_hist > 0 && n_hist < flags.len(),
+            "{symbol}: {n_hist} of {}",
+            flags.len()
+        );
         for (e, _) in &got[..n_hist] {
-            assert_eq!((e.seq, e.resume_token.as_str()), (0, ""), "history is not in the sequence");
+            assert_eq!(
+                (e.seq, e.resume_token.as_str()),
+                (0, ""),
+                "history is not in the sequence"
+            );
         }
         for (e, _) in &got[n_hist..] {
             assert!(e.seq > 0 && !e.resume_token.is_empty());
@@ -215,7 +239,9 @@ fn check_seamless(events: &[pb::Event], routed: &[Tick], since: i64, last_seq: u
         history += n_hist;
     }
     assert!(
-        events.iter().all(|e| !e.history || matches!(&e.kind, Some(Kind::Update(u)) if u.timeframe == "tick")),
+        events.iter().all(
+            |e| !e.history || matches!(&e.kind, Some(Kind::Update(u)) if u.timeframe == "tick")
+        ),
         "only per-tick updates are history"
     );
     history
@@ -252,7 +278,10 @@ async fn history_then_live_each_tick_once_without_a_hole_at_the_seam() {
     pipe.flush().await;
     let events = reader.await.unwrap();
     let history = check_seamless(&events, &pipe.routed, since, 799);
-    assert!(history >= 2 * 200, "the stored ticks since 150 came from history: {history}");
+    assert!(
+        history >= 2 * 200,
+        "the stored ticks since 150 came from history: {history}"
+    );
     // Bars and signals are live from the call only, never history.
     let gaps: Vec<_> = events
         .iter()
@@ -268,7 +297,12 @@ async fn a_seam_beyond_the_retained_events_is_filled_from_the_store_and_an_unfil
     // Eight retained events: the live part cannot reach back to where the store ends, so the
     // seam is filled from the store, waiting for the (lagging) persister.
     let hub = hub(8);
-    let server = serve(hub.clone(), Some(store.clone()), Duration::from_millis(1500)).await;
+    let server = serve(
+        hub.clone(),
+        Some(store.clone()),
+        Duration::from_millis(1500),
+    )
+    .await;
     let mut pipe = Pipeline::new(hub, store, 120);
     // EURUSD ticks 260..=264 are never stored.
     let lose: HashSet<(&str, u64)> = (260..=264).map(|s| ("EURUSD", s)).collect();
@@ -307,6 +341,11 @@ async fn a_seam_beyond_the_retained_events_is_filled_from_the_store_and_an_unfil
         (gaps[0].reason.as_str(), gaps[0].dropped),
         (GAP_HISTORY_INCOMPLETE, 5)
     );
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e.kind, Some(Kind::Gap(_))) || e.resume_token.is_empty())
+    );
     // Everything else arrived once, in sequence.
     let routed: Vec<Tick> = pipe
         .routed
@@ -342,6 +381,10 @@ async fn a_since_before_the_store_gets_a_gap_first_and_bad_requests_are_refused(
         Some(Kind::Gap(g)) => {
             assert_eq!(g.reason, GAP_HISTORY_BEFORE_STORE);
             assert_eq!(g.history_from_ns, pipe.ts(0), "where the history starts");
+            assert!(
+                first.resume_token.is_empty(),
+                "part of the history, not of the sequence"
+            );
         }
         other => panic!("a gap first, got {other:?}"),
     }
