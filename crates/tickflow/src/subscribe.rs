@@ -137,13 +137,13 @@ pub fn render(ev: &pb::Event, now_ns: i64) -> String {
     let p = |m: i64, s: u32| Price::new(m, s as u8).to_string();
     let body = match &ev.kind {
         Some(Kind::Update(u)) if u.timeframe == "tick" => format!(
-            "update {} {} seq={} mid={:.6} {} latency={}",
+            "update {} {} mid={:.6} {} latency={} symbol_seq={}",
             u.symbol,
             u.timeframe,
-            u.symbol_seq,
             u.price,
             values(&u.values),
-            lat(u.ts_recv_ns)
+            lat(u.ts_recv_ns),
+            u.symbol_seq
         ),
         Some(Kind::Update(u)) => format!(
             "update {} {} mid={:.6} {} latency={}",
