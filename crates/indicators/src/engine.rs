@@ -355,6 +355,7 @@ impl Engine {
         );
         update.idempotency_key = tick.key.clone();
         update.symbol_seq = tick.route.symbol_seq;
+        update.ts_route_ns = tick.route.ts_route_ns;
         out.update = Some(update);
         st.last_tick = Some(tick);
         st.dirty = true;
@@ -411,6 +412,8 @@ impl Engine {
                 price: t.mid_f64(),
                 idempotency_key: t.key.clone(),
                 symbol_seq: t.route.symbol_seq,
+                ts_route_ns: t.route.ts_route_ns,
+                ts_engine_ns: 0,
                 values: self
                     .groups
                     .iter()

@@ -122,6 +122,22 @@ impl Publisher {
     }
 }
 
+/// Hops of the latency from a tick's receipt to its update's publication, on `/metrics` as
+/// `tickflow_indicators_hop_seconds{hop}`: `ingest_to_router` (`ts_recv_ns` to `ts_route_ns`),
+/// `router_to_indicators` (to the moment this stage took the tick) and `engine` (to the update
+/// published to the subscriber hub). A tick without a router stamp skips the first two.
+fn record_hops(ts_recv: i64, ts_route: i64, taken: i64, published: i64) {
+    let s = |ns: i64| ns.max(0) as f64 / 1e9;
+    if ts_route > 0 {
+        metrics::histogram!("tickflow_indicators_hop_seconds", "hop" => "ingest_to_router")
+            .record(s(ts_route - ts_recv));
+        metrics::histogram!("tickflow_indicators_hop_seconds", "hop" => "router_to_indicators")
+            .record(s(taken - ts_route));
+    }
+    metrics::histogram!("tickflow_indicators_hop_seconds", "hop" => "engine")
+        .record(s(published - taken));
+}
+
 /// Processes every tick of `consumer` until its stream ends; answers snapshot queries from the
 /// gRPC service meanwhile; closes the hub (ending subscriber streams) when done.
 pub async fn run_indicators(
@@ -190,15 +206,21 @@ pub async fn run_indicators(
                             continue;
                         }
                     };
-                    let ts_recv = tick.ts_recv_ns;
-                    let updates = engine.on_tick(tick);
+                    let taken = clock::now_ns();
+                    let (ts_recv, ts_route) = (tick.ts_recv_ns, tick.route.ts_route_ns);
+                    let mut updates = engine.on_tick(tick);
+                    for u in updates.update.iter_mut().chain(updates.bar_updates.iter_mut()) {
+                        u.ts_engine_ns = taken;
+                    }
                     let receipts = publisher
                         .publish(updates.bars, updates.bar_updates.into_iter().chain(updates.update), updates.signals)
                         .await?;
-                    let latency = clock::now_ns().saturating_sub(ts_recv);
+                    let published = clock::now_ns();
+                    let latency = published.saturating_sub(ts_recv);
                     stats.latency.record(latency);
                     metrics::counter!("tickflow_indicators_ticks_total").increment(1);
                     metrics::histogram!("tickflow_indicators_tick_to_update_seconds").record(latency as f64 / 1e9);
+                    record_hops(ts_recv, ts_route, taken, published);
                     in_flight.push(delivery.id, receipts);
                 }
             }

@@ -89,6 +89,8 @@ struct RunResult {
     p50_first: u64,
     p50_last: u64,
     peak_rss_kb: u64,
+    /// The latency by hop (see [`HOPS`]), from the stamps on each update.
+    hops: [LatencySummary; 4],
     /// Ticks the router routed and those its spike filter held, with the longest hold.
     routed: u64,
     held: u64,
@@ -110,7 +112,7 @@ impl RunResult {
             )
         };
         format!(
-            "{{\"expected\":{},\"received\":{},\"gaps\":{},\"sustained\":{},\"from_recv\":{},\"from_schedule\":{},\"p50_first_fifth_ns\":{},\"p50_last_fifth_ns\":{},\"peak_rss_kb\":{},\"routed\":{},\"spike_held\":{},\"spike_held_max_ns\":{}}}",
+            "{{\"expected\":{},\"received\":{},\"gaps\":{},\"sustained\":{},\"from_recv\":{},\"from_schedule\":{},\"p50_first_fifth_ns\":{},\"p50_last_fifth_ns\":{},\"peak_rss_kb\":{},\"routed\":{},\"spike_held\":{},\"spike_held_max_ns\":{},\"hops\":{{{}}}}}",
             self.expected,
             self.received,
             self.gaps,
@@ -122,7 +124,12 @@ impl RunResult {
             self.peak_rss_kb,
             self.routed,
             self.held,
-            self.held_max_ns
+            self.held_max_ns,
+            HOPS.iter()
+                .zip(&self.hops)
+                .map(|(name, l)| format!("\"{name}\":{}", s(l)))
+                .collect::<Vec<_>>()
+                .join(",")
         )
     }
 
@@ -239,6 +246,16 @@ async fn wait_exit(
     }
 }
 
+/// The hops of the latency a subscriber measures, from the stamps on each per-tick update:
+/// `ts_recv_ns` (ingest) -> `ts_route_ns` (router) -> `ts_engine_ns` (indicators took the tick)
+/// -> `Event.ts_sent_ns` (put on the subscriber's stream) -> decoded by the subscriber.
+pub const HOPS: [&str; 4] = [
+    "ingest->router",
+    "router->indicators",
+    "indicators->stream",
+    "stream->bot",
+];
+
 /// What the subscriber saw of the ticks received in the window `[w0, w1)` (UTC ns).
 struct Subscription {
     w0: i64,
@@ -249,6 +266,7 @@ struct Subscription {
     from_schedule: LatencyRecorder,
     first: LatencyRecorder,
     last: LatencyRecorder,
+    hops: [LatencyRecorder; 4],
 }
 
 impl Subscription {
@@ -262,7 +280,19 @@ impl Subscription {
             from_schedule: LatencyRecorder::new(),
             first: LatencyRecorder::new(),
             last: LatencyRecorder::new(),
+            hops: std::array::from_fn(|_| LatencyRecorder::new()),
         })
+    }
+
+    /// Records the hops of an update received inside the window (see [`HOPS`]).
+    fn record_hops(&self, u: &pb::IndicatorUpdate, ts_sent_ns: i64, now: i64) {
+        if u.ts_recv_ns < self.w0 || u.ts_recv_ns >= self.w1 || u.ts_route_ns == 0 {
+            return;
+        }
+        let stamps = [u.ts_recv_ns, u.ts_route_ns, u.ts_engine_ns, ts_sent_ns, now];
+        for (h, w) in self.hops.iter().zip(stamps.windows(2)) {
+            h.record(w[1] - w[0]);
+        }
     }
 
     /// Records what arrived at `now` for a tick received at `ts_recv_ns` and due (event time)
@@ -317,7 +347,10 @@ async fn subscribe(
             let Ok(Some(ev)) = msg else { break };
             let now = clock::now_ns();
             match ev.kind {
-                Some(Kind::Update(u)) => s.record(u.ts_recv_ns, u.ts_event_ns, now),
+                Some(Kind::Update(u)) => {
+                    s.record(u.ts_recv_ns, u.ts_event_ns, now);
+                    s.record_hops(&u, ev.ts_sent_ns, now);
+                }
                 Some(Kind::Gap(g)) => {
                     s.gaps.fetch_add(g.dropped, Ordering::Relaxed);
                 }
@@ -339,6 +372,7 @@ fn result(sub: &Subscription, rate: u64, window: Duration, peak_rss_kb: u64) -> 
         p50_first: sub.first.summary().p50,
         p50_last: sub.last.summary().p50,
         peak_rss_kb,
+        hops: std::array::from_fn(|i| sub.hops[i].summary()),
         ..RunResult::default()
     }
 }
@@ -485,6 +519,24 @@ fn report(scenario: &str, load: &LoadArgs, rows: &[Row]) -> anyhow::Result<()> {
         } else {
             println!("{common} {sustained}/{} | {rss} |", runs.len());
         }
+    }
+    println!(
+        "\nby hop (median over runs of each percentile; hops do not add up to the total: percentiles do not add)"
+    );
+    println!(
+        "| ticks/s | {} |",
+        HOPS.map(|h| format!("{h} p50 / p99")).join(" | ")
+    );
+    println!("|---:|{}", "---:|".repeat(HOPS.len()));
+    for (rate, runs, _) in rows {
+        let cells: Vec<String> = (0..HOPS.len())
+            .map(|i| {
+                let p50 = median(runs.iter().map(|r| r.hops[i].p50).collect());
+                let p99 = median(runs.iter().map(|r| r.hops[i].p99).collect());
+                format!("{} / {}", fmt_ns(p50), fmt_ns(p99))
+            })
+            .collect();
+        println!("| {rate} | {} |", cells.join(" | "));
     }
     match best {
         Some(r) => println!("highest rate sustained in every run: {r} ticks/s"),
