@@ -75,22 +75,123 @@ impl Default for HubOptions {
     }
 }
 
+/// An event as published: the message (for filters and in-process readers) and its protobuf
+/// encoding, made once and shared by every subscriber (`seq` and `resume_token` set; a
+/// subscriber's `ts_sent_ns` is appended to the bytes as it is sent, see [`WireEvent`]).
+#[derive(Debug)]
+pub struct Published {
+    /// The event, `ts_sent_ns` 0.
+    pub event: pb::Event,
+    /// `event` encoded.
+    pub bytes: bytes::Bytes,
+}
+
+/// An event on its way to one subscriber: a published event whose shared bytes go out as they
+/// are, followed by the subscriber's own `ts_sent_ns` (protobuf lets a field come after those
+/// of higher numbers), or an event of this subscriber only (a gap, stored history).
+#[derive(Debug, Clone)]
+pub enum WireEvent {
+    /// A published event, stamped with the time it was put on this stream.
+    Shared(Arc<Published>, i64),
+    /// An event for this subscriber only.
+    Own(pb::Event),
+}
+
+impl Default for WireEvent {
+    fn default() -> Self {
+        WireEvent::Own(pb::Event::default())
+    }
+}
+
+impl WireEvent {
+    /// Returns the event (`ts_sent_ns` aside).
+    pub fn event(&self) -> &pb::Event {
+        match self {
+            WireEvent::Shared(p, _) => &p.event,
+            WireEvent::Own(e) => e,
+        }
+    }
+
+    /// Returns the event as a message of its own, `ts_sent_ns` set (for in-process readers).
+    pub fn into_event(self) -> pb::Event {
+        match self {
+            WireEvent::Shared(p, ts) => pb::Event {
+                ts_sent_ns: ts,
+                ..p.event.clone()
+            },
+            WireEvent::Own(e) => e,
+        }
+    }
+}
+
+/// `Event.ts_sent_ns`'s field number.
+const TS_SENT_FIELD: u32 = 2;
+
+impl prost::Message for WireEvent {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        match self {
+            WireEvent::Shared(p, ts) => {
+                buf.put_slice(&p.bytes);
+                if *ts != 0 {
+                    prost::encoding::int64::encode(TS_SENT_FIELD, ts, buf);
+                }
+            }
+            WireEvent::Own(e) => e.encode_raw(buf),
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only servers encode it; decoding (for completeness) builds an event of its own.
+        if let WireEvent::Shared(..) = self {
+            *self = WireEvent::Own(std::mem::take(self).into_event());
+        }
+        match self {
+            WireEvent::Own(e) => e.merge_field(tag, wire_type, buf, ctx),
+            WireEvent::Shared(..) => unreachable!("replaced above"),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            WireEvent::Shared(p, ts) => {
+                p.bytes.len()
+                    + if *ts != 0 {
+                        prost::encoding::int64::encoded_len(TS_SENT_FIELD, ts)
+                    } else {
+                        0
+                    }
+            }
+            WireEvent::Own(e) => e.encoded_len(),
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = WireEvent::default();
+    }
+}
+
 /// The retained events, newest last, and the sequence number of the last event published.
 struct Retained {
-    events: VecDeque<Arc<pb::Event>>,
+    events: VecDeque<Arc<Published>>,
     head: u64,
 }
 
 impl Retained {
     /// Returns the sequence number of the oldest retained event (`head + 1` when none is).
     fn oldest(&self) -> u64 {
-        self.events.front().map_or(self.head + 1, |e| e.seq)
+        self.events.front().map_or(self.head + 1, |e| e.event.seq)
     }
 }
 
 /// The fan-out point between the engine and every subscriber.
 pub struct Hub {
-    tx: broadcast::Sender<Arc<pb::Event>>,
+    tx: broadcast::Sender<Arc<Published>>,
     retained: Arc<Mutex<Retained>>,
     window: usize,
     policy: SlowSubscriber,
@@ -155,13 +256,16 @@ impl Hub {
     pub fn publish(&self, kind: Kind) {
         let mut r = lock(&self.retained);
         r.head += 1;
-        let ev = Arc::new(pb::Event {
+        let event = pb::Event {
             seq: r.head,
             ts_sent_ns: 0,
-            resume_token: String::new(),
+            resume_token: format!("{}:{}", self.instance, r.head),
             kind: Some(kind),
             history: false,
-        });
+        };
+        // Encoded once here, sent as these bytes to every subscriber.
+        let bytes = prost::Message::encode_to_vec(&event).into();
+        let ev = Arc::new(Published { event, bytes });
         let evicted = if self.window > 0 {
             let old = (r.events.len() >= self.window).then(|| r.events.pop_front());
             r.events.push_back(ev.clone());
@@ -255,6 +359,17 @@ impl Hub {
         filter: Filter,
         resume_token: &str,
     ) -> impl Stream<Item = Result<pb::Event, Status>> + Send + 'static {
+        self.subscribe_wire(filter, resume_token)
+            .map(|r| r.map(WireEvent::into_event))
+    }
+
+    /// [`Self::subscribe_from`] as the gRPC server sends it: shared encodings of published
+    /// events, each stamped for this subscriber.
+    pub fn subscribe_wire(
+        &self,
+        filter: Filter,
+        resume_token: &str,
+    ) -> impl Stream<Item = Result<WireEvent, Status>> + Send + 'static {
         let (mut cursor, head) = self.cursor(filter);
         let token = resume_token.trim();
         if !token.is_empty() {
@@ -290,14 +405,14 @@ const REPLAY_CHUNK: usize = 1024;
 /// ready to go out.
 pub(crate) struct Cursor {
     filter: Filter,
-    rx: broadcast::Receiver<Arc<pb::Event>>,
+    rx: broadcast::Receiver<Arc<Published>>,
     retained: Arc<Mutex<Retained>>,
     instance: Arc<str>,
     policy: SlowSubscriber,
     queue: usize,
     dropped: Arc<AtomicU64>,
     /// Events ready to be sent, already filtered and stamped.
-    pending: VecDeque<pb::Event>,
+    pending: VecDeque<WireEvent>,
     /// Next retained event to replay, up to `replay_end` (the last event published before the
     /// live receiver was taken).
     replay_next: u64,
@@ -318,7 +433,7 @@ impl Cursor {
 
     /// Queues a gap event; its token is the current position.
     fn gap(&mut self, dropped: u64, reason: &str) {
-        self.pending.push_back(pb::Event {
+        self.pending.push_back(WireEvent::Own(pb::Event {
             seq: 0,
             ts_sent_ns: clock::now_ns(),
             resume_token: self.token(self.last),
@@ -328,22 +443,19 @@ impl Cursor {
                 history_from_ns: 0,
             })),
             history: false,
-        });
+        }));
     }
 
     /// Returns the event to send if `ev` is new to this stream and passes its filter.
-    fn accept(&mut self, ev: &pb::Event) -> Option<pb::Event> {
-        if ev.seq <= self.last {
+    fn accept(&mut self, ev: &Arc<Published>) -> Option<WireEvent> {
+        if ev.event.seq <= self.last {
             return None;
         }
-        self.last = ev.seq;
-        if !self.filter.matches(ev) {
+        self.last = ev.event.seq;
+        if !self.filter.matches(&ev.event) {
             return None;
         }
-        let mut out = ev.clone();
-        out.ts_sent_ns = clock::now_ns();
-        out.resume_token = self.token(ev.seq);
-        Some(out)
+        Some(WireEvent::Shared(ev.clone(), clock::now_ns()))
     }
 
     /// Returns how many events with sequence numbers in `from..=to` this subscriber's filter
@@ -362,8 +474,8 @@ impl Cursor {
             n += r
                 .events
                 .range(first.min(r.events.len())..)
-                .take_while(|e| e.seq <= to)
-                .filter(|e| self.filter.matches(e))
+                .take_while(|e| e.event.seq <= to)
+                .filter(|e| self.filter.matches(&e.event))
                 .count() as u64;
         }
         n
@@ -393,7 +505,7 @@ impl Cursor {
             chunk.extend(
                 r.events
                     .range(start.min(r.events.len())..)
-                    .take_while(|e| e.seq <= self.replay_end)
+                    .take_while(|e| e.event.seq <= self.replay_end)
                     .take(REPLAY_CHUNK)
                     .cloned(),
             );
@@ -408,7 +520,7 @@ impl Cursor {
             self.gap(lost, GAP_WINDOW_EXCEEDED);
         }
         match chunk.last() {
-            Some(e) => self.replay_next = e.seq + 1,
+            Some(e) => self.replay_next = e.event.seq + 1,
             None => self.replay_next = self.replay_end + 1,
         }
         for ev in &chunk {
@@ -419,7 +531,7 @@ impl Cursor {
     }
 
     /// Returns the next item of the stream, or `None` when it ends.
-    pub(crate) async fn next(&mut self) -> Option<Result<pb::Event, Status>> {
+    pub(crate) async fn next(&mut self) -> Option<Result<WireEvent, Status>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 return Some(Ok(ev));
@@ -433,7 +545,7 @@ impl Cursor {
             }
             match self.rx.recv().await {
                 Ok(ev) => {
-                    self.report_lag(ev.seq);
+                    self.report_lag(ev.event.seq);
                     if let Some(out) = self.accept(&ev) {
                         self.pending.push_back(out);
                     }
@@ -597,6 +709,38 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Answers a `Subscribe`: the stream of the events the request asks for, as the server
+    /// sends them (published events' shared encodings, see [`WireEvent`]).
+    pub fn subscribe_wire(&self, r: &pb::SubscribeRequest) -> Result<WireStream, Status> {
+        let filter = Filter::from_request(r);
+        tracing::info!(
+            symbols = ?r.symbols,
+            kinds = ?r.kinds,
+            timeframes = ?r.timeframes,
+            resume_token = %r.resume_token,
+            since_ns = r.since_ns,
+            "subscriber joined"
+        );
+        if r.since_ns != 0 {
+            let stream = crate::since::subscribe(
+                &self.hub,
+                self.history.clone(),
+                &self.engine,
+                r,
+                self.seam_wait,
+            )?;
+            return Ok(Box::pin(
+                stream.take_until(self.hub.closed.clone().cancelled_owned()),
+            ));
+        }
+        Ok(Box::pin(self.hub.subscribe_wire(filter, &r.resume_token)))
+    }
+}
+
+/// A `Subscribe` stream as the server sends it.
+pub type WireStream = Pin<Box<dyn Stream<Item = Result<WireEvent, Status>> + Send + 'static>>;
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -623,30 +767,12 @@ impl SignalService for Service {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let r = request.get_ref();
-        let filter = Filter::from_request(r);
-        tracing::info!(
-            symbols = ?r.symbols,
-            kinds = ?r.kinds,
-            timeframes = ?r.timeframes,
-            resume_token = %r.resume_token,
-            since_ns = r.since_ns,
-            "subscriber joined"
-        );
-        if r.since_ns != 0 {
-            let stream = crate::since::subscribe(
-                &self.hub,
-                self.history.clone(),
-                &self.engine,
-                r,
-                self.seam_wait,
-            )?;
-            return Ok(Response::new(Box::pin(
-                stream.take_until(self.hub.closed.clone().cancelled_owned()),
-            )));
-        }
-        let stream = self.hub.subscribe_from(filter, &r.resume_token);
-        Ok(Response::new(Box::pin(stream)))
+        // The gRPC server routes Subscribe to `subscribe_wire` (see `SignalRoutes`); this is
+        // the same stream as messages of their own, for callers of the trait.
+        let stream = self.subscribe_wire(request.get_ref())?;
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map(WireEvent::into_event)),
+        )))
     }
 
     async fn get_snapshot(
@@ -664,6 +790,73 @@ impl SignalService for Service {
             Ok(None) => Err(Status::not_found(format!("no tick seen for {symbol}"))),
             Err(_) => Err(Status::unavailable("the indicators engine stopped")),
         }
+    }
+}
+
+/// `SignalService` as served: `Subscribe` answered with [`WireEvent`]s (the shared encoding of
+/// each published event, so an event is encoded once whatever the number of subscribers), the
+/// other methods by the generated server. Same wire format, so every client sees one service.
+#[derive(Clone)]
+struct SignalRoutes {
+    service: Arc<Service>,
+    generated: SignalServiceServer<Service>,
+}
+
+impl SignalRoutes {
+    fn new(service: Service) -> Self {
+        let service = Arc::new(service);
+        Self {
+            generated: SignalServiceServer::from_arc(service.clone()),
+            service,
+        }
+    }
+}
+
+impl tonic::server::NamedService for SignalRoutes {
+    const NAME: &'static str = pb::signal_service_server::SERVICE_NAME;
+}
+
+/// `Subscribe` of [`SignalRoutes`].
+struct SubscribeRoute(Arc<Service>);
+
+impl tonic::server::ServerStreamingService<pb::SubscribeRequest> for SubscribeRoute {
+    type Response = WireEvent;
+    type ResponseStream = WireStream;
+    type Future = tonic::codegen::BoxFuture<Response<WireStream>, Status>;
+
+    fn call(&mut self, request: Request<pb::SubscribeRequest>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.subscribe_wire(request.get_ref()).map(Response::new) })
+    }
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for SignalRoutes
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        if req.uri().path() != "/tickflow.v1.SignalService/Subscribe" {
+            return self.generated.call(req);
+        }
+        let route = SubscribeRoute(self.service.clone());
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<WireEvent, pb::SubscribeRequest>::default();
+            Ok(tonic::server::Grpc::new(codec)
+                .server_streaming(route, req)
+                .await)
+        })
     }
 }
 
@@ -776,7 +969,10 @@ pub async fn serve_with(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SignalServiceServer::with_interceptor(service, auth))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            SignalRoutes::new(service),
+            auth,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
@@ -878,6 +1074,31 @@ mod gap_tests {
             symbol: symbol.into(),
             ..Default::default()
         })
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_sends_the_one_encoding_of_an_event_stamped_for_itself() {
+        use prost::Message;
+        let hub = Hub::new(16);
+        let mut a = Box::pin(hub.subscribe_wire(Filter::default(), ""));
+        let mut b = Box::pin(hub.subscribe_wire(Filter::default(), ""));
+        hub.publish(update("EURUSD"));
+        let x = a.next().await.unwrap().unwrap();
+        let y = b.next().await.unwrap().unwrap();
+        let (WireEvent::Shared(p, tx), WireEvent::Shared(q, _)) = (&x, &y) else {
+            panic!("published events are shared: {x:?} {y:?}");
+        };
+        assert!(Arc::ptr_eq(p, q), "one encoding for both subscribers");
+        // What goes on the wire is a valid Event: the shared bytes, then this stream's stamp.
+        let wire = x.encode_to_vec();
+        assert_eq!(wire.len(), x.encoded_len());
+        let decoded = pb::Event::decode(wire.as_slice()).unwrap();
+        assert_eq!(decoded, x.clone().into_event());
+        assert_eq!(decoded.ts_sent_ns, *tx);
+        assert!(*tx > 0);
+        assert_eq!(decoded.seq, 1);
+        assert_eq!(decoded.resume_token, format!("{}:1", hub.instance_id()));
+        assert_eq!(decoded.kind, Some(update("EURUSD")));
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@
 
 use crate::engine::{Engine, EngineConfig};
 use crate::history::{TickMerge, store_status, symbol};
-use crate::service::{Cursor, Filter, GAP_WINDOW_EXCEEDED, Hub};
+use crate::service::{Cursor, Filter, GAP_WINDOW_EXCEEDED, Hub, WireEvent};
 use futures::Stream;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -81,7 +81,7 @@ struct Since {
     filter: Filter,
     since: i64,
     seams: HashMap<String, Seam>,
-    pending: VecDeque<Result<pb::Event, Status>>,
+    pending: VecDeque<Result<WireEvent, Status>>,
     seam_wait: Duration,
     done: bool,
 }
@@ -93,7 +93,7 @@ pub(crate) fn subscribe(
     engine: &EngineConfig,
     request: &pb::SubscribeRequest,
     seam_wait: Duration,
-) -> Result<impl Stream<Item = Result<pb::Event, Status>> + Send + 'static, Status> {
+) -> Result<impl Stream<Item = Result<WireEvent, Status>> + Send + 'static, Status> {
     let since = request.since_ns;
     if !request.resume_token.trim().is_empty() {
         return Err(Status::invalid_argument(
@@ -178,8 +178,8 @@ pub(crate) fn subscribe(
     }))
 }
 
-fn gap_event(token: String, reason: &str, dropped: u64, history_from_ns: i64) -> pb::Event {
-    pb::Event {
+fn gap_event(token: String, reason: &str, dropped: u64, history_from_ns: i64) -> WireEvent {
+    WireEvent::Own(pb::Event {
         seq: 0,
         ts_sent_ns: clock::now_ns(),
         resume_token: token,
@@ -189,7 +189,7 @@ fn gap_event(token: String, reason: &str, dropped: u64, history_from_ns: i64) ->
             history_from_ns,
         })),
         history: false,
-    }
+    })
 }
 
 impl Since {
@@ -198,7 +198,7 @@ impl Since {
     }
 
     /// Returns the next item of the stream, or `None` when it ends.
-    async fn next(&mut self) -> Option<Result<pb::Event, Status>> {
+    async fn next(&mut self) -> Option<Result<WireEvent, Status>> {
         loop {
             if let Some(item) = self.pending.pop_front() {
                 return Some(item);
@@ -293,7 +293,7 @@ impl Since {
             history: true,
         };
         if self.filter.matches(&ev) {
-            self.pending.push_back(Ok(ev));
+            self.pending.push_back(Ok(WireEvent::Own(ev)));
         }
     }
 
@@ -313,8 +313,8 @@ impl Since {
     }
 
     /// Passes a live event on, or skips it, by the rules of the seam.
-    async fn on_live(&mut self, ev: pb::Event) {
-        let (symbol, seq, ts) = match &ev.kind {
+    async fn on_live(&mut self, ev: WireEvent) {
+        let (symbol, seq, ts) = match &ev.event().kind {
             Some(Kind::Update(u)) if u.timeframe == "tick" => {
                 (u.symbol.clone(), u.symbol_seq, u.ts_event_ns)
             }
@@ -323,7 +323,7 @@ impl Since {
                 return;
             }
             _ => {
-                if ev.seq > self.called_at {
+                if ev.event().seq > self.called_at {
                     self.pending.push_back(Ok(ev));
                 }
                 return;
