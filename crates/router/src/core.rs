@@ -4,7 +4,7 @@
 //! of each symbol. No I/O and no clock of its own: the caller passes the time.
 
 use crate::arbitration::{Arbiter, Arbitration, Switch, Verdict};
-use crate::dedup::Dedup;
+use crate::dedup::{Dedup, Seen};
 use crate::spike::{HeldOutcome, SpikeConfig, SpikeFilter, SpikeVerdict};
 use crate::symbols::SymbolMap;
 use std::collections::HashMap;
@@ -128,8 +128,11 @@ pub struct RouterConfig {
     pub arbitration: Arbitration,
     /// The spike filter (none: off).
     pub spike: Option<SpikeConfig>,
-    /// How long (event time) keys are remembered for de-duplication.
+    /// How long (event time) keys are remembered for de-duplication, at most.
     pub dedup_window_ns: i64,
+    /// How many keys are remembered per (source, symbol) stream, at most (see [`crate::dedup`]
+    /// for the resend horizon this gives).
+    pub dedup_keys: usize,
     /// A pause in a symbol's clean ticks longer than this marks the next tick AFTER_SILENCE.
     pub silence_ns: i64,
 }
@@ -143,6 +146,7 @@ impl Default for RouterConfig {
             arbitration: Arbitration::Merge,
             spike: Some(SpikeConfig::default()),
             dedup_window_ns: 15 * 60 * 1_000_000_000,
+            dedup_keys: crate::dedup::DEFAULT_MAX_KEYS,
             silence_ns: 60 * 1_000_000_000,
         }
     }
@@ -181,7 +185,7 @@ impl Router {
     /// Returns a router with these rules.
     pub fn new(cfg: RouterConfig) -> Self {
         Self {
-            dedup: Dedup::new(cfg.dedup_window_ns),
+            dedup: Dedup::new(cfg.dedup_window_ns, cfg.dedup_keys),
             arbiter: Arbiter::new(cfg.arbitration.clone()),
             spike: cfg.spike.map(SpikeFilter::new),
             held: HashMap::new(),
@@ -204,7 +208,10 @@ impl Router {
             });
             return;
         }
-        if self.dedup.contains(&tick.key)
+        if self
+            .dedup
+            .check(&tick.source, &tick.symbol, &tick.key, tick.ts_event_ns)
+            == Seen::Duplicate
             || (!self.held.is_empty() && self.held.values().any(|(_, h)| h.key == tick.key))
         {
             out.push(Decision::Duplicate);
@@ -284,7 +291,8 @@ impl Router {
     /// instance): its key is a duplicate from now on and the symbol's numbering continues
     /// after it.
     pub fn remember(&mut self, tick: &Tick) {
-        self.dedup.insert(&tick.key, tick.ts_event_ns);
+        self.dedup
+            .insert(&tick.source, &tick.symbol, &tick.key, tick.ts_event_ns);
         let st = self.seq.entry(tick.symbol.clone()).or_default();
         st.next = st.next.max(tick.route.symbol_seq + 1);
         st.last_event_ns = Some(
@@ -303,6 +311,21 @@ impl Router {
         }
     }
 
+    /// Returns the de-duplication state's size: keys held, (source, symbol) streams, and ticks
+    /// found older than their stream's horizon so far (passed unchecked).
+    pub fn dedup_stats(&self) -> (usize, usize, u64) {
+        (
+            self.dedup.len(),
+            self.dedup.streams(),
+            self.dedup.unchecked(),
+        )
+    }
+
+    /// Returns whether a tick is held by the spike filter.
+    pub fn holds_any(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Returns and forgets the source switches made since the last call.
     pub fn take_switches(&mut self) -> Vec<Switch> {
         std::mem::take(&mut self.switches)
@@ -316,7 +339,8 @@ impl Router {
         now_ns: i64,
         out: &mut Vec<Decision>,
     ) {
-        self.dedup.insert(&tick.key, tick.ts_event_ns);
+        self.dedup
+            .insert(&tick.source, &tick.symbol, &tick.key, tick.ts_event_ns);
         if !self.seq.contains_key(&tick.symbol) {
             self.seq.insert(tick.symbol.clone(), SeqState::default());
         }

@@ -88,9 +88,14 @@ pub struct RulesArgs {
     /// which the spike filter re-anchors at the new level and passes them (0: never).
     #[arg(long, env = "TICKFLOW_SPIKE_REANCHOR_AFTER", default_value_t = 3)]
     pub spike_reanchor_after: u32,
-    /// How long (in event time) idempotency keys are remembered for de-duplication.
+    /// How long (in event time) idempotency keys are remembered for de-duplication, at most;
+    /// also how far back `ticks.clean` is read when a partition is assigned.
     #[arg(long, env = "TICKFLOW_DEDUP_WINDOW", value_parser = humantime::parse_duration, default_value = "15m")]
     pub dedup_window: Duration,
+    /// How many idempotency keys are remembered per (source, symbol), at most: the resend
+    /// horizon in ticks, and the bound of de-duplication memory (at most 64 bytes a key).
+    #[arg(long, env = "TICKFLOW_DEDUP_KEYS", default_value_t = crate::dedup::DEFAULT_MAX_KEYS)]
+    pub dedup_keys: usize,
     /// A pause longer than this in a symbol's ticks marks the next one AFTER_SILENCE.
     #[arg(long, env = "TICKFLOW_SILENCE", value_parser = humantime::parse_duration, default_value = "60s")]
     pub silence: Duration,
@@ -134,6 +139,7 @@ impl RulesArgs {
             arbitration,
             spike,
             dedup_window_ns: self.dedup_window.as_nanos() as i64,
+            dedup_keys: self.dedup_keys,
             silence_ns: self.silence.as_nanos() as i64,
         })
     }
