@@ -798,16 +798,22 @@ impl SignalService for Service {
 /// other methods by the generated server. Same wire format, so every client sees one service.
 #[derive(Clone)]
 struct SignalRoutes {
-    service: Arc<Service>,
-    generated: SignalServiceServer<Service>,
+    subscribe: SubscribeFn,
+    /// The other methods; `None`: they answer UNIMPLEMENTED (a server of subscriptions only).
+    generated: Option<SignalServiceServer<Service>>,
 }
+
+/// What answers a `Subscribe`.
+pub type SubscribeFn =
+    Arc<dyn Fn(&pb::SubscribeRequest) -> Result<WireStream, Status> + Send + Sync>;
 
 impl SignalRoutes {
     fn new(service: Service) -> Self {
         let service = Arc::new(service);
+        let generated = Some(SignalServiceServer::from_arc(service.clone()));
         Self {
-            generated: SignalServiceServer::from_arc(service.clone()),
-            service,
+            subscribe: Arc::new(move |r| service.subscribe_wire(r)),
+            generated,
         }
     }
 }
@@ -817,7 +823,7 @@ impl tonic::server::NamedService for SignalRoutes {
 }
 
 /// `Subscribe` of [`SignalRoutes`].
-struct SubscribeRoute(Arc<Service>);
+struct SubscribeRoute(SubscribeFn);
 
 impl tonic::server::ServerStreamingService<pb::SubscribeRequest> for SubscribeRoute {
     type Response = WireEvent;
@@ -825,8 +831,8 @@ impl tonic::server::ServerStreamingService<pb::SubscribeRequest> for SubscribeRo
     type Future = tonic::codegen::BoxFuture<Response<WireStream>, Status>;
 
     fn call(&mut self, request: Request<pb::SubscribeRequest>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move { service.subscribe_wire(request.get_ref()).map(Response::new) })
+        let answer = (self.0)(request.get_ref()).map(Response::new);
+        Box::pin(async move { answer })
     }
 }
 
@@ -848,9 +854,14 @@ where
 
     fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
         if req.uri().path() != "/tickflow.v1.SignalService/Subscribe" {
-            return self.generated.call(req);
+            return match &mut self.generated {
+                Some(generated) => generated.call(req),
+                None => {
+                    Box::pin(async { Ok(Status::unimplemented("subscriptions only").into_http()) })
+                }
+            };
         }
-        let route = SubscribeRoute(self.service.clone());
+        let route = SubscribeRoute(self.subscribe.clone());
         Box::pin(async move {
             let codec = tonic_prost::ProstCodec::<WireEvent, pb::SubscribeRequest>::default();
             Ok(tonic::server::Grpc::new(codec)
@@ -939,6 +950,30 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_routes(listener, SignalRoutes::new(service), options, shutdown).await
+}
+
+/// Serves `Subscribe` alone, answered by `subscribe`, with the transport of [`serve_with`]
+/// (the other `SignalService` methods answer UNIMPLEMENTED): the bare-server floor of the
+/// benchmarks, which streams pre-encoded events without the pipeline's hub.
+pub async fn serve_subscriptions(
+    listener: TcpListener,
+    subscribe: SubscribeFn,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let routes = SignalRoutes {
+        subscribe,
+        generated: None,
+    };
+    serve_routes(listener, routes, ServeOptions::default(), shutdown).await
+}
+
+async fn serve_routes(
+    listener: TcpListener,
+    routes: SignalRoutes,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SignalServiceServer<Service>>().await;
     // Reflection in both versions clients speak (grpcio-reflection, older grpcurl and GUI
@@ -970,8 +1005,7 @@ pub async fn serve_with(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(tonic::service::interceptor::InterceptedService::new(
-            SignalRoutes::new(service),
-            auth,
+            routes, auth,
         ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

@@ -53,6 +53,27 @@ pub enum Scenario {
     /// two-hop Kafka floor (built with the `kafka` feature).
     #[cfg(feature = "kafka")]
     Distributed(distributed::DistributedArgs),
+    /// The embedded scenario's floor, run as a child process: a bare tonic server streaming
+    /// pre-encoded updates of the pipeline's size on the same schedule.
+    #[command(hide = true)]
+    FloorServer(FloorServerArgs),
+}
+
+/// Options of `tickflow bench floor-server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FloorServerArgs {
+    /// Updates per second over all symbols.
+    #[arg(long)]
+    pub rate: u64,
+    /// Symbols the updates rotate over.
+    #[arg(long)]
+    pub symbols: usize,
+    /// How long to stream.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Address to serve on.
+    #[arg(long)]
+    pub grpc_addr: std::net::SocketAddr,
 }
 
 /// The load and how it is measured.
@@ -187,7 +208,89 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Embedded(load) => embedded(load).await,
         #[cfg(feature = "kafka")]
         Scenario::Distributed(d) => distributed::distributed(d).await,
+        Scenario::FloorServer(f) => floor_server(f).await,
     }
+}
+
+/// The floor of the embedded scenario: what tonic alone costs to stream an update from a
+/// process to the subscriber. Each update (the size of the pipeline's: a symbol, the default
+/// indicator set's four values, a key) is encoded once as it is due on the feed's schedule,
+/// stamped `ts_recv_ns` then, and handed through a broadcast channel to the same `Subscribe`
+/// route and transport the pipeline serves with: no engine, no hub, no store.
+async fn floor_server(args: FloorServerArgs) -> anyhow::Result<()> {
+    use indicators::service::{Published, SubscribeFn, WireEvent, WireStream};
+    use tokio::sync::broadcast::{self, error::RecvError};
+    let listener = tokio::net::TcpListener::bind(args.grpc_addr).await?;
+    let (tx, _) = broadcast::channel::<Arc<Published>>(1 << 16);
+    let subscribers = tx.clone();
+    let subscribe: SubscribeFn = Arc::new(move |_| {
+        let stream = futures::stream::unfold(subscribers.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(p) => return Some((Ok(WireEvent::Shared(p, clock::now_ns())), rx)),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Box::pin(stream) as WireStream)
+    });
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(indicators::service::serve_subscriptions(
+        listener,
+        subscribe,
+        stop.clone(),
+    ));
+    let names = ["sma(20)", "ema(12)", "ema(26)", "rsi(14)"];
+    let symbols: Vec<String> = (0..args.symbols.max(1))
+        .map(|i| format!("SYM{i:03}"))
+        .collect();
+    let interval = 1e9 / args.rate.max(1) as f64;
+    let start = clock::now_ns();
+    let end = start + args.duration.as_nanos() as i64;
+    let due = |i: u64| start + (i as f64 * interval) as i64;
+    let mut i = 0u64;
+    loop {
+        let now = clock::now_ns();
+        if now >= end {
+            break;
+        }
+        while due(i) <= now {
+            let symbol = &symbols[i as usize % symbols.len()];
+            let event = pb::Event {
+                seq: i + 1,
+                resume_token: format!("floor:{}", i + 1),
+                kind: Some(Kind::Update(pb::IndicatorUpdate {
+                    symbol: symbol.clone(),
+                    timeframe: "tick".into(),
+                    ts_event_ns: due(i),
+                    ts_recv_ns: clock::now_ns(),
+                    price: 1.08 + (i % 100) as f64 * 1e-5,
+                    values: names
+                        .iter()
+                        .map(|n| pb::IndicatorValue {
+                            name: n.to_string(),
+                            value: 1.08 + (i % 7) as f64 * 1e-5,
+                            warm: true,
+                        })
+                        .collect(),
+                    idempotency_key: format!("sim|{symbol}|{}|0", due(i)),
+                    symbol_seq: i / symbols.len() as u64,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            let bytes = prost::Message::encode_to_vec(&event).into();
+            // No subscriber yet is not an error: the update has no reader.
+            let _ = tx.send(Arc::new(Published { event, bytes }));
+            i += 1;
+        }
+        tokio::time::sleep(Duration::from_nanos((due(i) - now).max(0) as u64)).await;
+    }
+    drop(tx);
+    stop.cancel();
+    server.await??;
+    Ok(())
 }
 
 fn symbols(n: usize) -> (String, String) {
@@ -419,11 +522,41 @@ async fn embedded_run(load: &LoadArgs, rate: u64, dir: &Path) -> anyhow::Result<
     Ok(r)
 }
 
+/// One run of the floor server at `rate`, measured by the same subscriber as the pipeline.
+async fn embedded_floor_run(load: &LoadArgs, rate: u64) -> anyhow::Result<RunResult> {
+    let port = free_port()?;
+    let total = load.warmup + load.duration + Duration::from_secs(2);
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["bench", "floor-server", "--rate", &rate.to_string()])
+        .args(["--symbols", &load.symbols.to_string()])
+        .args(["--duration", &humantime::format_duration(total).to_string()])
+        .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("failed to start the floor server")?;
+    let stop = CancellationToken::new();
+    let rss = watch_rss(vec![child.id()], stop.clone());
+    let start = clock::now_ns();
+    let w0 = start + load.warmup.as_nanos() as i64;
+    let w1 = w0 + load.duration.as_nanos() as i64;
+    let until = Instant::now() + load.warmup + load.duration + Duration::from_secs(1);
+    let sub = subscribe(format!("http://127.0.0.1:{port}"), w0, w1, until).await;
+    let status = wait_exit(&mut child, Duration::from_secs(120)).await;
+    stop.cancel();
+    let peak = rss.await?.iter().sum();
+    let sub = sub?;
+    if !status?.success() {
+        bail!("the floor server failed");
+    }
+    Ok(result(&sub, rate, load.duration, peak))
+}
+
 async fn embedded(load: LoadArgs) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
     let mut rows = Vec::new();
     for &rate in &load.rates {
-        let mut runs = Vec::new();
+        let (mut runs, mut floors) = (Vec::new(), Vec::new());
         for rep in 0..load.repeat.max(1) {
             let r = embedded_run(&load, rate, &dir).await?;
             eprintln!(
@@ -439,8 +572,19 @@ async fn embedded(load: LoadArgs) -> anyhow::Result<()> {
                 r.peak_rss_kb / 1024
             );
             runs.push(r);
+            let f = embedded_floor_run(&load, rate).await?;
+            eprintln!(
+                "embedded {rate}/s floor {}: received {}/{} p50 {} p99 {} p99.9 {}",
+                rep + 1,
+                f.received,
+                f.expected,
+                fmt_ns(f.from_recv.p50),
+                fmt_ns(f.from_recv.p99),
+                fmt_ns(f.from_recv.p999),
+            );
+            floors.push(f);
         }
-        rows.push((rate, runs, Vec::new()));
+        rows.push((rate, runs, floors));
     }
     report("embedded", &load, &rows)
 }
