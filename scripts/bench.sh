@@ -15,6 +15,8 @@
 #   embedded    tickflow bench embedded: `tickflow run` fed 1k/10k/100k ticks/s over 100
 #               symbols on a fixed schedule, latency at a gRPC subscriber (HDR), highest rate
 #               sustained, peak RSS; writes target/bench/embedded.json
+#   kafka-sweep the two-hop Kafka floor swept over producer linger.ms and the broker's heap and
+#               collector (see the scenario below); writes target/bench/sweep/
 #   distributed tickflow bench distributed: the same through ingest, router, indicators and
 #               persister on the local Kafka/PostgreSQL, next to the bare two-hop Kafka floor;
 #               writes target/bench/distributed.json (starts the services if KAFKA_BROKERS is unset)
@@ -27,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    echo "usage: scripts/bench.sh <indicators|storage|router|sim|embedded|distributed> [benchmark args...]" >&2
+    echo "usage: scripts/bench.sh <indicators|storage|router|sim|embedded|distributed|kafka-sweep> [benchmark args...]" >&2
     exit 2
 }
 
@@ -156,6 +158,61 @@ case "$scenario" in
         fi
         cargo build --release --workspace --bins --all-features
         "$TARGET/release/tickflow" bench distributed "$@"
+        ;;
+    kafka-sweep)
+        # The two-hop Kafka floor (tickflow's producer and consumer, relayed over two topics)
+        # swept over the producers' linger.ms at the current broker settings, then over the
+        # broker's heap and collector (Kafka restarted for each) at SWEEP_LINGER; one summary
+        # table at the end. SWEEP_LINGERS and SWEEP_JVMS (name=options;...) override the lists;
+        # extra arguments go to `tickflow bench distributed --floor-only` (e.g. --rates).
+        if [[ -z "${KAFKA_BROKERS:-}" ]]; then
+            eval "$(scripts/services.sh up)"
+        fi
+        cargo build --release --workspace --bins --all-features
+        out=$TARGET/bench/sweep
+        rm -rf "$out" && mkdir -p "$out"
+        floor() { # name, then env assignments for the bench
+            local name=$1
+            shift
+            env "$@" "$TARGET/release/tickflow" bench distributed --floor-only \
+                --out "$out/$name" "${BENCH_ARGS[@]}" >"$out/$name.txt" 2>&1 ||
+                { tail -20 "$out/$name.txt" >&2; exit 1; }
+            echo "swept $name" >&2
+        }
+        BENCH_ARGS=("$@")
+        for l in ${SWEEP_LINGERS:-0 0.2 1 2 5}; do
+            floor "linger=$l,jvm=current" TICKFLOW_KAFKA_PROPERTIES="linger.ms=$l"
+        done
+        IFS=';' read -r -a jvms <<<"${SWEEP_JVMS:-g1-512m=-Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20;g1-2g=-Xms2g -Xmx2g -XX:+UseG1GC -XX:MaxGCPauseMillis=20;zgc-2g=-Xms2g -Xmx2g -XX:+UseZGC;shenandoah-2g=-Xms2g -Xmx2g -XX:+UseShenandoahGC}"
+        restore=${TICKFLOW_KAFKA_JVM_OPTS:-}
+        for j in "${jvms[@]}"; do
+            scripts/services.sh kafka-stop
+            TICKFLOW_KAFKA_JVM_OPTS="${j#*=}" scripts/services.sh kafka-start
+            floor "linger=${SWEEP_LINGER:-0},jvm=${j%%=*}" TICKFLOW_KAFKA_PROPERTIES="linger.ms=${SWEEP_LINGER:-0}"
+        done
+        scripts/services.sh kafka-stop
+        if [[ -n $restore ]]; then
+            TICKFLOW_KAFKA_JVM_OPTS=$restore scripts/services.sh kafka-start
+        else
+            scripts/services.sh kafka-start
+        fi
+        python3 - "$out" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+print("| setting | " + " | ".join(f"{r} ticks/s p50 / p99 (received)" for r in
+      [x["rate"] for x in json.load(open(sorted(glob.glob(f"{out}/*/kafka-floor.json"))[0]))["rates"]]) + " |")
+print("|---|" + "---:|" * len(json.load(open(sorted(glob.glob(f"{out}/*/kafka-floor.json"))[0]))["rates"]))
+def ms(ns): return f"{ns / 1e6:.2f} ms"
+for path in sorted(glob.glob(f"{out}/*/kafka-floor.json"), key=os.path.getmtime):
+    name = os.path.basename(os.path.dirname(path))
+    cells = []
+    for r in json.load(open(path))["rates"]:
+        runs = r["runs"]
+        med = lambda f: sorted(f(x) for x in runs)[len(runs) // 2]
+        cells.append(f'{ms(med(lambda x: x["from_recv"]["p50_ns"]))} / {ms(med(lambda x: x["from_recv"]["p99_ns"]))} '
+                     f'({100 * med(lambda x: x["received"]) / max(1, med(lambda x: x["expected"])):.0f} %)')
+    print(f"| {name} | " + " | ".join(cells) + " |")
+PY
         ;;
     *)
         usage

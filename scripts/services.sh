@@ -25,6 +25,11 @@
 #   TICKFLOW_KAFKA_PORT    Kafka client port     (19092; controller = port+1)
 #   TICKFLOW_PG_PORT       PostgreSQL port       (15432)
 #   TICKFLOW_REDIS_PORT    Redis port            (16379)
+#   TICKFLOW_KAFKA_JVM_OPTS the broker's heap and collector
+#                          ("-Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20")
+#   TICKFLOW_KAFKA_NETWORK_THREADS, TICKFLOW_KAFKA_IO_THREADS
+#                          the broker's num.network.threads and num.io.threads (2, 4)
+#   (read when Kafka starts: `kafka-stop`, then `kafka-start` with new values)
 set -euo pipefail
 
 STATE=${TICKFLOW_SERVICES_DIR:-/tmp/tickflow-services}
@@ -34,6 +39,9 @@ KAFKA_PORT=${TICKFLOW_KAFKA_PORT:-19092}
 KAFKA_CPORT=${TICKFLOW_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 PG_PORT=${TICKFLOW_PG_PORT:-15432}
 REDIS_PORT=${TICKFLOW_REDIS_PORT:-16379}
+KAFKA_JVM_OPTS=${TICKFLOW_KAFKA_JVM_OPTS:--Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20}
+KAFKA_NETWORK_THREADS=${TICKFLOW_KAFKA_NETWORK_THREADS:-2}
+KAFKA_IO_THREADS=${TICKFLOW_KAFKA_IO_THREADS:-4}
 
 KAFKA_HOME=$CACHE/kafka-$KAFKA_VERSION
 KAFKA_LIBS=$KAFKA_HOME/libs
@@ -185,8 +193,8 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-num.network.threads=2
-num.io.threads=4
+num.network.threads=$KAFKA_NETWORK_THREADS
+num.io.threads=$KAFKA_IO_THREADS
 EOF
   cat >"$KAFKA_DIR/log4j2.properties" <<'EOF'
 status = warn
@@ -225,7 +233,7 @@ start_kafka() {
   # setsid: detach from our session; the inner shell records its own pid, then
   # becomes java. All fds point to files so `$(services.sh up)` cannot hang.
   setsid bash -c 'echo $$ >"$0/kafka.pid"; exec "$@"' "$KAFKA_DIR" \
-    java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    java $KAFKA_JVM_OPTS -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" \
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
     </dev/null >>"$KAFKA_DIR/kafka.log" 2>&1 &
@@ -387,6 +395,7 @@ cmd_kafka_stop() { stop_kafka; }
 cmd_kafka_start() {
   kafka_running && { log "kafka: already running"; return; }
   [[ -f $KAFKA_DIR/server.properties ]] || die "no kafka state in $KAFKA_DIR: run up first"
+  write_kafka_config # thread counts from the environment of this start
   timed "kafka: start" start_kafka
 }
 

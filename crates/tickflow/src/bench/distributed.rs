@@ -19,6 +19,10 @@ pub struct DistributedArgs {
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// Measure only the two-hop Kafka floor (for sweeps of client and broker settings); the
+    /// report is written as `kafka-floor.json`.
+    #[arg(long)]
+    pub floor_only: bool,
 }
 
 async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::Result<RunResult> {
@@ -188,6 +192,20 @@ pub(super) async fn distributed(d: DistributedArgs) -> anyhow::Result<()> {
     for &rate in &d.load.rates {
         let (mut runs, mut floors) = (Vec::new(), Vec::new());
         for rep in 0..d.load.repeat.max(1) {
+            if d.floor_only {
+                let f = floor_run(&d, rate).await?;
+                eprintln!(
+                    "kafka floor {rate}/s run {}: received {}/{} p50 {} p99 {} p99.9 {}",
+                    rep + 1,
+                    f.received,
+                    f.expected,
+                    fmt_ns(f.from_recv.p50),
+                    fmt_ns(f.from_recv.p99),
+                    fmt_ns(f.from_recv.p999),
+                );
+                runs.push(f);
+                continue;
+            }
             let r = distributed_run(&d, rate, &dir).await?;
             let f = floor_run(&d, rate).await?;
             eprintln!(
@@ -209,7 +227,12 @@ pub(super) async fn distributed(d: DistributedArgs) -> anyhow::Result<()> {
         }
         rows.push((rate, runs, floors));
     }
-    report("distributed", &d.load, &rows)
+    let scenario = if d.floor_only {
+        "kafka-floor"
+    } else {
+        "distributed"
+    };
+    report(scenario, &d.load, &rows)
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
