@@ -196,7 +196,8 @@ impl RouterStats {
 struct Held {
     /// When the spike filter held it (set at the hold).
     since: std::time::Instant,
-    done: oneshot::Sender<Result<(), BusError>>,
+    /// Set at the hold: the input waits on it (no channel is made for an input never held).
+    done: Option<oneshot::Sender<Result<(), BusError>>>,
     key: Vec<u8>,
     payload: Vec<u8>,
     origin: Arc<str>,
@@ -240,7 +241,7 @@ pub async fn run_router(
             next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                 let Some(d) = next? else { break };
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                let input = Held { since: std::time::Instant::now(), done: oneshot::channel().0, key: d.key, payload: d.payload, origin: d.topic };
+                let input = Held { since: std::time::Instant::now(), done: None, key: d.key, payload: d.payload, origin: d.topic };
                 let own = match Tick::decode(&input.payload) {
                     Ok(tick) => {
                         router.on_tick(tick, clock::now_ns(), &mut out);
@@ -313,7 +314,7 @@ async fn settle(
                     .await?;
                 match held.and_then(|id| holds.remove(&id)) {
                     Some(h) => {
-                        record_hold(&h, stats);
+                        record_hold(h.since, stats);
                         resolve_later(h, r)
                     }
                     None => own.push(r),
@@ -329,7 +330,7 @@ async fn settle(
                 };
                 match source {
                     Some(h) => {
-                        record_hold(&h, stats);
+                        record_hold(h.since, stats);
                         let r = dead_letter(&h, reject.reason, reject.detail, ctx).await?;
                         resolve_later(h, r);
                     }
@@ -354,7 +355,7 @@ async fn settle(
                 metrics::counter!("tickflow_router_ticks_total", "outcome" => "held").increment(1);
                 if let Some(mut h) = input.take() {
                     let (tx, rx) = oneshot::channel();
-                    h.done = tx;
+                    h.done = Some(tx);
                     h.since = std::time::Instant::now();
                     holds.insert(id, h);
                     own.push(Box::pin(async move {
@@ -368,8 +369,8 @@ async fn settle(
 }
 
 /// Records how long a held tick waited for its decision.
-fn record_hold(h: &Held, stats: &RouterStats) {
-    let waited = h.since.elapsed();
+fn record_hold(since: std::time::Instant, stats: &RouterStats) {
+    let waited = since.elapsed();
     let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
     stats.held_ns_total.fetch_add(ns, Ordering::Relaxed);
     stats.held_ns_max.fetch_max(ns, Ordering::Relaxed);
@@ -378,8 +379,19 @@ fn record_hold(h: &Held, stats: &RouterStats) {
 
 fn resolve_later(h: Held, receipt: Receipt) {
     tokio::spawn(async move {
-        let _ = h.done.send(receipt.await);
+        let r = receipt.await;
+        if let Some(done) = h.done {
+            let _ = done.send(r);
+        }
     });
+}
+
+/// Counts a reject in the stats and metrics.
+fn count_reject(reason: RejectReason, detail: &str, stats: &RouterStats) {
+    stats.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("tickflow_router_ticks_total", "outcome" => "rejected").increment(1);
+    metrics::counter!("tickflow_router_rejects_total", "reason" => reason.code()).increment(1);
+    tracing::debug!(reason = reason.code(), %detail, "tick rejected");
 }
 
 async fn dead_letter(
@@ -388,11 +400,7 @@ async fn dead_letter(
     detail: String,
     ctx: &Ctx<'_>,
 ) -> anyhow::Result<Receipt> {
-    let stats = ctx.stats;
-    stats.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("tickflow_router_ticks_total", "outcome" => "rejected").increment(1);
-    metrics::counter!("tickflow_router_rejects_total", "reason" => reason.code()).increment(1);
-    tracing::debug!(reason = reason.code(), %detail, "tick rejected");
+    count_reject(reason, &detail, ctx.stats);
     let record = tick_core::store::DeadLetterRecord::new(
         "router",
         reason.code(),

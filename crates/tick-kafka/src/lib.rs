@@ -14,6 +14,7 @@ use rdkafka::util::Timeout;
 use std::sync::Arc;
 use std::time::Duration;
 pub mod coverage;
+pub mod owned;
 pub mod tail;
 
 use tick_core::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, Receipt, topics};
@@ -49,6 +50,41 @@ pub struct KafkaArgs {
     pub topic_replication: i32,
 }
 
+/// tickflow's producer settings: idempotent, `acks=all`; `realtime` sends each message at once
+/// (`linger.ms=0`), otherwise messages are batched for a few milliseconds.
+pub(crate) fn producer_defaults(realtime: bool) -> [(&'static str, &'static str); 7] {
+    [
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("linger.ms", if realtime { "0" } else { "5" }),
+        ("compression.type", "lz4"),
+        ("socket.nagle.disable", "true"),
+        ("queue.buffering.max.messages", "1000000"),
+        // Keep retrying a broker outage for a long time rather than failing deliveries.
+        ("message.timeout.ms", "300000"),
+    ]
+}
+
+/// tickflow's consumer group settings: offsets stored only by the stage's acknowledgement and
+/// committed every second, cooperative-sticky assignment.
+pub(crate) fn consumer_defaults(group: &str) -> [(&str, &str); 11] {
+    [
+        ("group.id", group),
+        ("enable.auto.commit", "true"),
+        ("auto.commit.interval.ms", "1000"),
+        // Offsets are stored by `ack`, only after the work is done.
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("fetch.wait.max.ms", "10"),
+        ("socket.nagle.disable", "true"),
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "2000"),
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        // Rebalance callbacks run on the consumer's poll: keep the default 5 minutes explicit.
+        ("max.poll.interval.ms", "300000"),
+    ]
+}
+
 /// The retention of each topic tickflow provisions, in days.
 const TOPIC_RETENTION_DAYS: [(&str, u64); 5] = [
     (topics::RAW, 7),
@@ -79,18 +115,8 @@ impl KafkaArgs {
     /// Returns an idempotent producer. `realtime` sends each message at once (`linger.ms=0`);
     /// otherwise messages are batched for a few milliseconds.
     pub fn producer(&self, realtime: bool) -> Result<KafkaProducer, BusError> {
-        let linger = if realtime { "0" } else { "5" };
         let producer: FutureProducer = self
-            .config(&[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("linger.ms", linger),
-                ("compression.type", "lz4"),
-                ("socket.nagle.disable", "true"),
-                ("queue.buffering.max.messages", "1000000"),
-                // Keep retrying a broker outage for a long time rather than failing deliveries.
-                ("message.timeout.ms", "300000"),
-            ])?
+            .config(&producer_defaults(realtime))?
             .create()
             .map_err(|e| BusError::Broker(Cause::new("failed to create producer", e)))?;
         Ok(KafkaProducer { inner: producer })
@@ -106,19 +132,7 @@ impl KafkaArgs {
         shutdown: CancellationToken,
     ) -> Result<KafkaConsumer, BusError> {
         let consumer: StreamConsumer = self
-            .config(&[
-                ("group.id", group),
-                ("enable.auto.commit", "true"),
-                ("auto.commit.interval.ms", "1000"),
-                // Offsets are stored by `ack`, only after the work is done.
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("fetch.wait.max.ms", "10"),
-                ("socket.nagle.disable", "true"),
-                ("session.timeout.ms", "10000"),
-                ("heartbeat.interval.ms", "2000"),
-                ("partition.assignment.strategy", "cooperative-sticky"),
-            ])?
+            .config(&consumer_defaults(group))?
             .create()
             .map_err(|e| BusError::Broker(Cause::new("failed to create consumer", e)))?;
         consumer.subscribe(&[topic]).map_err(|e| {

@@ -1,7 +1,8 @@
-//! Reads `ticks.clean` back so the router's de-duplication and numbering survive restarts and
-//! rebalances: on start, everything within the de-duplication window up to the current end is
-//! read before the router consumes its first raw tick; afterwards the tail keeps following, so
-//! ticks let through by other router instances are known too.
+//! Reads `ticks.clean` back. [`read_partition`] is what the router uses: when it is assigned a
+//! partition of `ticks.raw` it rebuilds that partition's de-duplication and numbering from the
+//! same partition of `ticks.clean`, up to its end, before it reads the first raw tick of it.
+//! [`follow_clean`] reads every partition and keeps following them (tests and tools that watch
+//! the router's output; the router itself no longer reads its whole output back).
 
 use crate::{KafkaArgs, partitions};
 use anyhow::Context;
@@ -136,4 +137,94 @@ pub async fn follow_clean_with(
         }
     });
     Ok((initial, rx))
+}
+
+/// Reads partition `partition` of `topic` from its first message at or after `since_ms` (Kafka
+/// timestamps, ms since the epoch) up to its end as of the call, handing each tick to `seen`;
+/// returns how many it read. It joins no group and commits nothing.
+pub async fn read_partition(
+    kafka: &KafkaArgs,
+    topic: &str,
+    partition: i32,
+    since_ms: i64,
+    shutdown: CancellationToken,
+    mut seen: impl FnMut(Tick),
+) -> anyhow::Result<u64> {
+    let group = format!(
+        "router-rebuild-{}-{}",
+        std::process::id(),
+        tick_core::clock::now_ns()
+    );
+    let consumer: StreamConsumer = kafka
+        .config(&[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("fetch.wait.max.ms", "10"),
+        ])?
+        .create()
+        .context("failed to create the rebuild consumer")?;
+    let consumer = Arc::new(consumer);
+    let mut attempt = 0;
+    let end = loop {
+        let c = consumer.clone();
+        let t = topic.to_string();
+        let positioned = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<i64>> {
+            let timeout = Duration::from_secs(30);
+            let (_, high) = c.fetch_watermarks(&t, partition, timeout)?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&t, partition, Offset::Offset(since_ms))?;
+            let starts = c.offsets_for_times(tpl, timeout)?;
+            let start = starts.elements().first().and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            match start {
+                Some(o) if o < high => {
+                    c.assign(&starts)?;
+                    Ok(Some(high))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await?;
+        match positioned {
+            Ok(end) => break end,
+            Err(e) if attempt < 30 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, topic, partition, "cannot position for the rebuild yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "failed to position on {topic} partition {partition}"
+                )));
+            }
+        }
+    };
+    let Some(end) = end else { return Ok(0) };
+    let mut n = 0u64;
+    loop {
+        let m = tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("stopped during the rebuild"),
+            m = consumer.recv() => m,
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, topic, partition, "rebuild read failed, retrying");
+                continue;
+            }
+        };
+        if m.partition() != partition {
+            continue;
+        }
+        if let Some(t) = m.payload().and_then(|p| Tick::decode(p).ok()) {
+            seen(t);
+            n += 1;
+        }
+        if m.offset() + 1 >= end {
+            return Ok(n);
+        }
+    }
 }
