@@ -17,6 +17,7 @@ use crate::bars::{BarBuilder, PriceSide, Timeframe};
 use crate::indicator::{Indicator, IndicatorSpec, Input, SpecError};
 use crate::rules::{Operand, Rule, ValueRef};
 use std::collections::HashMap;
+use std::sync::Arc;
 use tick_core::{Tick, pb};
 
 /// What the engine computes.
@@ -58,7 +59,8 @@ impl Default for EngineConfig {
 /// Everything one tick (or one clock step) changed.
 #[derive(Debug, Default)]
 pub struct Updates {
-    /// The per-tick indicator update (none for a clock step).
+    /// The per-tick indicator update (none for a clock step). Its values carry no names: see
+    /// [`ValueNames`] ([`Engine::value_names`]).
     pub update: Option<pb::IndicatorUpdate>,
     /// The updates of bar-fed indicators, one per closed bar of a timeframe they follow
     /// (`timeframe` = the bar's).
@@ -76,6 +78,45 @@ struct CompiledRule {
     konst: f64,
 }
 
+/// The names of the values of one group's updates, in value order, shared by all of them: an
+/// update's `IndicatorValue`s leave the engine without their names (no string is allocated per
+/// input), and the hub writes them from here, each encoded once, when it encodes the update.
+#[derive(Debug, Default)]
+pub struct ValueNames {
+    /// `IndicatorUpdate.timeframe` of the updates: `tick`, or the bars' timeframe.
+    pub timeframe: String,
+    /// The names (`sma(20)`, `macd(12,26,9).signal@1m`).
+    pub names: Vec<String>,
+    /// Each name as the encoded `IndicatorValue.name` field (key, length, UTF-8).
+    pub encoded: Vec<Vec<u8>>,
+}
+
+impl ValueNames {
+    fn new(timeframe: &str, names: &[String]) -> Self {
+        Self {
+            timeframe: timeframe.to_string(),
+            names: names.to_vec(),
+            encoded: names
+                .iter()
+                .map(|n| {
+                    let mut b = Vec::with_capacity(n.len() + 2);
+                    prost::encoding::string::encode(1, n, &mut b);
+                    b
+                })
+                .collect(),
+        }
+    }
+
+    /// Gives the values of `update` (one of these updates) their names.
+    pub fn fill(&self, update: &mut pb::IndicatorUpdate) {
+        for (v, n) in update.values.iter_mut().zip(&self.names) {
+            if v.name.is_empty() {
+                v.name.clone_from(n);
+            }
+        }
+    }
+}
+
 /// The indicators and rules fed one input: ticks, or the closed bars of one timeframe.
 struct Group {
     /// `IndicatorUpdate.timeframe`: `tick`, or the bars' timeframe.
@@ -86,6 +127,8 @@ struct Group {
     /// Index in `names` of each indicator's first output.
     offsets: Vec<usize>,
     rules: Vec<CompiledRule>,
+    /// `names`, shared with whoever encodes this group's updates.
+    table: Arc<ValueNames>,
 }
 
 impl Group {
@@ -96,6 +139,7 @@ impl Group {
             names: Vec::new(),
             offsets: Vec::new(),
             rules: Vec::new(),
+            table: Arc::default(),
         }
     }
 
@@ -129,7 +173,15 @@ impl Group {
             ind.update_into(input, &mut cur[at..at + n]);
         }
         let prev = std::mem::take(&mut s.prev);
-        let values = values(&self.names, &cur);
+        // Without names: see `ValueNames`.
+        let values: Vec<pb::IndicatorValue> = cur
+            .iter()
+            .map(|v| pb::IndicatorValue {
+                name: String::new(),
+                value: v.unwrap_or(0.0),
+                warm: v.is_some(),
+            })
+            .collect();
         for r in &self.rules {
             let side = |vals: &[Option<f64>]| -> Option<(f64, f64)> {
                 let l = vals[r.lhs]?;
@@ -141,9 +193,13 @@ impl Group {
             };
             let Some(now) = side(&cur) else { continue };
             if r.rule.fires(side(&prev), now) {
-                let mut involved = vec![values[r.lhs].clone()];
+                let named = |i: usize| pb::IndicatorValue {
+                    name: self.names[i].clone(),
+                    ..values[i].clone()
+                };
+                let mut involved = vec![named(r.lhs)];
                 if let Some(j) = r.rhs {
-                    involved.push(values[j].clone());
+                    involved.push(named(j));
                 }
                 signals.push(pb::Signal {
                     symbol: symbol.to_string(),
@@ -274,6 +330,7 @@ impl Engine {
                 g.names
                     .extend((0..s.outputs().len()).map(|o| s.value_name(o)));
             }
+            g.table = Arc::new(ValueNames::new(&g.label, &g.names));
         }
         for (r, (g, lhs, rhs)) in cfg.rules.iter().zip(refs) {
             let group = &mut groups[g];
@@ -448,6 +505,20 @@ impl Engine {
             .iter()
             .find(|g| g.label == timeframe)
             .map_or(&[], |g| &g.names)
+    }
+
+    /// Returns the names of the values of every group's updates ("tick" first).
+    pub fn value_name_tables(&self) -> Vec<Arc<ValueNames>> {
+        self.groups.iter().map(|g| g.table.clone()).collect()
+    }
+
+    /// Returns the names of the values of the updates of `timeframe` ("tick" or a bar
+    /// timeframe), which the engine's updates carry without (see [`ValueNames`]).
+    pub fn value_names(&self, timeframe: &str) -> Option<&Arc<ValueNames>> {
+        self.groups
+            .iter()
+            .find(|g| g.label == timeframe)
+            .map(|g| &g.table)
     }
 
     /// The bar timeframes built: the configured ones, then those bar-fed indicators added.

@@ -78,6 +78,8 @@ fn push_snapshots(engine: &mut Engine, snapshots: &Option<mpsc::Sender<Vec<pb::S
 /// Where the indicators stage sends what the engine computed: the gRPC hub always, closed bars
 /// to the `bars` topic and signals to the signals topic when it has a producer for them.
 struct Publisher {
+    /// The names of each group's values, which the engine's updates come without.
+    names: Vec<Arc<engine::ValueNames>>,
     producer: Option<Arc<dyn Producer>>,
     signals: Option<(Arc<dyn Producer>, String)>,
     hub: Arc<Hub>,
@@ -106,7 +108,10 @@ impl Publisher {
         }
         for u in updates {
             self.stats.updates.fetch_add(1, Ordering::Relaxed);
-            self.hub.publish(Kind::Update(u));
+            match self.names.iter().find(|n| n.timeframe == u.timeframe) {
+                Some(names) => self.hub.publish_update(u, names.clone()),
+                None => self.hub.publish(Kind::Update(u)),
+            }
         }
         for s in signals {
             self.stats.signals.fetch_add(1, Ordering::Relaxed);
@@ -154,6 +159,7 @@ pub async fn run_indicators(
         snapshots,
     } = outputs;
     let publisher = Publisher {
+        names: engine.value_name_tables(),
         // Where signals are published: a producer and a topic both given.
         signals: producer.clone().zip(signals_topic),
         producer,

@@ -80,10 +80,80 @@ impl Default for HubOptions {
 /// subscriber's `ts_sent_ns` is appended to the bytes as it is sent, see [`WireEvent`]).
 #[derive(Debug)]
 pub struct Published {
-    /// The event, `ts_sent_ns` 0.
+    /// The event, `ts_sent_ns` 0 (an indicator update's values without their names when
+    /// `names` is given).
     pub event: pb::Event,
-    /// `event` encoded.
+    /// `event` encoded (names included).
     pub bytes: bytes::Bytes,
+    /// The names of an update's values, written into `bytes` (see
+    /// [`crate::engine::ValueNames`]).
+    pub names: Option<Arc<crate::engine::ValueNames>>,
+}
+
+impl Published {
+    /// Returns the event as sent, names included.
+    fn to_event(&self) -> pb::Event {
+        let mut e = self.event.clone();
+        if let (Some(names), Some(Kind::Update(u))) = (&self.names, &mut e.kind) {
+            names.fill(u);
+        }
+        e
+    }
+}
+
+/// Encodes the event `seq` (token `token`) of `update`, whose values are given apart (without
+/// their names), writing each value's name from `names` (each name encoded once, at start):
+/// the bytes prost would give for the event with its names filled in.
+fn encode_named(
+    seq: u64,
+    token: &String,
+    update: &pb::IndicatorUpdate,
+    values: &[pb::IndicatorValue],
+    names: &crate::engine::ValueNames,
+) -> Vec<u8> {
+    use prost::Message;
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+    debug_assert!(update.values.is_empty(), "the values are given apart");
+    // A value's own name if it has one, else its name from `names`.
+    let name_len = |i: usize, v: &pb::IndicatorValue| match names.encoded.get(i) {
+        Some(n) if v.name.is_empty() => n.len(),
+        _ if v.name.is_empty() => 0,
+        _ => prost::encoding::string::encoded_len(1, &v.name),
+    };
+    let value_len = |i: usize, v: &pb::IndicatorValue| -> usize {
+        name_len(i, v) + if v.value != 0.0 { 9 } else { 0 } + if v.warm { 2 } else { 0 }
+    };
+    let mut update_len = update.encoded_len();
+    for (i, v) in values.iter().enumerate() {
+        let n = value_len(i, v);
+        update_len += 1 + encoded_len_varint(n as u64) + n;
+    }
+    let head_len = prost::encoding::uint64::encoded_len(1, &seq)
+        + prost::encoding::string::encoded_len(3, token);
+    let total = head_len + 1 + encoded_len_varint(update_len as u64) + update_len;
+    let mut buf = Vec::with_capacity(total);
+    prost::encoding::uint64::encode(1, &seq, &mut buf);
+    prost::encoding::string::encode(3, token, &mut buf);
+    encode_key(10, WireType::LengthDelimited, &mut buf);
+    encode_varint(update_len as u64, &mut buf);
+    update.encode_raw(&mut buf);
+    for (i, v) in values.iter().enumerate() {
+        encode_key(6, WireType::LengthDelimited, &mut buf);
+        encode_varint(value_len(i, v) as u64, &mut buf);
+        match names.encoded.get(i) {
+            Some(n) if v.name.is_empty() => buf.extend_from_slice(n),
+            _ if v.name.is_empty() => {}
+            _ => prost::encoding::string::encode(1, &v.name, &mut buf),
+        }
+        if v.value != 0.0 {
+            prost::encoding::double::encode(2, &v.value, &mut buf);
+        }
+        if v.warm {
+            prost::encoding::bool::encode(3, &v.warm, &mut buf);
+        }
+    }
+    debug_assert_eq!(buf.len(), total);
+    buf
 }
 
 /// An event on its way to one subscriber: a published event whose shared bytes go out as they
@@ -117,7 +187,7 @@ impl WireEvent {
         match self {
             WireEvent::Shared(p, ts) => pb::Event {
                 ts_sent_ns: ts,
-                ..p.event.clone()
+                ..p.to_event()
             },
             WireEvent::Own(e) => e,
         }
@@ -265,7 +335,46 @@ impl Hub {
         };
         // Encoded once here, sent as these bytes to every subscriber.
         let bytes = prost::Message::encode_to_vec(&event).into();
-        let ev = Arc::new(Published { event, bytes });
+        let ev = Arc::new(Published {
+            event,
+            bytes,
+            names: None,
+        });
+        self.push(r, ev);
+    }
+
+    /// Publishes an indicator update of the engine, whose values come without their names:
+    /// `names` gives them (see [`crate::engine::ValueNames`]), written into the encoding from
+    /// their encoded form, so no name is copied per update.
+    pub fn publish_update(
+        &self,
+        mut update: pb::IndicatorUpdate,
+        names: Arc<crate::engine::ValueNames>,
+    ) {
+        let r = lock(&self.retained);
+        let seq = r.head + 1;
+        let token = format!("{}:{seq}", self.instance);
+        let values = std::mem::take(&mut update.values);
+        let bytes = encode_named(seq, &token, &update, &values, &names).into();
+        update.values = values;
+        let ev = Arc::new(Published {
+            event: pb::Event {
+                seq,
+                ts_sent_ns: 0,
+                resume_token: token,
+                kind: Some(Kind::Update(update)),
+                history: false,
+            },
+            bytes,
+            names: Some(names),
+        });
+        self.push(r, ev);
+    }
+
+    /// Appends `ev`, the event after the last one (`r.head + 1`), to the retained ring and
+    /// sends it to every subscriber; the lock `r` is held throughout.
+    fn push(&self, mut r: MutexGuard<'_, Retained>, ev: Arc<Published>) {
+        r.head = ev.event.seq;
         let evicted = if self.window > 0 {
             let old = (r.events.len() >= self.window).then(|| r.events.pop_front());
             r.events.push_back(ev.clone());
@@ -1108,6 +1217,54 @@ mod gap_tests {
             symbol: symbol.into(),
             ..Default::default()
         })
+    }
+
+    #[tokio::test]
+    async fn an_update_published_without_names_is_sent_with_them() {
+        use crate::engine::{Engine, EngineConfig};
+        use prost::Message;
+        let mut engine = Engine::new(EngineConfig::default()).unwrap();
+        let hub = Hub::new(64);
+        let mut sub = Box::pin(hub.subscribe_wire(Filter::default(), ""));
+        let names = engine.value_names("tick").unwrap().clone();
+        for i in 0..30 {
+            let tick = tick_core::testenv::tick("sim", "EURUSD", 1_000 + i, 110_000 + i % 7);
+            let mut u = engine.on_tick(tick).update.unwrap();
+            assert!(
+                u.values.iter().all(|v| v.name.is_empty()),
+                "the engine sends no names"
+            );
+            if i == 29 {
+                // A value that has a name of its own keeps it.
+                u.values[0].name = "own".into();
+            }
+            hub.publish_update(u, names.clone());
+            let out = sub.next().await.unwrap().unwrap();
+            let decoded = pb::Event::decode(out.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(
+                decoded,
+                out.clone().into_event(),
+                "the bytes are the event's"
+            );
+            let Some(Kind::Update(d)) = &decoded.kind else {
+                panic!("an update")
+            };
+            let got: Vec<&str> = d.values.iter().map(|v| v.name.as_str()).collect();
+            let mut want: Vec<&str> = names.names.iter().map(String::as_str).collect();
+            if i == 29 {
+                want[0] = "own";
+            }
+            assert_eq!(got, want);
+            assert_eq!(
+                d.values[0].warm,
+                i >= 19,
+                "sma(20) is warm from its 20th input: {i}"
+            );
+            assert_eq!(
+                decoded.resume_token,
+                format!("{}:{}", hub.instance_id(), i + 1)
+            );
+        }
     }
 
     #[tokio::test]

@@ -282,9 +282,12 @@ impl Since {
             seam.last_seq = Some(seam.last_seq.map_or(s, |m| m.max(s)));
         }
         seam.last_ts = seam.last_ts.max(tick.ts_event_ns);
-        let Some(update) = self.engine.on_tick(tick).update else {
+        let Some(mut update) = self.engine.on_tick(tick).update else {
             return;
         };
+        if let Some(names) = self.engine.value_names("tick") {
+            names.fill(&mut update);
+        }
         let ev = pb::Event {
             seq: 0,
             ts_sent_ns: clock::now_ns(),

@@ -78,10 +78,12 @@ impl Pipeline {
                 self.hub.publish(Kind::Bar(b));
             }
             for u in out.bar_updates {
-                self.hub.publish(Kind::Update(u));
+                let names = self.engine.value_names(&u.timeframe).unwrap().clone();
+                self.hub.publish_update(u, names);
             }
             if let Some(u) = out.update {
-                self.hub.publish(Kind::Update(u));
+                let names = self.engine.value_names("tick").unwrap().clone();
+                self.hub.publish_update(u, names);
             }
             for s in out.signals {
                 self.hub.publish(Kind::Signal(s));

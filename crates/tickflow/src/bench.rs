@@ -282,7 +282,11 @@ async fn floor_server(args: FloorServerArgs) -> anyhow::Result<()> {
             };
             let bytes = prost::Message::encode_to_vec(&event).into();
             // No subscriber yet is not an error: the update has no reader.
-            let _ = tx.send(Arc::new(Published { event, bytes }));
+            let _ = tx.send(Arc::new(Published {
+                event,
+                bytes,
+                names: None,
+            }));
             i += 1;
         }
         tokio::time::sleep(Duration::from_nanos((due(i) - now).max(0) as u64)).await;
