@@ -34,6 +34,13 @@ pub struct RouterArgs {
     /// Consumer group; router pods of one group share the partitions of `ticks.raw`.
     #[arg(long, env = "TICKFLOW_GROUP", default_value = "router")]
     pub group: String,
+    /// Topic the raw ticks are read from.
+    #[arg(long, env = "TICKFLOW_ROUTER_INPUT_TOPIC", default_value = topics::RAW)]
+    pub input_topic: String,
+    /// Topic the clean ticks go to (partition for partition with the input topic, so it needs
+    /// at least as many partitions).
+    #[arg(long, env = "TICKFLOW_ROUTER_OUTPUT_TOPIC", default_value = topics::CLEAN)]
+    pub output_topic: String,
     /// Kafka connection.
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -48,30 +55,41 @@ pub async fn run(
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
+    run_with_stats(cfg, shutdown, health, Arc::new(RouterStats::default())).await
+}
+
+/// Like [`run`], counting into `stats` (tests and benchmarks watch them).
+pub async fn run_with_stats(
+    cfg: RouterArgs,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+    stats: Arc<RouterStats>,
+) -> anyhow::Result<()> {
     let config = cfg.rules.router_config()?;
     cfg.kafka.provision().await?;
     let (raw, clean) = (
-        cfg.kafka.partition_count(topics::RAW).await?,
-        cfg.kafka.partition_count(topics::CLEAN).await?,
+        cfg.kafka.partition_count(&cfg.input_topic).await?,
+        cfg.kafka.partition_count(&cfg.output_topic).await?,
     );
     anyhow::ensure!(
         clean >= raw,
         "{} has {clean} partitions, fewer than the {raw} of {}: the router writes each clean \
          tick to the partition number it read the raw tick from",
-        topics::CLEAN,
-        topics::RAW
+        cfg.output_topic,
+        cfg.input_topic
     );
     let (consumer, producer, ownership) = cfg
         .kafka
-        .owned(&cfg.group, topics::RAW, REVOKE_WAIT, shutdown.clone())
+        .owned(&cfg.group, &cfg.input_topic, REVOKE_WAIT, shutdown.clone())
         .context("failed to create the consumer and producer")?;
     health.set_ready(true);
-    let stats = Arc::new(RouterStats::default());
     Owned {
         consumer,
         producer,
         config,
         kafka: cfg.kafka,
+        input: cfg.input_topic,
+        output: cfg.output_topic,
         window: cfg.rules.dedup_window,
         stats,
         shutdown,
@@ -111,6 +129,8 @@ struct Owned {
     producer: OwnedProducer,
     config: RouterConfig,
     kafka: KafkaArgs,
+    input: String,
+    output: String,
     window: Duration,
     stats: Arc<RouterStats>,
     shutdown: CancellationToken,
@@ -160,13 +180,14 @@ impl Owned {
                         for p in ps {
                             parts.remove(&p);
                         }
+                        self.count_owned(&parts);
                     }
                 },
                 Some((p, g, result)) = rebuilt.recv() => {
                     if !matches!(parts.get(&p), Some(Slot::Rebuilding { generation, .. }) if *generation == g) {
                         continue; // revoked (or reassigned) meanwhile
                     }
-                    let router = result.with_context(|| format!("failed to rebuild partition {p} from {}", topics::CLEAN))?;
+                    let router = result.with_context(|| format!("failed to rebuild partition {p} from {}", self.output))?;
                     let (keys, streams, _) = router.dedup_stats();
                     tracing::info!(partition = p, keys, streams, "partition state rebuilt; consuming it");
                     ledgers.open(p);
@@ -177,6 +198,7 @@ impl Owned {
                         }
                     }
                     parts.insert(p, Slot::Ready(Box::new(part)));
+                    self.count_owned(&parts);
                     self.consumer.resume(p)?;
                 }
                 _ = timer.tick() => {
@@ -215,6 +237,7 @@ impl Owned {
         // Kafka keeps the input: held ticks stay unacknowledged, so the next owner reads them
         // again and decides with the tick that follows.
         parts.clear();
+        self.count_owned(&parts);
         self.producer.flush(Duration::from_secs(60)).await?;
         if let Some(why) = ledgers.failed() {
             anyhow::bail!("a clean tick or dead letter was not delivered: {why}");
@@ -224,6 +247,15 @@ impl Owned {
         }
         self.consumer.commit().await?;
         Ok(())
+    }
+
+    fn count_owned(&self, parts: &HashMap<i32, Slot>) {
+        let n = parts
+            .values()
+            .filter(|s| matches!(s, Slot::Ready(_)))
+            .count();
+        self.stats.partitions.store(n as u64, Ordering::Relaxed);
+        metrics::gauge!("tickflow_router_partitions_owned").set(n as f64);
     }
 
     /// Routes message `offset` of partition `p`.
@@ -272,8 +304,9 @@ impl Owned {
 
     /// Rebuilds the core of partition `p` from the same partition of `ticks.clean`.
     fn spawn_rebuild(&self, p: i32, generation: u64, done: mpsc::UnboundedSender<Rebuilt>) {
-        let (kafka, config, window, shutdown) = (
+        let (kafka, output, config, window, shutdown) = (
             self.kafka.clone(),
+            self.output.clone(),
             self.config.clone(),
             self.window,
             self.shutdown.clone(),
@@ -282,7 +315,7 @@ impl Owned {
             let started = std::time::Instant::now();
             let mut router = Router::new(config);
             let since_ms = clock::now_ns() / 1_000_000 - window.as_millis() as i64;
-            let result = tail::read_partition(&kafka, topics::CLEAN, p, since_ms, shutdown, |t| {
+            let result = tail::read_partition(&kafka, &output, p, since_ms, shutdown, |t| {
                 router.remember(&t)
             })
             .await;
@@ -321,7 +354,7 @@ impl Owned {
                     };
                     self.producer
                         .send(
-                            topics::CLEAN,
+                            &self.output,
                             Some(p),
                             tick.symbol.as_bytes(),
                             &tick.encode(),
@@ -412,7 +445,7 @@ impl Owned {
             reason.code(),
             detail,
             payload.to_vec(),
-            topics::RAW,
+            &self.input,
         )
         .encode();
         let mut backoff =

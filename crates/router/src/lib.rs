@@ -14,7 +14,7 @@ pub use tick_kafka::tail;
 #[cfg(feature = "kafka")]
 mod distributed;
 #[cfg(feature = "kafka")]
-pub use distributed::{RouterArgs, run};
+pub use distributed::{RouterArgs, run, run_with_stats};
 
 use crate::arbitration::Arbitration;
 use crate::core::{Decision, HoldId, RejectReason, Router, RouterConfig};
@@ -168,6 +168,9 @@ pub struct RouterStats {
     pub held_ns_max: AtomicU64,
     /// Source switches.
     pub switches: AtomicU64,
+    /// Partitions of `ticks.raw` this instance owns and routes (distributed mode; partitions
+    /// still being rebuilt are not counted).
+    pub partitions: AtomicU64,
 }
 
 impl RouterStats {

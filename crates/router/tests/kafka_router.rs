@@ -132,6 +132,8 @@ async fn fails_over_to_the_backup_source_and_back() {
             r
         },
         group: group.clone(),
+        input_topic: topics::RAW.into(),
+        output_topic: topics::CLEAN.into(),
         kafka: k.clone(),
     };
     let health = tick_core::health::Health::new();
