@@ -7,9 +7,11 @@
 //! earliest is more than `window` of event time older than the newest tick of the stream.
 //!
 //! **Bound.** At most `max_keys` keys per stream, whatever the rate and the window. A key costs
-//! 24 bytes in its stream's queue and 17 in the shared hash set, which keeps between 1.14 and
-//! 2.3 slots per key: at most 64 bytes per key, so 8,192 keys (the default) cost at most
-//! 512 KiB per stream, and 100 symbols from one source at most 50 MiB.
+//! 24 bytes in its stream's queue (whose buffer a power-of-two `max_keys`, such as the default,
+//! fills exactly; others round it up to the next power of two) and 17 bytes a slot in the
+//! shared hash set, which keeps between 1.14 and 2.3 slots per key: at most 64 bytes per key,
+//! so 8,192 keys (the default) cost at most 512 KiB per stream, and 100 symbols from one
+//! source at most 50 MiB.
 //!
 //! **Resend horizon.** Each stream records its *floor*: the newest event time among the keys it
 //! forgot. Every key with an event time after the floor that was let through is still held, so
@@ -154,11 +156,19 @@ impl Dedup {
                 floor_ns: i64::MIN,
                 order: VecDeque::new(),
             });
+        // Make room before pushing, so the queue never outgrows `max_keys` (a power of two
+        // such as the default then fills its buffer exactly).
+        if s.order.len() >= self.max_keys
+            && let Some((ts, [lo, hi])) = s.order.pop_front()
+        {
+            self.set.remove(&(u128::from(hi) << 64 | u128::from(lo)));
+            s.floor_ns = s.floor_ns.max(ts);
+        }
         s.order.push_back((ts_ns, [h as u64, (h >> 64) as u64]));
         s.newest_ns = s.newest_ns.max(ts_ns);
         let horizon = s.newest_ns.saturating_sub(self.window_ns);
         while let Some(&(ts, [lo, hi])) = s.order.front() {
-            if s.order.len() <= self.max_keys && ts >= horizon {
+            if ts >= horizon {
                 break;
             }
             s.order.pop_front();
@@ -236,6 +246,16 @@ mod tests {
             }
         }
         assert_eq!((d.len(), d.streams()), (3_000, 3), "1,000 per stream");
+        let mut d = Dedup::new(i64::MAX, 1_024);
+        for i in 0..100_000 {
+            d.insert(S, E, &key(i), i);
+        }
+        let cap = d
+            .streams
+            .values()
+            .map(|s| s.order.capacity())
+            .sum::<usize>();
+        assert_eq!(cap, 1_024, "a full queue never grows past the bound");
     }
 
     /// The case the state exists for: a source reconnects and resends its last N ticks; every
