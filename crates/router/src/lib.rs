@@ -1,7 +1,8 @@
 //! The router stage: reads `ticks.raw`, lets valid, new ticks of the active source through to
-//! `ticks.clean` keyed by symbol, and sends every reject to `ticks.dlq` with its reason and the
-//! original payload. An input is acknowledged only after what it caused is confirmed by the
-//! bus, in input order, so a crash never skips a tick.
+//! `ticks.clean` keyed by symbol (on Kafka, to the partition number the raw tick came from), and
+//! sends every reject to `ticks.dlq` with its reason and the original payload. An input is
+//! acknowledged only after what it caused is confirmed by the bus, in input order, so a crash
+//! never skips a tick.
 
 pub mod arbitration;
 pub mod core;
@@ -206,9 +207,11 @@ struct Held {
     origin: Arc<str>,
 }
 
-/// Routes every message of `consumer` until its stream ends, acknowledging each only after its
-/// outputs are confirmed. `tail` carries ticks other router instances let through. A dead letter
-/// the bus refuses is sent again with backoff until `shutdown` fires.
+/// Routes every message of `consumer` with one core until its stream ends, acknowledging each
+/// only after its outputs are confirmed (embedded mode, on the in-memory bus; on Kafka the
+/// router keeps a core per owned partition instead, see `distributed.rs`). `tail`, if any,
+/// carries ticks already let through elsewhere, for the core to remember. A dead letter the bus
+/// refuses is sent again with backoff until `shutdown` fires.
 pub async fn run_router(
     mut consumer: Box<dyn Consumer>,
     producer: Arc<dyn Producer>,

@@ -294,3 +294,34 @@ async fn a_resend_across_a_rebalance_reaches_ticks_clean_once() {
         );
     }
 }
+
+/// Clean ticks go to the partition number their raw tick came from, so an output topic with
+/// fewer partitions than the input is refused at start, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_topic_with_fewer_partitions_is_refused() {
+    let Some(brokers) = tick_core::testenv::service("KAFKA_BROKERS") else {
+        return;
+    };
+    let k = kafka(brokers);
+    k.ensure_topics().await.unwrap();
+    let tag = format!("rbp{}", clock::now_ns());
+    let (raw, clean) = (format!("{tag}.raw"), format!("{tag}.clean"));
+    k.create_topic(&raw, 4).await.unwrap();
+    k.create_topic(&clean, 2).await.unwrap();
+    use clap::Parser;
+    #[derive(Parser)]
+    struct P {
+        #[command(flatten)]
+        r: router::RouterArgs,
+    }
+    let mut args = P::parse_from(["t", "--input-topic", &raw, "--output-topic", &clean]).r;
+    args.kafka = k.clone();
+    let err = router::run(args, CancellationToken::new(), Health::new())
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("2 partitions, fewer than the 4"),
+        "refused for the reason: {msg}"
+    );
+}
