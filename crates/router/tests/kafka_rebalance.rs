@@ -260,6 +260,7 @@ async fn a_resend_across_a_rebalance_reaches_ticks_clean_once() {
     let got = read_all(&k, &clean).await;
     first.stop.cancel();
     first.task.await.unwrap().unwrap();
+    k.delete_topics(&[&raw, &clean]).await.unwrap();
 
     let mut times: HashMap<&str, usize> = HashMap::new();
     for t in &got {
@@ -319,6 +320,7 @@ async fn an_output_topic_with_fewer_partitions_is_refused() {
     let err = router::run(args, CancellationToken::new(), Health::new())
         .await
         .unwrap_err();
+    k.delete_topics(&[&raw, &clean]).await.unwrap();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("2 partitions, fewer than the 4"),

@@ -204,6 +204,31 @@ impl KafkaArgs {
         self.create_topics(&admin, &[new]).await
     }
 
+    /// Deletes `names` (tests that made topics of their own); a topic already gone is no error.
+    pub async fn delete_topics(&self, names: &[&str]) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .config(&[])?
+            .create()
+            .map_err(|e| BusError::Broker(Cause::new("failed to create admin client", e)))?;
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .delete_topics(names, &opts)
+            .await
+            .map_err(|e| BusError::Broker(Cause::new("failed to delete topics", e)))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((t, e)) => {
+                    return Err(BusError::Broker(Cause::new(
+                        format!("failed to delete topic {t}"),
+                        e,
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn create_topics(
         &self,
         admin: &AdminClient<DefaultClientContext>,
