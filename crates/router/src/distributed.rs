@@ -186,8 +186,12 @@ impl Owned {
                     }
                 },
                 Some((p, g, result)) = rebuilt.recv() => {
-                    if !matches!(parts.get(&p), Some(Slot::Rebuilding { generation, .. }) if *generation == g) {
-                        continue; // revoked (or reassigned) meanwhile
+                    if !matches!(parts.get(&p), Some(Slot::Rebuilding { generation, .. }) if *generation == g)
+                        || self.shutdown.is_cancelled()
+                    {
+                        // Revoked (or reassigned) meanwhile, or stopping (a rebuild cut short by
+                        // the shutdown is no failure).
+                        continue;
                     }
                     let router = result.with_context(|| format!("failed to rebuild partition {p} from {}", self.output))?;
                     let (keys, streams, _) = router.dedup_stats();
