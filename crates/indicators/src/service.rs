@@ -455,6 +455,11 @@ impl Hub {
         from
     }
 
+    /// Returns how many events the hub retains for resumes (`--resume-window`).
+    pub(crate) fn resume_window(&self) -> usize {
+        self.window
+    }
+
     /// Returns the sequence number of the oldest retained event (the next one when none is).
     pub(crate) fn oldest_retained(&self) -> u64 {
         lock(&self.retained).oldest()

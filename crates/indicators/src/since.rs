@@ -14,18 +14,23 @@
 //! notes two positions: the last event published (the call) and the oldest one retained. It
 //! then reads the store to its end. The live part starts at the oldest retained event, well
 //! before the call, so it overlaps what the store held when it was read (the persister trails
-//! the live stream by a batch or so). Per symbol, a live per-tick update whose `symbol_seq` the
-//! history already delivered is skipped; the first one after it continues the stream. Should
-//! the history stop short of it (the store had not caught up), the missing sequence numbers are
-//! read from the store again, waiting up to `--history-seam-wait` for the persister; what is
-//! still missing then is reported with a `Gap` "history_incomplete" counting exactly the hole.
+//! the live stream by a batch or so). Per symbol, a live per-tick update whose tick the history
+//! already delivered (its idempotency key is among the last history keys, as many as the hub
+//! retains events, so the whole overlap) is skipped; the first one after them continues the
+//! stream. Should its `symbol_seq` be more than one past the history's last (the store had not
+//! caught up), the missing sequence numbers are read from the store again, waiting up to
+//! `--history-seam-wait` for the persister; what is still missing then is reported with a `Gap`
+//! "history_incomplete" counting exactly the hole. A `symbol_seq` at or below the history's
+//! last, on a tick the history did not have, is a numbering that restarted (a router restarted
+//! after the symbol was silent longer than its de-duplication window): nothing is missing.
 //! Other events (bars, signals) pass from the call on.
 
 use crate::engine::{Engine, EngineConfig};
 use crate::history::{TickMerge, store_status, symbol};
 use crate::service::{Cursor, Filter, GAP_WINDOW_EXCEEDED, Hub, WireEvent};
 use futures::Stream;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 use tick_core::store::HistoryReader;
@@ -54,7 +59,8 @@ const FUTURE_SLACK_NS: i64 = 60_000_000_000;
 /// The seam of one symbol.
 #[derive(Debug, Default)]
 struct Seam {
-    /// Highest `symbol_seq` delivered (stored ticks a router passed, then live updates).
+    /// `symbol_seq` of the last tick delivered (stored ticks a router passed, then live
+    /// updates): the last, not the highest, so that a numbering that restarted is followed.
     last_seq: Option<u64>,
     /// Latest event time of the stored ticks delivered.
     last_ts: i64,
@@ -81,6 +87,12 @@ struct Since {
     filter: Filter,
     since: i64,
     seams: HashMap<String, Seam>,
+    /// Hashes of the keys of the last history ticks delivered (at most `recent_cap`, oldest
+    /// first in `recent_order`): what the live part may repeat.
+    recent: HashSet<u64>,
+    recent_order: VecDeque<u64>,
+    recent_cap: usize,
+    hasher: foldhash::fast::RandomState,
     pending: VecDeque<Result<WireEvent, Status>>,
     seam_wait: Duration,
     done: bool,
@@ -168,6 +180,12 @@ pub(crate) fn subscribe(
         filter,
         since,
         seams: HashMap::new(),
+        recent: HashSet::new(),
+        recent_order: VecDeque::new(),
+        // The live part replays at most the retained events: the history it can repeat is
+        // within as many of the last history ticks.
+        recent_cap: hub.resume_window() + FILL_PAGE,
+        hasher: foldhash::fast::RandomState::default(),
         pending: VecDeque::new(),
         seam_wait,
         done: false,
@@ -276,10 +294,18 @@ impl Since {
 
     /// Replays one stored tick: its recomputed update, if the filter takes it.
     fn deliver_stored(&mut self, tick: Tick) {
+        let h = self.hasher.hash_one(&tick.key);
+        if self.recent.insert(h) {
+            self.recent_order.push_back(h);
+            if self.recent_order.len() > self.recent_cap
+                && let Some(old) = self.recent_order.pop_front()
+            {
+                self.recent.remove(&old);
+            }
+        }
         let seam = self.seams.entry(tick.symbol.clone()).or_default();
         if tick.route.ts_route_ns > 0 {
-            let s = tick.route.symbol_seq;
-            seam.last_seq = Some(seam.last_seq.map_or(s, |m| m.max(s)));
+            seam.last_seq = Some(tick.route.symbol_seq);
         }
         seam.last_ts = seam.last_ts.max(tick.ts_event_ns);
         let Some(mut update) = self.engine.on_tick(tick).update else {
@@ -317,10 +343,13 @@ impl Since {
 
     /// Passes a live event on, or skips it, by the rules of the seam.
     async fn on_live(&mut self, ev: WireEvent) {
-        let (symbol, seq, ts) = match &ev.event().kind {
-            Some(Kind::Update(u)) if u.timeframe == "tick" => {
-                (u.symbol.clone(), u.symbol_seq, u.ts_event_ns)
-            }
+        let (symbol, seq, ts, key) = match &ev.event().kind {
+            Some(Kind::Update(u)) if u.timeframe == "tick" => (
+                u.symbol.clone(),
+                u.symbol_seq,
+                u.ts_event_ns,
+                self.hasher.hash_one(&u.idempotency_key),
+            ),
             Some(Kind::Gap(_)) => {
                 self.pending.push_back(Ok(ev));
                 return;
@@ -335,14 +364,18 @@ impl Since {
         let seam = self.seams.entry(symbol.clone()).or_default();
         if !seam.live {
             let last = seam.last_seq;
+            // The history delivered it already.
+            if self.recent.contains(&key) {
+                return;
+            }
+            // Before `since` (retained from before the history's start): not asked for.
+            if ts < self.since {
+                return;
+            }
             match last {
-                // Before `since`, and nothing stored to continue: not asked for.
-                None if ts < self.since => return,
-                None => {}
-                // The history delivered it already.
-                Some(m) if seq <= m => return,
                 Some(m) if seq > m + 1 => self.fill(&symbol, seq).await,
-                Some(_) => {}
+                // Next in sequence, or a numbering that restarted: nothing is missing.
+                _ => {}
             }
             if self.done {
                 return;
@@ -351,7 +384,7 @@ impl Since {
             seam.live = true;
         }
         let seam = self.seams.get_mut(&symbol).expect("inserted above");
-        seam.last_seq = Some(seam.last_seq.map_or(seq, |m| m.max(seq)));
+        seam.last_seq = Some(seq);
         self.pending.push_back(Ok(ev));
     }
 
@@ -401,7 +434,10 @@ impl Since {
                         self.hole(symbol, seq - expected);
                     }
                     expected = seq + 1;
-                    self.deliver_stored(tick);
+                    // One the history delivered already (out of time order) fills its place.
+                    if !self.recent.contains(&self.hasher.hash_one(&tick.key)) {
+                        self.deliver_stored(tick);
+                    }
                 }
                 if next > expected {
                     self.hole(symbol, next - expected);
