@@ -112,6 +112,9 @@ struct RunResult {
     peak_rss_kb: u64,
     /// The latency by hop (see [`HOPS`]), from the stamps on each update.
     hops: [LatencySummary; 4],
+    /// The router's CPU time (user + system, from `/proc/<pid>/stat`) over the measurement
+    /// window, per tick the feed sent in it (distributed only; 0: not measured).
+    router_cpu_ns_per_tick: u64,
     /// Ticks the router routed and those its spike filter held, with the longest hold.
     routed: u64,
     held: u64,
@@ -133,7 +136,7 @@ impl RunResult {
             )
         };
         format!(
-            "{{\"expected\":{},\"received\":{},\"gaps\":{},\"sustained\":{},\"from_recv\":{},\"from_schedule\":{},\"p50_first_fifth_ns\":{},\"p50_last_fifth_ns\":{},\"peak_rss_kb\":{},\"routed\":{},\"spike_held\":{},\"spike_held_max_ns\":{},\"hops\":{{{}}}}}",
+            "{{\"expected\":{},\"received\":{},\"gaps\":{},\"sustained\":{},\"from_recv\":{},\"from_schedule\":{},\"p50_first_fifth_ns\":{},\"p50_last_fifth_ns\":{},\"peak_rss_kb\":{},\"routed\":{},\"spike_held\":{},\"spike_held_max_ns\":{},\"router_cpu_ns_per_tick\":{},\"hops\":{{{}}}}}",
             self.expected,
             self.received,
             self.gaps,
@@ -146,6 +149,7 @@ impl RunResult {
             self.routed,
             self.held,
             self.held_max_ns,
+            self.router_cpu_ns_per_tick,
             HOPS.iter()
                 .zip(&self.hops)
                 .map(|(name, l)| format!("\"{name}\":{}", s(l)))
@@ -310,6 +314,26 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Reads the peak resident set size of a process, in KiB.
+/// Returns the CPU time (user + system) process `pid` has used so far, in ns.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: utime and stime
+    // are the 14th and 15th fields of the whole line, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    static CLK_TCK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let hz = *CLK_TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100)
+    });
+    Some(ticks * 1_000_000_000 / hz.max(1))
+}
+
 fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -689,6 +713,27 @@ fn report(scenario: &str, load: &LoadArgs, rows: &[Row]) -> anyhow::Result<()> {
     match best {
         Some(r) => println!("highest rate sustained in every run: {r} ticks/s"),
         None => println!("no rate was sustained in every run"),
+    }
+    for (rate, runs, _) in rows {
+        let cpu = m(runs, |r| r.router_cpu_ns_per_tick);
+        if cpu > 0 {
+            let (lo, hi) = (
+                runs.iter()
+                    .map(|r| r.router_cpu_ns_per_tick)
+                    .min()
+                    .unwrap_or(0),
+                runs.iter()
+                    .map(|r| r.router_cpu_ns_per_tick)
+                    .max()
+                    .unwrap_or(0),
+            );
+            println!(
+                "router CPU per tick at {rate} ticks/s: {} (min {}, max {}; /proc/<pid>/stat over the window)",
+                fmt_ns(cpu),
+                fmt_ns(lo),
+                fmt_ns(hi)
+            );
+        }
     }
     for (rate, runs, _) in rows {
         let (held, routed) = (m(runs, |r| r.held), m(runs, |r| r.routed));

@@ -85,6 +85,15 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
         children.push(("ingest".into(), ingest.spawn()?, ports[3]));
         let stop = CancellationToken::new();
         let rss = watch_rss(children.iter().map(|c| c.1.id()).collect(), stop.clone());
+        // The router's CPU over the measurement window.
+        let router_pid = children[0].1.id();
+        let window = (Instant::now() + load.warmup, load.duration);
+        let cpu = tokio::spawn(async move {
+            tokio::time::sleep_until(window.0).await;
+            let a = cpu_ns(router_pid)?;
+            tokio::time::sleep(window.1).await;
+            Some(cpu_ns(router_pid)? - a)
+        });
         let start = clock::now_ns();
         let w0 = start + load.warmup.as_nanos() as i64;
         let w1 = w0 + load.duration.as_nanos() as i64;
@@ -105,6 +114,9 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
             bail!("ingest exited with {status}");
         }
         let mut r = result(&sub, rate, load.duration, peak);
+        if let Ok(Some(ns)) = cpu.await {
+            r.router_cpu_ns_per_tick = ns / r.expected.max(1);
+        }
         if let Some((routed, held)) = super::held_from_metrics(ports[0]).await {
             (r.routed, r.held) = (routed, held);
         }
