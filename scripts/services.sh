@@ -26,7 +26,7 @@
 #   TICKFLOW_PG_PORT       PostgreSQL port       (15432)
 #   TICKFLOW_REDIS_PORT    Redis port            (16379)
 #   TICKFLOW_KAFKA_JVM_OPTS the broker's heap and collector
-#                          ("-Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20")
+#                          ("-Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20")
 #   TICKFLOW_KAFKA_NETWORK_THREADS, TICKFLOW_KAFKA_IO_THREADS
 #                          the broker's num.network.threads and num.io.threads (2, 4)
 #   (read when Kafka starts: `kafka-stop`, then `kafka-start` with new values)
@@ -39,7 +39,9 @@ KAFKA_PORT=${TICKFLOW_KAFKA_PORT:-19092}
 KAFKA_CPORT=${TICKFLOW_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 PG_PORT=${TICKFLOW_PG_PORT:-15432}
 REDIS_PORT=${TICKFLOW_REDIS_PORT:-16379}
-KAFKA_JVM_OPTS=${TICKFLOW_KAFKA_JVM_OPTS:--Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20}
+# A fixed 512 MiB G1 heap: the winner of `scripts/bench.sh kafka-sweep` on a 2-core host (see
+# BENCHMARKS.md); ZGC and Shenandoah cost more CPU than two cores spare.
+KAFKA_JVM_OPTS=${TICKFLOW_KAFKA_JVM_OPTS:--Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20}
 KAFKA_NETWORK_THREADS=${TICKFLOW_KAFKA_NETWORK_THREADS:-2}
 KAFKA_IO_THREADS=${TICKFLOW_KAFKA_IO_THREADS:-4}
 

@@ -76,21 +76,39 @@ impl Default for HubOptions {
 }
 
 /// An event as published: the message (for filters and in-process readers) and its protobuf
-/// encoding, made once and shared by every subscriber (`seq` and `resume_token` set; a
-/// subscriber's `ts_sent_ns` is appended to the bytes as it is sent, see [`WireEvent`]).
+/// encoding, made once, by the first subscriber task that sends it (off the thread that
+/// publishes), and shared by every subscriber (`seq` and `resume_token` set; a subscriber's
+/// `ts_sent_ns` is appended to the bytes as it is sent, see [`WireEvent`]).
 #[derive(Debug)]
 pub struct Published {
     /// The event, `ts_sent_ns` 0 (an indicator update's values without their names when
     /// `names` is given).
     pub event: pb::Event,
-    /// `event` encoded (names included).
-    pub bytes: bytes::Bytes,
-    /// The names of an update's values, written into `bytes` (see
+    /// The names of an update's values, written into the encoding (see
     /// [`crate::engine::ValueNames`]).
     pub names: Option<Arc<crate::engine::ValueNames>>,
+    bytes: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl Published {
+    /// Returns `event` (with the names of its update's values in `names`) as published.
+    pub fn new(event: pb::Event, names: Option<Arc<crate::engine::ValueNames>>) -> Self {
+        Self {
+            event,
+            names,
+            bytes: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Returns the event encoded (names included), encoding it on the first call.
+    pub fn bytes(&self) -> &bytes::Bytes {
+        self.bytes
+            .get_or_init(|| match (&self.names, &self.event.kind) {
+                (Some(names), Some(Kind::Update(u))) => encode_named(&self.event, u, names).into(),
+                _ => prost::Message::encode_to_vec(&self.event).into(),
+            })
+    }
+
     /// Returns the event as sent, names included.
     fn to_event(&self) -> pb::Event {
         let mut e = self.event.clone();
@@ -101,58 +119,97 @@ impl Published {
     }
 }
 
-/// Encodes the event `seq` (token `token`) of `update`, whose values are given apart (without
-/// their names), writing each value's name from `names` (each name encoded once, at start):
-/// the bytes prost would give for the event with its names filled in.
+/// Encodes `event`, whose update `update` has values without names, writing each value's
+/// name from `names` (each name encoded once, at start): the bytes prost gives for the event
+/// with its names filled in. The fields are destructured exhaustively, so a field added to
+/// the messages fails to compile here until it is encoded.
 fn encode_named(
-    seq: u64,
-    token: &String,
+    event: &pb::Event,
     update: &pb::IndicatorUpdate,
-    values: &[pb::IndicatorValue],
     names: &crate::engine::ValueNames,
 ) -> Vec<u8> {
-    use prost::Message;
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-    debug_assert!(update.values.is_empty(), "the values are given apart");
-    // A value's own name if it has one, else its name from `names`.
-    let name_len = |i: usize, v: &pb::IndicatorValue| match names.encoded.get(i) {
-        Some(n) if v.name.is_empty() => n.len(),
-        _ if v.name.is_empty() => 0,
-        _ => prost::encoding::string::encoded_len(1, &v.name),
-    };
-    let value_len = |i: usize, v: &pb::IndicatorValue| -> usize {
-        name_len(i, v) + if v.value != 0.0 { 9 } else { 0 } + if v.warm { 2 } else { 0 }
-    };
-    let mut update_len = update.encoded_len();
-    for (i, v) in values.iter().enumerate() {
-        let n = value_len(i, v);
-        update_len += 1 + encoded_len_varint(n as u64) + n;
+    use prost::encoding::{WireType, double, encode_key, encode_varint, int64, string, uint64};
+    let pb::Event {
+        seq,
+        ts_sent_ns,
+        resume_token,
+        history,
+        kind: _,
+    } = event;
+    let pb::IndicatorUpdate {
+        symbol,
+        timeframe,
+        ts_event_ns,
+        ts_recv_ns,
+        price,
+        values,
+        idempotency_key,
+        symbol_seq,
+        ts_route_ns,
+        ts_engine_ns,
+    } = update;
+    // Proto3: a field with its default value is not written (as prost does).
+    fn put_str(tag: u32, v: &String, buf: &mut Vec<u8>) {
+        if !v.is_empty() {
+            string::encode(tag, v, buf);
+        }
     }
-    let head_len = prost::encoding::uint64::encoded_len(1, &seq)
-        + prost::encoding::string::encoded_len(3, token);
-    let total = head_len + 1 + encoded_len_varint(update_len as u64) + update_len;
-    let mut buf = Vec::with_capacity(total);
-    prost::encoding::uint64::encode(1, &seq, &mut buf);
-    prost::encoding::string::encode(3, token, &mut buf);
-    encode_key(10, WireType::LengthDelimited, &mut buf);
-    encode_varint(update_len as u64, &mut buf);
-    update.encode_raw(&mut buf);
-    for (i, v) in values.iter().enumerate() {
-        encode_key(6, WireType::LengthDelimited, &mut buf);
-        encode_varint(value_len(i, v) as u64, &mut buf);
+    fn put_i64(tag: u32, v: &i64, buf: &mut Vec<u8>) {
+        if *v != 0 {
+            int64::encode(tag, v, buf);
+        }
+    }
+    fn put_u64(tag: u32, v: &u64, buf: &mut Vec<u8>) {
+        if *v != 0 {
+            uint64::encode(tag, v, buf);
+        }
+    }
+    // A value's own name if it has one, else its name from `names`.
+    let name = |i: usize, v: &pb::IndicatorValue| -> Option<&[u8]> {
         match names.encoded.get(i) {
-            Some(n) if v.name.is_empty() => buf.extend_from_slice(n),
-            _ if v.name.is_empty() => {}
-            _ => prost::encoding::string::encode(1, &v.name, &mut buf),
+            Some(n) if v.name.is_empty() => Some(n),
+            _ => None,
+        }
+    };
+    let mut update_buf = Vec::with_capacity(96 + values.len() * 32);
+    put_str(1, symbol, &mut update_buf);
+    put_str(2, timeframe, &mut update_buf);
+    put_i64(3, ts_event_ns, &mut update_buf);
+    put_i64(4, ts_recv_ns, &mut update_buf);
+    if *price != 0.0 {
+        double::encode(5, price, &mut update_buf);
+    }
+    let mut value_buf = Vec::with_capacity(48);
+    for (i, v) in values.iter().enumerate() {
+        value_buf.clear();
+        match name(i, v) {
+            Some(n) => value_buf.extend_from_slice(n),
+            None => put_str(1, &v.name, &mut value_buf),
         }
         if v.value != 0.0 {
-            prost::encoding::double::encode(2, &v.value, &mut buf);
+            double::encode(2, &v.value, &mut value_buf);
         }
         if v.warm {
-            prost::encoding::bool::encode(3, &v.warm, &mut buf);
+            prost::encoding::bool::encode(3, &v.warm, &mut value_buf);
         }
+        encode_key(6, WireType::LengthDelimited, &mut update_buf);
+        encode_varint(value_buf.len() as u64, &mut update_buf);
+        update_buf.extend_from_slice(&value_buf);
     }
-    debug_assert_eq!(buf.len(), total);
+    put_str(7, idempotency_key, &mut update_buf);
+    put_u64(8, symbol_seq, &mut update_buf);
+    put_i64(9, ts_route_ns, &mut update_buf);
+    put_i64(10, ts_engine_ns, &mut update_buf);
+    let mut buf = Vec::with_capacity(update_buf.len() + resume_token.len() + 24);
+    put_u64(1, seq, &mut buf);
+    put_i64(2, ts_sent_ns, &mut buf);
+    put_str(3, resume_token, &mut buf);
+    if *history {
+        prost::encoding::bool::encode(4, history, &mut buf);
+    }
+    encode_key(10, WireType::LengthDelimited, &mut buf);
+    encode_varint(update_buf.len() as u64, &mut buf);
+    buf.extend_from_slice(&update_buf);
     buf
 }
 
@@ -201,7 +258,7 @@ impl prost::Message for WireEvent {
     fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
         match self {
             WireEvent::Shared(p, ts) => {
-                buf.put_slice(&p.bytes);
+                buf.put_slice(p.bytes());
                 if *ts != 0 {
                     prost::encoding::int64::encode(TS_SENT_FIELD, ts, buf);
                 }
@@ -230,7 +287,7 @@ impl prost::Message for WireEvent {
     fn encoded_len(&self) -> usize {
         match self {
             WireEvent::Shared(p, ts) => {
-                p.bytes.len()
+                p.bytes().len()
                     + if *ts != 0 {
                         prost::encoding::int64::encoded_len(TS_SENT_FIELD, ts)
                     } else {
@@ -333,14 +390,8 @@ impl Hub {
             kind: Some(kind),
             history: false,
         };
-        // Encoded once here, sent as these bytes to every subscriber.
-        let bytes = prost::Message::encode_to_vec(&event).into();
-        let ev = Arc::new(Published {
-            event,
-            bytes,
-            names: None,
-        });
-        self.push(r, ev);
+        // Encoded once, by the first subscriber task that sends it.
+        self.push(r, Arc::new(Published::new(event, None)));
     }
 
     /// Publishes an indicator update of the engine, whose values come without their names:
@@ -348,27 +399,19 @@ impl Hub {
     /// their encoded form, so no name is copied per update.
     pub fn publish_update(
         &self,
-        mut update: pb::IndicatorUpdate,
+        update: pb::IndicatorUpdate,
         names: Arc<crate::engine::ValueNames>,
     ) {
         let r = lock(&self.retained);
         let seq = r.head + 1;
-        let token = format!("{}:{seq}", self.instance);
-        let values = std::mem::take(&mut update.values);
-        let bytes = encode_named(seq, &token, &update, &values, &names).into();
-        update.values = values;
-        let ev = Arc::new(Published {
-            event: pb::Event {
-                seq,
-                ts_sent_ns: 0,
-                resume_token: token,
-                kind: Some(Kind::Update(update)),
-                history: false,
-            },
-            bytes,
-            names: Some(names),
-        });
-        self.push(r, ev);
+        let event = pb::Event {
+            seq,
+            ts_sent_ns: 0,
+            resume_token: format!("{}:{seq}", self.instance),
+            kind: Some(Kind::Update(update)),
+            history: false,
+        };
+        self.push(r, Arc::new(Published::new(event, Some(names))));
     }
 
     /// Appends `ev`, the event after the last one (`r.head + 1`), to the retained ring and

@@ -284,13 +284,11 @@ async fn floor_server(args: FloorServerArgs) -> anyhow::Result<()> {
                 })),
                 ..Default::default()
             };
-            let bytes = prost::Message::encode_to_vec(&event).into();
+            // Pre-encoded: the subscribers send these bytes.
+            let published = Published::new(event, None);
+            published.bytes();
             // No subscriber yet is not an error: the update has no reader.
-            let _ = tx.send(Arc::new(Published {
-                event,
-                bytes,
-                names: None,
-            }));
+            let _ = tx.send(Arc::new(published));
             i += 1;
         }
         tokio::time::sleep(Duration::from_nanos((due(i) - now).max(0) as u64)).await;
@@ -315,6 +313,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Reads the peak resident set size of a process, in KiB.
 /// Returns the CPU time (user + system) process `pid` has used so far, in ns.
+#[cfg(feature = "kafka")]
 fn cpu_ns(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) in parentheses: utime and stime
