@@ -137,11 +137,27 @@ async fn fails_over_to_the_backup_source_and_back() {
         kafka: k.clone(),
     };
     let health = tick_core::health::Health::new();
-    let task = tokio::spawn(router::run(args, shutdown.clone(), health.clone()));
+    let stats = Arc::new(router::RouterStats::default());
+    let task = tokio::spawn(router::run_with_stats(
+        args,
+        shutdown.clone(),
+        health.clone(),
+        stats.clone(),
+    ));
+    // Ready is not enough: the story's clock starts when the router routes every partition of
+    // ticks.raw (assigned, its de-duplication state rebuilt from ticks.clean, which earlier
+    // tests filled). Before that, ticks wait in ticks.raw and reach the router in a burst, and
+    // the router judges silence by when ticks reach it.
+    let partitions = k.partition_count(topics::RAW).await.unwrap() as u64;
     let ready_by = Instant::now() + Duration::from_secs(60);
-    while !health.is_ready() {
+    while !health.is_ready()
+        || stats.partitions.load(std::sync::atomic::Ordering::Relaxed) < partitions
+    {
         assert!(!task.is_finished(), "router stopped: {:?}", task.await);
-        assert!(Instant::now() < ready_by, "router not ready within 60 s");
+        assert!(
+            Instant::now() < ready_by,
+            "router not routing all {partitions} partitions within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
