@@ -93,6 +93,7 @@ pub async fn run_with_stats(
         window: cfg.rules.dedup_window,
         stats,
         shutdown,
+        rebuilds: Arc::new(tokio::sync::Semaphore::new(rebuilds_at_once())),
     }
     .run(ownership)
     .await
@@ -136,6 +137,14 @@ struct Owned {
     window: Duration,
     stats: Arc<RouterStats>,
     shutdown: CancellationToken,
+    /// Limits the partitions rebuilt at once (see [`rebuilds_at_once`]).
+    rebuilds: Arc<tokio::sync::Semaphore>,
+}
+
+/// Partitions rebuilt at once: one per core (the runtime's threads), and one more to keep a
+/// fetch in flight.
+fn rebuilds_at_once() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
 }
 
 /// The input being decided: its token, and where its bytes are for a dead letter or a hold.
@@ -318,7 +327,14 @@ impl Owned {
             self.window,
             self.shutdown.clone(),
         );
+        let rebuilds = self.rebuilds.clone();
         tokio::spawn(async move {
+            // Rebuilding is bound by decoding on the runtime's threads: more at once would not
+            // finish sooner, each would hold its consumer's buffers longer, and no partition
+            // would resume before all of them.
+            let Ok(_permit) = rebuilds.acquire_owned().await else {
+                return;
+            };
             let started = std::time::Instant::now();
             let mut router = Router::new(config);
             let since_ms = clock::now_ns() / 1_000_000 - window.as_millis() as i64;

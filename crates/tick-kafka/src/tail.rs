@@ -161,6 +161,15 @@ pub async fn read_partition(
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("fetch.wait.max.ms", "10"),
+            // A router rebuilds several partitions at once, each with a consumer of its own:
+            // librdkafka's default prefetch (64 MiB per consumer) made a restart over a full
+            // ticks.clean cost hundreds of MiB of RSS that the allocator keeps (593 MiB after a
+            // benchmark). A small queue is enough when the fetcher does not back off for
+            // librdkafka's default second whenever the queue is full: 5 ms here read 12.6
+            // million ticks in 14.9 s (846,000/s), against 158,000/s with the default backoff.
+            ("queued.max.messages.kbytes", "1024"),
+            ("queued.min.messages", "10000"),
+            ("fetch.queue.backoff.ms", "5"),
         ])?
         .create()
         .context("failed to create the rebuild consumer")?;
