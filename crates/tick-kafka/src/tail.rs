@@ -235,5 +235,9 @@ pub async fn read_partition(
         if m.offset() + 1 >= end {
             return Ok(n);
         }
+        // A queue that is never empty makes `recv` ready at once, every time: without this,
+        // a rebuild would keep its runtime thread for seconds, and the partitions already
+        // routing (and anything else on the runtime) would wait behind it.
+        tokio::task::coop::consume_budget().await;
     }
 }
