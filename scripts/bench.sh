@@ -216,14 +216,16 @@ router = subprocess.Popen(
     stdout=subprocess.DEVNULL, stderr=open(os.path.join(log_dir, f"{run}-router.log"), "w"), env=env)
 ingest = None
 try:
-    # The router rebuilds its partitions from the last 15 minutes of ticks.clean first.
+    # The router rebuilds its partitions from the last 15 minutes of ticks.clean first (it is
+    # the group's only member: it owns every partition of ticks.raw).
+    partitions = int(os.environ.get("TICKFLOW_TOPIC_PARTITIONS", "12"))
     started = time.time()
-    while (metric(rport, "tickflow_router_partitions_owned") or 0) < 12:
+    while (metric(rport, "tickflow_router_partitions_owned") or 0) < partitions:
         if router.poll() is not None or time.time() > started + 900:
-            sys.exit("the router did not own its partitions within 900 s; see " + log_dir)
+            sys.exit(f"the router did not own its {partitions} partitions within 900 s; see {log_dir}")
         time.sleep(0.5)
     rebuild_s = time.time() - started
-    print(f"router owns its 12 partitions after {rebuild_s:.1f} s (rebuilt from ticks.clean)", file=sys.stderr)
+    print(f"router owns its {partitions} partitions after {rebuild_s:.1f} s (rebuilt from ticks.clean)", file=sys.stderr)
     time.sleep(2)
     ingest = subprocess.Popen(
         [f"{target}/release/ingest", "--metrics-addr", f"127.0.0.1:{iport}", "--rate", str(rate),
@@ -247,7 +249,7 @@ try:
         time.sleep(30 - (time.time() - t0) % 30)
     # Let the router drain what the feed sent last.
     time.sleep(5)
-    rss, hwm, cpu = proc(router.pid)
+    rss, hwm, _ = proc(router.pid)
     routed = int(metric(rport, "tickflow_router_ticks_total", 'outcome="clean"') or 0)
     # CPU per tick in the steady state: from the first sample past one minute to the last one
     # taken while the feed ran.
