@@ -121,10 +121,15 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(|e| {
             StoreError::Unavailable(Cause::new(format!("open {}", path.display()), e))
         })?;
-        // WAL lets readers (sqlite3, the replayer) query while we write; FULL sync makes a
-        // committed batch survive a power cut, not only a crash.
+        // - WAL lets readers (sqlite3, the replayer) query while we write; FULL sync makes a
+        //   committed batch survive a power cut, not only a crash.
+        // - A 16 MiB page cache (SQLite's default is 2 MiB) and a checkpoint every 16,384 WAL
+        //   pages (64 MiB; the default is 1,000) instead of re-reading B-tree pages from the OS
+        //   and copying them back on every checkpoint: at 100,000 ticks/s `tickflow run` stored
+        //   about 35 % more rows per second with both, with less system time (BENCHMARKS.md).
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;
+             PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 16384;",
         )
         .map_err(db_err)?;
         Ok(Self {
