@@ -18,7 +18,10 @@
 //! The distributed scenario also measures, in the same run and at the same rate, the floor: a
 //! bare produce -> consume -> produce -> consume relay over two Kafka topics with the same
 //! client settings (tickflow's Kafka producer and consumer), and reports the pipeline's
-//! percentiles as ratios to it.
+//! percentiles as ratios to it. The pipeline and the floor take turns going first, so neither
+//! always meets the broker in the state the other left it in (on a broker started minutes
+//! before, both were several times slower than on one up for a quarter of an hour:
+//! BENCHMARKS.md).
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};

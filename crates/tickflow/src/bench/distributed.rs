@@ -218,8 +218,15 @@ pub(super) async fn distributed(d: DistributedArgs) -> anyhow::Result<()> {
                 runs.push(f);
                 continue;
             }
-            let r = distributed_run(&d, rate, &dir).await?;
-            let f = floor_run(&d, rate).await?;
+            // The pipeline and the floor take turns going first, so neither always meets the
+            // broker in the state the other left it in.
+            let (r, f) = if rep % 2 == 0 {
+                let r = distributed_run(&d, rate, &dir).await?;
+                (r, floor_run(&d, rate).await?)
+            } else {
+                let f = floor_run(&d, rate).await?;
+                (distributed_run(&d, rate, &dir).await?, f)
+            };
             eprintln!(
                 "distributed {rate}/s run {}: received {}/{} p50 {} p99 {} p99.9 {} (floor p50 {} p99 {}) sustained {} rss {} MiB; logs in {}",
                 rep + 1,
