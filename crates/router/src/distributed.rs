@@ -82,7 +82,6 @@ pub async fn run_with_stats(
         .kafka
         .owned(&cfg.group, &cfg.input_topic, REVOKE_WAIT, shutdown.clone())
         .context("failed to create the consumer and producer")?;
-    health.set_ready(true);
     Owned {
         consumer,
         producer,
@@ -94,6 +93,7 @@ pub async fn run_with_stats(
         stats,
         shutdown,
         rebuilds: Arc::new(tokio::sync::Semaphore::new(rebuilds_at_once())),
+        health,
     }
     .run(ownership)
     .await
@@ -139,6 +139,9 @@ struct Owned {
     shutdown: CancellationToken,
     /// Limits the partitions rebuilt at once (see [`rebuilds_at_once`]).
     rebuilds: Arc<tokio::sync::Semaphore>,
+    /// Ready once the member has joined its group and rebuilt every partition of its first
+    /// assignment (see [`Owned::check_ready`]).
+    health: Arc<Health>,
 }
 
 /// Partitions rebuilt at once: one per core (the runtime's threads), and one more to keep a
@@ -162,6 +165,8 @@ impl Owned {
         let ledgers = self.producer.ledgers().clone();
         let mut parts: HashMap<i32, Slot> = HashMap::new();
         let mut generation = 0u64;
+        // Whether the group has given this member its first assignment (maybe empty).
+        let mut joined = false;
         let (rebuilt_tx, mut rebuilt) = mpsc::unbounded_channel::<Rebuilt>();
         let mut timer = tokio::time::interval(Duration::from_millis(100));
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -179,11 +184,13 @@ impl Owned {
                 }
                 Some(change) = ownership.recv() => match change {
                     Ownership::Assigned(ps) => {
+                        joined = true;
                         for p in ps {
                             generation += 1;
                             parts.insert(p, Slot::Rebuilding { generation, early: Vec::new() });
                             self.spawn_rebuild(p, generation, rebuilt_tx.clone());
                         }
+                        self.check_ready(joined, &parts);
                     }
                     Ownership::Revoked(ps) => {
                         // The ledgers were closed and the finished offsets committed in the
@@ -192,6 +199,7 @@ impl Owned {
                             parts.remove(&p);
                         }
                         self.count_owned(&parts);
+                        self.check_ready(joined, &parts);
                     }
                 },
                 Some((p, g, result)) = rebuilt.recv() => {
@@ -215,6 +223,7 @@ impl Owned {
                     parts.insert(p, Slot::Ready(Box::new(part)));
                     self.count_owned(&parts);
                     self.consumer.resume(p)?;
+                    self.check_ready(joined, &parts);
                 }
                 _ = timer.tick() => {
                     let now = clock::now_ns();
@@ -263,6 +272,24 @@ impl Owned {
         }
         self.consumer.commit().await?;
         Ok(())
+    }
+
+    /// Marks the router ready once it has joined its group and no partition it owns is being
+    /// rebuilt: before that, the ticks of its partitions wait in the input topic, so a rolling
+    /// update that took readiness for routing would stop the old member too early. Readiness
+    /// then stays: a later rebalance's rebuild is part of normal work, and flapping readiness
+    /// on every rebalance would only stall rollouts.
+    fn check_ready(&self, joined: bool, parts: &HashMap<i32, Slot>) {
+        if joined
+            && !self.health.is_ready()
+            && !parts.values().any(|s| matches!(s, Slot::Rebuilding { .. }))
+        {
+            tracing::info!(
+                partitions = parts.len(),
+                "ready: every assigned partition is rebuilt"
+            );
+            self.health.set_ready(true);
+        }
     }
 
     fn count_owned(&self, parts: &HashMap<i32, Slot>) {

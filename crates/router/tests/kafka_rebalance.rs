@@ -327,3 +327,52 @@ async fn an_output_topic_with_fewer_partitions_is_refused() {
         "refused for the reason: {msg}"
     );
 }
+
+/// Readiness means routing: a router turns ready only once its group has assigned it its
+/// partitions and it has rebuilt every one of them from the output topic (here filled with
+/// earlier ticks first), and a member the group gives no partition turns ready once it has
+/// joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_is_ready_once_its_partitions_are_rebuilt() {
+    let Some(brokers) = tick_core::testenv::service("KAFKA_BROKERS") else {
+        return;
+    };
+    let k = kafka(brokers);
+    k.ensure_topics().await.unwrap();
+    let tag = format!("rdy{}", clock::now_ns());
+    let (raw, clean) = (format!("{tag}.raw"), format!("{tag}.clean"));
+    for t in [&raw, &clean] {
+        k.create_topic(t, 12).await.unwrap();
+    }
+    let earlier: Vec<Tick> = (0..50).flat_map(|r| round_of(&tag, r)).collect();
+    let producer = k.producer(true).unwrap();
+    publish(&producer, &clean, &earlier).await;
+
+    let group = format!("router-ready-test-{}", clock::now_ns());
+    let first = start(&k, &group, &raw, &clean).await;
+    assert_eq!(
+        first.owned(),
+        12,
+        "ready before every partition was rebuilt: {:?}",
+        first.stats
+    );
+
+    // A second group on single-partition topics: its second member owns nothing.
+    let (raw1, clean1) = (format!("{tag}.raw1"), format!("{tag}.clean1"));
+    for t in [&raw1, &clean1] {
+        k.create_topic(t, 1).await.unwrap();
+    }
+    let group1 = format!("{group}-1");
+    let a = start(&k, &group1, &raw1, &clean1).await;
+    assert_eq!(a.owned(), 1);
+    let b = start(&k, &group1, &raw1, &clean1).await;
+    assert_eq!(a.owned() + b.owned(), 1, "one partition, one owner");
+
+    for i in [first, a, b] {
+        i.stop.cancel();
+        i.task.await.unwrap().unwrap();
+    }
+    k.delete_topics(&[&raw, &clean, &raw1, &clean1])
+        .await
+        .unwrap();
+}

@@ -35,7 +35,9 @@ const _: () = assert!(usize::BITS == 64, "delivery tokens are packed into 64 bit
 /// A change of the partitions this member owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
-    /// Partitions gained; they stay paused until [`OwnedConsumer::resume`].
+    /// Partitions gained; they stay paused until [`OwnedConsumer::resume`]. Empty when a
+    /// rebalance gave this member nothing (as when it joins a group that has no partition to
+    /// spare).
     Assigned(Vec<i32>),
     /// Partitions lost; their outputs were confirmed and their offsets committed first (as far
     /// as the outputs were confirmed within the revocation wait).
@@ -371,15 +373,16 @@ impl ConsumerContext for OwnerContext {
             return;
         };
         let parts = self.ours(tpl);
-        if parts.is_empty() {
-            return;
+        // An empty assignment is reported too: it tells the stage it has joined the group
+        // (a member of a group with more members than partitions may never own one).
+        if !parts.is_empty() {
+            // Paused before the first fetch returns anything: nothing of these partitions is
+            // read until the stage has rebuilt their state and resumes them.
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::error!(error = %e, ?parts, "failed to pause assigned partitions");
+            }
+            tracing::info!(?parts, "partitions assigned");
         }
-        // Paused before the first fetch returns anything: nothing of these partitions is read
-        // until the stage has rebuilt their state and resumes them.
-        if let Err(e) = consumer.pause(tpl) {
-            tracing::error!(error = %e, ?parts, "failed to pause assigned partitions");
-        }
-        tracing::info!(?parts, "partitions assigned");
         let _ = self.events.send(Ownership::Assigned(parts));
     }
 }

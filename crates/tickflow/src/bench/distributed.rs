@@ -277,10 +277,12 @@ fn terminate(child: &mut Child) {
     }
 }
 
-/// Waits until `GET /readyz` on `port` answers 200.
+/// Waits until `GET /readyz` on `port` answers 200. Up to 600 s: a router is ready only once it
+/// has rebuilt its partitions from the last `--dedup-window` of `ticks.clean`, which earlier
+/// runs at high rates can have filled with tens of millions of ticks.
 async fn wait_ready(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if let Some(s) = child.try_wait()? {
             bail!("{what} exited early: {s}");
@@ -296,7 +298,7 @@ async fn wait_ready(port: u16, child: &mut Child, what: &str) -> anyhow::Result<
             }
         }
         if Instant::now() > deadline {
-            bail!("{what} not ready after 120 s");
+            bail!("{what} not ready after 600 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
