@@ -13,11 +13,15 @@ pub struct InstrumentRule {
     pub max_spread: Option<i64>,
 }
 
+/// foldhash, not SipHash: the maps are filled from configuration only, and a tick's symbol
+/// is only looked up (an unknown one is rejected, never inserted), on every tick.
+type Fast = foldhash::fast::RandomState;
+
 /// Aliases and instruments.
 #[derive(Debug, Clone, Default)]
 pub struct SymbolMap {
-    aliases: HashMap<String, String>,
-    instruments: HashMap<String, InstrumentRule>,
+    aliases: HashMap<String, String, Fast>,
+    instruments: HashMap<String, InstrumentRule, Fast>,
 }
 
 /// Why a symbol map entry could not be parsed.

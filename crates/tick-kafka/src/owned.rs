@@ -11,11 +11,13 @@
 //! owner that flushes before it lets go leaves nothing in flight that the new owner could miss.
 
 use crate::KafkaArgs;
+use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, MessageStream, Rebalance,
+    StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Message};
@@ -416,15 +418,23 @@ impl Incoming<'_> {
     }
 }
 
-impl OwnedConsumer {
+/// The messages of an [`OwnedConsumer`], for a stage that takes them in batches: wait for one
+/// with [`Messages::recv`], then take those already fetched with [`Messages::try_recv`] (a
+/// fetch response brings many), so a batch costs one wake-up and one pass of the stage's loop.
+pub struct Messages<'a> {
+    stream: MessageStream<'a, OwnerContext>,
+    shutdown: &'a CancellationToken,
+}
+
+impl<'a> Messages<'a> {
     /// Returns the next message, or `None` once shutdown is requested. Rebalance callbacks run
-    /// while this is awaited.
-    pub async fn recv(&self) -> Option<Incoming<'_>> {
+    /// while this is awaited. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Incoming<'a>> {
         loop {
             let m = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return None,
-                m = self.inner.recv() => m,
+                m = self.stream.next() => m.expect("kafka streams never end"),
             };
             match m {
                 Ok(m) => return Some(Incoming(m)),
@@ -434,6 +444,31 @@ impl OwnedConsumer {
                 }
             }
         }
+    }
+
+    /// Returns a message already fetched, without waiting: `None` when there is none (or an
+    /// error, which the next [`Messages::recv`] reports).
+    pub fn try_recv(&mut self) -> Option<Incoming<'a>> {
+        match self.stream.next().now_or_never()? {
+            Some(Ok(m)) => Some(Incoming(m)),
+            _ => None,
+        }
+    }
+}
+
+impl OwnedConsumer {
+    /// Returns the consumer's messages (one such view at a time is enough; several share them).
+    pub fn messages(&self) -> Messages<'_> {
+        Messages {
+            stream: self.inner.stream(),
+            shutdown: &self.shutdown,
+        }
+    }
+
+    /// Returns the next message, or `None` once shutdown is requested (one message at a time:
+    /// see [`OwnedConsumer::messages`] for batches).
+    pub async fn recv(&self) -> Option<Incoming<'_>> {
+        self.messages().recv().await
     }
 
     /// Resumes fetching `partition` (after its state is rebuilt).
