@@ -20,11 +20,11 @@
 #   distributed tickflow bench distributed: the same through ingest, router, indicators and
 #               persister on the local Kafka/PostgreSQL, next to the bare two-hop Kafka floor;
 #               writes target/bench/distributed.json (starts the services if KAFKA_BROKERS is unset)
-#   router-soak the router binary alone for a long run: `ingest` (simulated feed, 100 symbols)
-#               -> ticks.raw -> router -> ticks.clean at SOAK_RATE ticks/s (default 20000) for
-#               SOAK_DURATION seconds (default 900); the router's RSS and CPU time sampled from
-#               /proc every 30 s, its routed count from /metrics; writes
-#               target/bench/router-soak.json
+#   router-soak `tickflow bench router-soak`: the router binary alone for a long run: `ingest`
+#               (simulated feed, 100 symbols) -> ticks.raw -> router -> ticks.clean at SOAK_RATE
+#               ticks/s (default 20000) for SOAK_DURATION seconds (default 900); the router's RSS
+#               and CPU time sampled from /proc every 30 s, its routed count from /metrics;
+#               writes target/bench/router-soak.json
 #
 # Extra arguments go to the benchmark binary, e.g. a criterion filter:
 #   scripts/bench.sh indicators peer/
@@ -168,114 +168,9 @@ case "$scenario" in
         if [[ -z "${KAFKA_BROKERS:-}" ]]; then
             eval "$(scripts/services.sh up)"
         fi
-        cargo build --release -p router -p ingest
-        mkdir -p "$TARGET/bench"
-        python3 - "$TARGET" "${SOAK_RATE:-20000}" "${SOAK_DURATION:-900}" "$@" <<'PY'
-import json, os, platform, re, socket, subprocess, sys, time, urllib.request
-
-target, rate, duration, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-brokers = os.environ.get("TICKFLOW_KAFKA_BROKERS") or os.environ["KAFKA_BROKERS"]
-names = ",".join(f"SYM{i:03}" for i in range(100))
-instruments = ",".join(f"SYM{i:03}:5" for i in range(100))
-run = f"soak-{time.time_ns()}"
-log_dir = os.path.join(target, "bench", "router-soak-logs")
-os.makedirs(log_dir, exist_ok=True)
-
-def port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-def metric(port, name, labels=""):
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    except OSError:
-        return None
-    total = None
-    for line in text.splitlines():
-        if line.startswith(name) and labels in line:
-            total = (total or 0) + float(line.rsplit(" ", 1)[1])
-    return total
-
-def proc(pid):
-    status = open(f"/proc/{pid}/status").read()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) // 1024
-    hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) // 1024
-    stat = open(f"/proc/{pid}/stat").read()
-    f = stat[stat.rfind(")") + 2:].split()
-    cpu = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    return rss, hwm, cpu
-
-common = ["--kafka-brokers", brokers] + extra
-rport, iport = port(), port()
-env = dict(os.environ, TICKFLOW_LOG_FORMAT="text", RUST_LOG="info")
-# A group of its own that starts at the end of ticks.raw: only this run's ticks are routed.
-router = subprocess.Popen(
-    [f"{target}/release/router", "--metrics-addr", f"127.0.0.1:{rport}", "--group", f"{run}-router",
-     "--instrument", instruments, "--kafka-property", "auto.offset.reset=latest"] + common,
-    stdout=subprocess.DEVNULL, stderr=open(os.path.join(log_dir, f"{run}-router.log"), "w"), env=env)
-ingest = None
-try:
-    # The router rebuilds its partitions from the last 15 minutes of ticks.clean first (it is
-    # the group's only member: it owns every partition of ticks.raw).
-    partitions = int(os.environ.get("TICKFLOW_TOPIC_PARTITIONS", "12"))
-    started = time.time()
-    while (metric(rport, "tickflow_router_partitions_owned") or 0) < partitions:
-        if router.poll() is not None or time.time() > started + 900:
-            sys.exit(f"the router did not own its {partitions} partitions within 900 s; see {log_dir}")
-        time.sleep(0.5)
-    rebuild_s = time.time() - started
-    print(f"router owns its {partitions} partitions after {rebuild_s:.1f} s (rebuilt from ticks.clean)", file=sys.stderr)
-    time.sleep(2)
-    ingest = subprocess.Popen(
-        [f"{target}/release/ingest", "--metrics-addr", f"127.0.0.1:{iport}", "--rate", str(rate),
-         "--symbols", names, "--duration", f"{duration}s"] + common,
-        stdout=subprocess.DEVNULL, stderr=open(os.path.join(log_dir, f"{run}-ingest.log"), "w"), env=env)
-    t0 = time.time()
-    samples = []
-    print(f"router soak: {rate} ticks/s over 100 symbols for {duration} s; router pid {router.pid}", file=sys.stderr)
-    print("| t (s) | RSS MiB | peak RSS MiB | CPU s | routed | behind the feed |", file=sys.stderr)
-    print("|---:|---:|---:|---:|---:|---:|", file=sys.stderr)
-    while True:
-        done = ingest.poll() is not None
-        t = time.time() - t0
-        rss, hwm, cpu = proc(router.pid)
-        routed = metric(rport, "tickflow_router_ticks_total", 'outcome="clean"') or 0
-        sent = min(t, duration) * rate
-        samples.append({"t": round(t, 1), "rss_mib": rss, "peak_rss_mib": hwm, "cpu_s": cpu, "routed": int(routed)})
-        print(f"| {t:.0f} | {rss} | {hwm} | {cpu:.1f} | {int(routed)} | {max(0, sent - routed):.0f} |", file=sys.stderr)
-        if done:
-            break
-        time.sleep(30 - (time.time() - t0) % 30)
-    # Let the router drain what the feed sent last.
-    time.sleep(5)
-    rss, hwm, _ = proc(router.pid)
-    routed = int(metric(rport, "tickflow_router_ticks_total", 'outcome="clean"') or 0)
-    # CPU per tick in the steady state: from the first sample past one minute to the last one
-    # taken while the feed ran.
-    steady = [s for s in samples if s["t"] >= 60]
-    a, b = (steady[0], steady[-2]) if len(steady) >= 3 else (samples[0], samples[-1])
-    cpu_per_tick_us = (b["cpu_s"] - a["cpu_s"]) / max(1, b["routed"] - a["routed"]) * 1e6
-    model = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name")), platform.processor())
-    report = {"scenario": "router-soak", "rate": rate, "duration_s": duration, "symbols": 100,
-              "machine": model, "rss_end_mib": rss, "peak_rss_mib": hwm, "routed": routed,
-              "expected": rate * duration, "cpu_per_tick_us": round(cpu_per_tick_us, 2),
-              "rebuild_s": round(rebuild_s, 1),
-              "samples": samples}
-    with open(os.path.join(target, "bench", "router-soak.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"router after {duration} s at {rate} ticks/s: RSS {rss} MiB (peak {hwm} MiB), routed "
-          f"{routed} of {rate * duration} sent, CPU {cpu_per_tick_us:.1f} us per tick "
-          f"(from {a['t']:.0f} s to {b['t']:.0f} s); machine: {model}", file=sys.stderr)
-finally:
-    for p in (ingest, router):
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-PY
+        cargo build --release --workspace --bins --all-features
+        "$TARGET/release/tickflow" bench router-soak --rate "${SOAK_RATE:-20000}" \
+            --duration "${SOAK_DURATION:-900}s" --out "$TARGET/bench" "$@"
         ;;
     kafka-sweep)
         # The two-hop Kafka floor (tickflow's producer and consumer, relayed over two topics)

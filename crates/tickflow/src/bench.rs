@@ -38,6 +38,8 @@ use tokio::time::Instant;
 
 #[cfg(feature = "kafka")]
 mod distributed;
+#[cfg(feature = "kafka")]
+mod router_soak;
 
 /// Options of `tickflow bench`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +58,10 @@ pub enum Scenario {
     /// two-hop Kafka floor (built with the `kafka` feature).
     #[cfg(feature = "kafka")]
     Distributed(distributed::DistributedArgs),
+    /// The router binary alone for a long run (ingest -> Kafka -> router -> Kafka): its RSS
+    /// and CPU per tick over time (built with the `kafka` feature).
+    #[cfg(feature = "kafka")]
+    RouterSoak(router_soak::RouterSoakArgs),
     /// The embedded scenario's floor, run as a child process: a bare tonic server streaming
     /// pre-encoded updates of the pipeline's size on the same schedule.
     #[command(hide = true)]
@@ -183,9 +189,9 @@ impl RunResult {
     }
 }
 
-/// Reads the spike filter's counters from a router's Prometheus endpoint on `port`.
+/// Returns the Prometheus text a process serves on `port` (`GET /metrics`).
 #[cfg(feature = "kafka")]
-async fn held_from_metrics(port: u16) -> Option<(u64, u64)> {
+async fn metrics_text(port: u16) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -195,16 +201,27 @@ async fn held_from_metrics(port: u16) -> Option<(u64, u64)> {
         .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).await.ok()?;
-    let value = |prefix: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
+    Some(text)
+}
+
+/// Sums the samples of Prometheus `text` whose line starts with `prefix` (a metric name and,
+/// to pick some of its series, the start of their labels).
+#[cfg(feature = "kafka")]
+fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Reads the spike filter's counters from a router's Prometheus endpoint on `port`.
+#[cfg(feature = "kafka")]
+async fn held_from_metrics(port: u16) -> Option<(u64, u64)> {
+    let text = metrics_text(port).await?;
     // A held tick is counted again when it is settled (clean or rejected).
-    let held = value("tickflow_router_ticks_total{outcome=\"held\"}");
+    let held = metric_sum(&text, "tickflow_router_ticks_total{outcome=\"held\"}");
     Some((
-        value("tickflow_router_ticks_total{").saturating_sub(held),
+        metric_sum(&text, "tickflow_router_ticks_total{").saturating_sub(held),
         held,
     ))
 }
@@ -215,6 +232,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Embedded(load) => embedded(load).await,
         #[cfg(feature = "kafka")]
         Scenario::Distributed(d) => distributed::distributed(d).await,
+        #[cfg(feature = "kafka")]
+        Scenario::RouterSoak(a) => router_soak::router_soak(a).await,
         Scenario::FloorServer(f) => floor_server(f).await,
     }
 }
@@ -314,7 +333,6 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Reads the peak resident set size of a process, in KiB.
 /// Returns the CPU time (user + system) process `pid` has used so far, in ns.
 #[cfg(feature = "kafka")]
 fn cpu_ns(pid: u32) -> Option<u64> {
@@ -336,11 +354,17 @@ fn cpu_ns(pid: u32) -> Option<u64> {
     Some(ticks * 1_000_000_000 / hz.max(1))
 }
 
+/// Reads the peak resident set size of a process, in KiB.
 fn peak_rss_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmHWM")
+}
+
+/// Reads a size field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 

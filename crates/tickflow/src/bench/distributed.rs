@@ -254,7 +254,7 @@ pub(super) async fn distributed(d: DistributedArgs) -> anyhow::Result<()> {
     report(scenario, &d.load, &rows)
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.with_file_name(name);
     if !p.exists() {
@@ -267,7 +267,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-fn terminate(child: &mut Child) {
+pub(super) fn terminate(child: &mut Child) {
     if matches!(child.try_wait(), Ok(None)) {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -280,7 +280,7 @@ fn terminate(child: &mut Child) {
 /// Waits until `GET /readyz` on `port` answers 200. Up to 600 s: a router is ready only once it
 /// has rebuilt its partitions from the last `--dedup-window` of `ticks.clean`, which earlier
 /// runs at high rates can have filled with tens of millions of ticks.
-async fn wait_ready(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
+pub(super) async fn wait_ready(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
