@@ -35,6 +35,9 @@ use pb::event::Kind;
 /// How many consumed ticks may await confirmation of their signals at once.
 const MAX_IN_FLIGHT: usize = 10_000;
 
+/// Ticks handled per pass of the stage's loop at most, when that many are already there.
+const BATCH: usize = 256;
+
 /// Counters and latency of the indicators stage.
 #[derive(Default)]
 pub struct IndicatorStats {
@@ -143,6 +146,53 @@ fn record_hops(ts_recv: i64, ts_route: i64, taken: i64, published: i64) {
         .record(s(published - taken));
 }
 
+/// Feeds one tick of `ticks.clean` to the engine and publishes what it caused; the input is
+/// acknowledged once the bus has confirmed those outputs (`in_flight`).
+async fn on_delivery(
+    delivery: tick_core::bus::Delivery,
+    engine: &mut Engine,
+    publisher: &Publisher,
+    in_flight: &mut InFlight,
+) -> anyhow::Result<()> {
+    let stats = &publisher.stats;
+    stats.received.fetch_add(1, Ordering::Relaxed);
+    let tick = match Tick::decode(&delivery.payload) {
+        Ok(t) => t,
+        Err(e) => {
+            // The router only publishes valid ticks: this is a foreign writer.
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, topic = %delivery.topic, "skipping a payload that is not a tick");
+            in_flight.push(delivery.id, vec![]);
+            return Ok(());
+        }
+    };
+    let taken = clock::now_ns();
+    let (ts_recv, ts_route) = (tick.ts_recv_ns, tick.route.ts_route_ns);
+    let mut updates = engine.on_tick(tick);
+    for u in updates
+        .update
+        .iter_mut()
+        .chain(updates.bar_updates.iter_mut())
+    {
+        u.ts_engine_ns = taken;
+    }
+    let receipts = publisher
+        .publish(
+            updates.bars,
+            updates.bar_updates.into_iter().chain(updates.update),
+            updates.signals,
+        )
+        .await?;
+    let published = clock::now_ns();
+    let latency = published.saturating_sub(ts_recv);
+    stats.latency.record(latency);
+    metrics::counter!("tickflow_indicators_ticks_total").increment(1);
+    metrics::histogram!("tickflow_indicators_tick_to_update_seconds").record(latency as f64 / 1e9);
+    record_hops(ts_recv, ts_route, taken, published);
+    in_flight.push(delivery.id, receipts);
+    Ok(())
+}
+
 /// Processes every tick of `consumer` until its stream ends; answers snapshot queries from the
 /// gRPC service meanwhile; closes the hub (ending subscriber streams) when done.
 pub async fn run_indicators(
@@ -178,6 +228,11 @@ pub async fn run_indicators(
                 Some((id, result)) = in_flight.next(), if !in_flight.is_empty() => {
                     result?;
                     consumer.ack(id)?;
+                    // And the inputs after it that are finished too, in this same pass.
+                    while let Some((id, result)) = in_flight.try_next() {
+                        result?;
+                        consumer.ack(id)?;
+                    }
                 }
                 Some((symbol, reply)) = queries.recv() => {
                     let _ = reply.send(engine.snapshot(&symbol));
@@ -201,33 +256,15 @@ pub async fn run_indicators(
                 }
                 next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                     let Some(delivery) = next? else { break };
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                    let tick = match Tick::decode(&delivery.payload) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            // The router only publishes valid ticks: this is a foreign writer.
-                            stats.malformed.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, topic = %delivery.topic, "skipping a payload that is not a tick");
-                            in_flight.push(delivery.id, vec![]);
-                            continue;
+                    on_delivery(delivery, &mut engine, &publisher, &mut in_flight).await?;
+                    // Then what else is already there, up to a batch, in this same pass.
+                    for _ in 1..BATCH {
+                        if in_flight.len() >= MAX_IN_FLIGHT {
+                            break;
                         }
-                    };
-                    let taken = clock::now_ns();
-                    let (ts_recv, ts_route) = (tick.ts_recv_ns, tick.route.ts_route_ns);
-                    let mut updates = engine.on_tick(tick);
-                    for u in updates.update.iter_mut().chain(updates.bar_updates.iter_mut()) {
-                        u.ts_engine_ns = taken;
+                        let Some(delivery) = consumer.try_recv()? else { break };
+                        on_delivery(delivery, &mut engine, &publisher, &mut in_flight).await?;
                     }
-                    let receipts = publisher
-                        .publish(updates.bars, updates.bar_updates.into_iter().chain(updates.update), updates.signals)
-                        .await?;
-                    let published = clock::now_ns();
-                    let latency = published.saturating_sub(ts_recv);
-                    stats.latency.record(latency);
-                    metrics::counter!("tickflow_indicators_ticks_total").increment(1);
-                    metrics::histogram!("tickflow_indicators_tick_to_update_seconds").record(latency as f64 / 1e9);
-                    record_hops(ts_recv, ts_route, taken, published);
-                    in_flight.push(delivery.id, receipts);
                 }
             }
         }

@@ -78,6 +78,14 @@ pub trait Consumer: Send {
     /// shutdown was requested).
     async fn recv(&mut self) -> Result<Option<Delivery>, BusError>;
 
+    /// Returns a message already fetched, without waiting: `None` when none is ready (or the
+    /// bus cannot tell without waiting). A stage calls it after [`Consumer::recv`] to take
+    /// what else is there in the same pass: one wake-up per batch under load, while a message
+    /// that arrives alone is still handled the moment it arrives.
+    fn try_recv(&mut self) -> Result<Option<Delivery>, BusError> {
+        Ok(None)
+    }
+
     /// Marks a message and everything before it in its partition as done. Call it only after
     /// the work the message caused is durably finished.
     fn ack(&mut self, id: DeliveryId) -> Result<(), BusError>;
@@ -204,6 +212,16 @@ impl InFlight {
     /// nothing is in flight (use it in `select!` guarded by [`InFlight::is_empty`]).
     pub async fn next(&mut self) -> Option<(DeliveryId, Result<(), BusError>)> {
         self.queue.next().await
+    }
+
+    /// Returns the next input whose outputs all resolved if it is ready now, without waiting
+    /// (to acknowledge a run of finished inputs in one pass).
+    pub fn try_next(&mut self) -> Option<(DeliveryId, Result<(), BusError>)> {
+        use futures::FutureExt as _;
+        if self.queue.is_empty() {
+            return None;
+        }
+        self.queue.next().now_or_never().flatten()
     }
 
     /// Returns how many inputs are unconfirmed.
@@ -478,6 +496,10 @@ impl Consumer for MemoryConsumer {
         }
     }
 
+    fn try_recv(&mut self) -> Result<Option<Delivery>, BusError> {
+        Ok(self.rx.try_recv().ok())
+    }
+
     fn ack(&mut self, id: DeliveryId) -> Result<(), BusError> {
         self.acked.fetch_max(id.offset, Ordering::Relaxed);
         if let Some(c) = &self.confirms {
@@ -572,6 +594,58 @@ mod tests {
         }
         assert_eq!(a.acked(), 2);
         assert_eq!(bus.published(), 3);
+    }
+
+    /// A batch: `recv` waits for the first message, `try_recv` takes those already queued
+    /// without waiting and says when there are none; `InFlight::try_next` hands out finished
+    /// inputs in input order and stops at the first unfinished one.
+    #[tokio::test]
+    async fn batches_take_what_is_ready_without_waiting() {
+        let bus = MemoryBus::new();
+        let mut c = bus.subscribe(topics::CLEAN, 8);
+        let p = bus.producer();
+        assert!(c.try_recv().unwrap().is_none(), "nothing queued yet");
+        for i in 0..3u8 {
+            p.send(topics::CLEAN, b"EURUSD", vec![i])
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let first = c.recv().await.unwrap().unwrap();
+        let mut batch = vec![first.payload[0]];
+        while let Some(d) = c.try_recv().unwrap() {
+            batch.push(d.payload[0]);
+        }
+        assert_eq!(batch, vec![0, 1, 2]);
+        assert!(c.try_recv().unwrap().is_none());
+
+        let mut f = InFlight::default();
+        let id = |offset| DeliveryId {
+            partition: 0,
+            offset,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        f.push(id(0), vec![]);
+        f.push(
+            id(1),
+            vec![Box::pin(
+                async move { rx.await.map_err(|_| BusError::Closed) },
+            )],
+        );
+        f.push(id(2), vec![]);
+        assert_eq!(
+            f.try_next().map(|(i, r)| (i, r.is_ok())),
+            Some((id(0), true))
+        );
+        assert!(
+            f.try_next().is_none(),
+            "1 waits for its receipt, and 2 behind it"
+        );
+        tx.send(()).unwrap();
+        assert_eq!(f.try_next().map(|(i, _)| i), Some(id(1)));
+        assert_eq!(f.try_next().map(|(i, _)| i), Some(id(2)));
+        assert!(f.try_next().is_none() && f.is_empty());
     }
 
     #[tokio::test]

@@ -364,6 +364,18 @@ impl KafkaConsumer {
     pub fn raw(&self) -> Arc<StreamConsumer> {
         self.inner.clone()
     }
+
+    fn delivery(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
+        Delivery {
+            topic: self.topic.clone(),
+            id: DeliveryId {
+                partition: m.partition(),
+                offset: m.offset(),
+            },
+            key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        }
+    }
 }
 
 #[async_trait]
@@ -376,17 +388,7 @@ impl Consumer for KafkaConsumer {
                 m = self.inner.recv() => m,
             };
             match msg {
-                Ok(m) => {
-                    return Ok(Some(Delivery {
-                        topic: self.topic.clone(),
-                        id: DeliveryId {
-                            partition: m.partition(),
-                            offset: m.offset(),
-                        },
-                        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    }));
-                }
+                Ok(m) => return Ok(Some(self.delivery(&m))),
                 // librdkafka reconnects by itself; errors here are reports, not the end.
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka consumer error");
@@ -394,6 +396,18 @@ impl Consumer for KafkaConsumer {
                 }
             }
         }
+    }
+
+    fn try_recv(&mut self) -> Result<Option<Delivery>, BusError> {
+        use futures::{FutureExt as _, StreamExt as _};
+        if self.shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        // An error is left for the next `recv` to report.
+        Ok(match self.inner.stream().next().now_or_never() {
+            Some(Some(Ok(m))) => Some(self.delivery(&m)),
+            _ => None,
+        })
     }
 
     fn ack(&mut self, id: DeliveryId) -> Result<(), BusError> {

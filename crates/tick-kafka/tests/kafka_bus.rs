@@ -76,6 +76,48 @@ async fn offsets_advance_only_with_acks() {
     );
 }
 
+/// `try_recv` takes what a fetch already brought without waiting, in order, and a batch
+/// (one `recv`, then `try_recv` until it says none is ready) loses nothing.
+#[tokio::test]
+async fn try_recv_takes_fetched_messages_in_order() {
+    let Some(brokers) = tick_core::testenv::service("KAFKA_BROKERS") else {
+        return;
+    };
+    let k = args(brokers);
+    let run = tick_core::clock::now_ns();
+    let topic = format!("test.batch.{run}");
+    let p = k.producer(true).unwrap();
+    let mut receipts = vec![];
+    for i in 0..200u32 {
+        receipts.push(
+            p.send(&topic, b"EURUSD", i.to_be_bytes().to_vec())
+                .await
+                .unwrap(),
+        );
+    }
+    for r in receipts {
+        r.await.expect("delivered");
+    }
+    let stop = CancellationToken::new();
+    let mut c = k
+        .consumer(&format!("test-batch-{run}"), &topic, stop.clone())
+        .unwrap();
+    let (mut got, mut without_waiting) = (vec![], 0);
+    while got.len() < 200 {
+        got.push(recv(&mut c).await.payload);
+        while let Some(d) = c.try_recv().unwrap() {
+            got.push(d.payload);
+            without_waiting += 1;
+        }
+    }
+    let want: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(got, want, "every message once, in order");
+    assert!(without_waiting > 0, "a fetch brought more than one message");
+    assert!(c.try_recv().unwrap().is_none(), "none left");
+    stop.cancel();
+    assert!(c.try_recv().unwrap().is_none());
+}
+
 #[tokio::test]
 async fn provisions_topics_idempotently() {
     let Some(brokers) = tick_core::testenv::service("KAFKA_BROKERS") else {
