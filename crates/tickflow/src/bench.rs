@@ -124,6 +124,8 @@ struct RunResult {
     /// The router's CPU time (user + system, from `/proc/<pid>/stat`) over the measurement
     /// window, per tick the feed sent in it (distributed only; 0: not measured).
     router_cpu_ns_per_tick: u64,
+    /// The same for every stage process (router, indicators, persister, ingest), by name.
+    cpu_ns_per_tick: Vec<(String, u64)>,
     /// Ticks the router routed and those its spike filter held, with the longest hold.
     routed: u64,
     held: u64,
@@ -145,7 +147,7 @@ impl RunResult {
             )
         };
         format!(
-            "{{\"expected\":{},\"received\":{},\"gaps\":{},\"sustained\":{},\"from_recv\":{},\"from_schedule\":{},\"p50_first_fifth_ns\":{},\"p50_last_fifth_ns\":{},\"peak_rss_kb\":{},\"routed\":{},\"spike_held\":{},\"spike_held_max_ns\":{},\"router_cpu_ns_per_tick\":{},\"hops\":{{{}}}}}",
+            "{{\"expected\":{},\"received\":{},\"gaps\":{},\"sustained\":{},\"from_recv\":{},\"from_schedule\":{},\"p50_first_fifth_ns\":{},\"p50_last_fifth_ns\":{},\"peak_rss_kb\":{},\"routed\":{},\"spike_held\":{},\"spike_held_max_ns\":{},\"router_cpu_ns_per_tick\":{},\"cpu_ns_per_tick\":{{{}}},\"hops\":{{{}}}}}",
             self.expected,
             self.received,
             self.gaps,
@@ -159,6 +161,11 @@ impl RunResult {
             self.held,
             self.held_max_ns,
             self.router_cpu_ns_per_tick,
+            self.cpu_ns_per_tick
+                .iter()
+                .map(|(name, ns)| format!("{name:?}:{ns}"))
+                .collect::<Vec<_>>()
+                .join(","),
             HOPS.iter()
                 .zip(&self.hops)
                 .map(|(name, l)| format!("\"{name}\":{}", s(l)))
@@ -758,6 +765,28 @@ fn report(scenario: &str, load: &LoadArgs, rows: &[Row]) -> anyhow::Result<()> {
                 fmt_ns(cpu),
                 fmt_ns(lo),
                 fmt_ns(hi)
+            );
+        }
+        // Every stage, medians over the runs, in the order the runs name them.
+        let names: Vec<&str> = runs
+            .first()
+            .map(|r| r.cpu_ns_per_tick.iter().map(|(n, _)| n.as_str()).collect())
+            .unwrap_or_default();
+        let stages: Vec<String> = names
+            .iter()
+            .map(|name| {
+                let per_run = runs
+                    .iter()
+                    .filter_map(|r| r.cpu_ns_per_tick.iter().find(|(n, _)| n == name))
+                    .map(|s| s.1)
+                    .collect();
+                format!("{name} {}", fmt_ns(median(per_run)))
+            })
+            .collect();
+        if !stages.is_empty() {
+            println!(
+                "CPU per tick by stage at {rate} ticks/s (medians): {}",
+                stages.join(", ")
             );
         }
     }

@@ -85,14 +85,20 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
         children.push(("ingest".into(), ingest.spawn()?, ports[3]));
         let stop = CancellationToken::new();
         let rss = watch_rss(children.iter().map(|c| c.1.id()).collect(), stop.clone());
-        // The router's CPU over the measurement window.
-        let router_pid = children[0].1.id();
+        // Each stage's CPU over the measurement window.
+        let pids: Vec<(String, u32)> = children
+            .iter()
+            .map(|(name, c, _)| (name.clone(), c.id()))
+            .collect();
         let window = (Instant::now() + load.warmup, load.duration);
         let cpu = tokio::spawn(async move {
             tokio::time::sleep_until(window.0).await;
-            let a = cpu_ns(router_pid)?;
+            let a: Vec<Option<u64>> = pids.iter().map(|(_, p)| cpu_ns(*p)).collect();
             tokio::time::sleep(window.1).await;
-            Some(cpu_ns(router_pid)? - a)
+            pids.into_iter()
+                .zip(a)
+                .filter_map(|((name, p), a)| Some((name, cpu_ns(p)?.checked_sub(a?)?)))
+                .collect::<Vec<_>>()
         });
         let start = clock::now_ns();
         let w0 = start + load.warmup.as_nanos() as i64;
@@ -114,8 +120,16 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
             bail!("ingest exited with {status}");
         }
         let mut r = result(&sub, rate, load.duration, peak);
-        if let Ok(Some(ns)) = cpu.await {
-            r.router_cpu_ns_per_tick = ns / r.expected.max(1);
+        if let Ok(stages) = cpu.await {
+            r.cpu_ns_per_tick = stages
+                .into_iter()
+                .map(|(name, ns)| (name, ns / r.expected.max(1)))
+                .collect();
+            r.router_cpu_ns_per_tick = r
+                .cpu_ns_per_tick
+                .iter()
+                .find(|(name, _)| name == "router")
+                .map_or(0, |s| s.1);
         }
         if let Some((routed, held)) = super::held_from_metrics(ports[0]).await {
             (r.routed, r.held) = (routed, held);
