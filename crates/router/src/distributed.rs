@@ -285,8 +285,10 @@ impl Owned {
     /// then stays: a later rebalance's rebuild is part of normal work, and flapping readiness
     /// on every rebalance would only stall rollouts.
     fn check_ready(&self, joined: bool, parts: &HashMap<i32, Slot>) {
+        // Not once stopping: a draining router does not turn ready.
         if joined
             && !self.health.is_ready()
+            && !self.shutdown.is_cancelled()
             && !parts.values().any(|s| matches!(s, Slot::Rebuilding { .. }))
         {
             tracing::info!(
