@@ -575,13 +575,9 @@ mod tests {
         let mut a = bus.subscribe(topics::CLEAN, 8);
         let mut b = bus.subscribe(topics::CLEAN, 8);
         let p = bus.producer();
-        for i in 0..3u8 {
-            p.send(topics::CLEAN, b"EURUSD", vec![i])
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        publish_all(&p, topics::CLEAN, (0..3u8).map(|i| (b"EURUSD", vec![i])))
+            .await
+            .unwrap();
         bus.close(topics::CLEAN);
         for c in [&mut a, &mut b] {
             let mut got = vec![];
@@ -605,13 +601,9 @@ mod tests {
         let mut c = bus.subscribe(topics::CLEAN, 8);
         let p = bus.producer();
         assert!(c.try_recv().unwrap().is_none(), "nothing queued yet");
-        for i in 0..3u8 {
-            p.send(topics::CLEAN, b"EURUSD", vec![i])
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        publish_all(&p, topics::CLEAN, (0..3u8).map(|i| (b"EURUSD", vec![i])))
+            .await
+            .unwrap();
         let first = c.recv().await.unwrap().unwrap();
         let mut batch = vec![first.payload[0]];
         while let Some(d) = c.try_recv().unwrap() {

@@ -364,17 +364,18 @@ impl KafkaConsumer {
     pub fn raw(&self) -> Arc<StreamConsumer> {
         self.inner.clone()
     }
+}
 
-    fn delivery(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
-        Delivery {
-            topic: self.topic.clone(),
-            id: DeliveryId {
-                partition: m.partition(),
-                offset: m.offset(),
-            },
-            key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        }
+/// Copies message `m` of `topic` into a [`Delivery`].
+fn delivery(topic: &Arc<str>, m: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
+    Delivery {
+        topic: topic.clone(),
+        id: DeliveryId {
+            partition: m.partition(),
+            offset: m.offset(),
+        },
+        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
     }
 }
 
@@ -388,7 +389,7 @@ impl Consumer for KafkaConsumer {
                 m = self.inner.recv() => m,
             };
             match msg {
-                Ok(m) => return Ok(Some(self.delivery(&m))),
+                Ok(m) => return Ok(Some(delivery(&self.topic, &m))),
                 // librdkafka reconnects by itself; errors here are reports, not the end.
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka consumer error");
@@ -405,7 +406,7 @@ impl Consumer for KafkaConsumer {
         }
         // An error is left for the next `recv` to report.
         Ok(match self.inner.stream().next().now_or_never() {
-            Some(Some(Ok(m))) => Some(self.delivery(&m)),
+            Some(Some(Ok(m))) => Some(delivery(&self.topic, &m)),
             _ => None,
         })
     }
@@ -730,15 +731,7 @@ impl Consumer for RangeConsumer {
             if m.offset() >= end {
                 continue;
             }
-            return Ok(Some(Delivery {
-                topic: self.topic.clone(),
-                id: DeliveryId {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                },
-                key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            }));
+            return Ok(Some(delivery(&self.topic, &m)));
         }
         Ok(None)
     }

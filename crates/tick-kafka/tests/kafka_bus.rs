@@ -2,7 +2,7 @@
 //! that advance only with acknowledgements (a restarted consumer resumes after the last ack).
 
 use std::time::Duration;
-use tick_core::bus::{Consumer, Producer};
+use tick_core::bus::Consumer;
 use tick_core::shutdown::CancellationToken;
 use tick_kafka::KafkaArgs;
 
@@ -24,6 +24,16 @@ async fn recv(c: &mut dyn Consumer) -> tick_core::bus::Delivery {
         .expect("stream open")
 }
 
+/// Publishes 0, 1, ... `n - 1` (big-endian u32) to `topic` under one key, in order, and waits
+/// until each is delivered.
+async fn publish_numbers(k: &KafkaArgs, topic: &str, n: u32) {
+    let p = k.producer(true).unwrap();
+    let records = (0..n).map(|i| (b"EURUSD", i.to_be_bytes().to_vec()));
+    tick_core::bus::publish_all(&p, topic, records)
+        .await
+        .expect("delivered");
+}
+
 #[tokio::test]
 async fn offsets_advance_only_with_acks() {
     let Some(brokers) = tick_core::testenv::service("KAFKA_BROKERS") else {
@@ -33,18 +43,7 @@ async fn offsets_advance_only_with_acks() {
     let run = tick_core::clock::now_ns();
     let topic = format!("test.bus.{run}");
     let group = format!("test-group-{run}");
-    let p = k.producer(true).unwrap();
-    let mut receipts = vec![];
-    for i in 0..100u32 {
-        receipts.push(
-            p.send(&topic, b"EURUSD", i.to_be_bytes().to_vec())
-                .await
-                .unwrap(),
-        );
-    }
-    for r in receipts {
-        r.await.expect("delivered");
-    }
+    publish_numbers(&k, &topic, 100).await;
 
     let mut c = k
         .consumer(&group, &topic, CancellationToken::new())
@@ -86,18 +85,7 @@ async fn try_recv_takes_fetched_messages_in_order() {
     let k = args(brokers);
     let run = tick_core::clock::now_ns();
     let topic = format!("test.batch.{run}");
-    let p = k.producer(true).unwrap();
-    let mut receipts = vec![];
-    for i in 0..200u32 {
-        receipts.push(
-            p.send(&topic, b"EURUSD", i.to_be_bytes().to_vec())
-                .await
-                .unwrap(),
-        );
-    }
-    for r in receipts {
-        r.await.expect("delivered");
-    }
+    publish_numbers(&k, &topic, 200).await;
     let stop = CancellationToken::new();
     let mut c = k
         .consumer(&format!("test-batch-{run}"), &topic, stop.clone())
