@@ -121,10 +121,9 @@ struct RunResult {
     peak_rss_kb: u64,
     /// The latency by hop (see [`HOPS`]), from the stamps on each update.
     hops: [LatencySummary; 4],
-    /// The router's CPU time (user + system, from `/proc/<pid>/stat`) over the measurement
-    /// window, per tick the feed sent in it (distributed only; 0: not measured).
-    router_cpu_ns_per_tick: u64,
-    /// The same for every stage process (router, indicators, persister, ingest), by name.
+    /// Per stage process (router, indicators, persister, ingest), by name: its CPU time (user +
+    /// system, from `/proc/<pid>/stat`) over the measurement window, per tick the feed sent in
+    /// it (distributed only; empty: not measured).
     cpu_ns_per_tick: Vec<(String, u64)>,
     /// Ticks the router routed and those its spike filter held, with the longest hold.
     routed: u64,
@@ -133,6 +132,14 @@ struct RunResult {
 }
 
 impl RunResult {
+    /// The router's CPU per tick (0: not measured).
+    fn router_cpu_ns_per_tick(&self) -> u64 {
+        self.cpu_ns_per_tick
+            .iter()
+            .find(|(name, _)| name == "router")
+            .map_or(0, |s| s.1)
+    }
+
     fn sustained(&self) -> bool {
         self.received as f64 >= 0.99 * self.expected as f64
             && self.gaps == 0
@@ -160,7 +167,7 @@ impl RunResult {
             self.routed,
             self.held,
             self.held_max_ns,
-            self.router_cpu_ns_per_tick,
+            self.router_cpu_ns_per_tick(),
             self.cpu_ns_per_tick
                 .iter()
                 .map(|(name, ns)| format!("{name:?}:{ns}"))
@@ -748,15 +755,15 @@ fn report(scenario: &str, load: &LoadArgs, rows: &[Row]) -> anyhow::Result<()> {
         None => println!("no rate was sustained in every run"),
     }
     for (rate, runs, _) in rows {
-        let cpu = m(runs, |r| r.router_cpu_ns_per_tick);
+        let cpu = m(runs, RunResult::router_cpu_ns_per_tick);
         if cpu > 0 {
             let (lo, hi) = (
                 runs.iter()
-                    .map(|r| r.router_cpu_ns_per_tick)
+                    .map(RunResult::router_cpu_ns_per_tick)
                     .min()
                     .unwrap_or(0),
                 runs.iter()
-                    .map(|r| r.router_cpu_ns_per_tick)
+                    .map(RunResult::router_cpu_ns_per_tick)
                     .max()
                     .unwrap_or(0),
             );

@@ -30,18 +30,7 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
     let (names, instruments) = symbols(load.symbols);
     let run = format!("bench-{}", clock::now_ns());
     let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let log = |name: &str| -> anyhow::Result<Stdio> {
-        Ok(std::fs::File::create(dir.join(format!("{run}-{name}.log")))?.into())
-    };
-    let common = |name: &str, port: u16| -> anyhow::Result<Command> {
-        let mut c = Command::new(sibling(name)?);
-        c.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--kafka-brokers", &d.kafka.brokers])
-            .env("TICKFLOW_LOG_FORMAT", "text")
-            .stdout(Stdio::null())
-            .stderr(log(name)?);
-        Ok(c)
-    };
+    let common = |name: &str, port: u16| stage_command(name, port, &d.kafka, dir, &run);
     // Fresh groups positioned at the end of their topics: only this run's ticks are measured,
     // however much earlier runs left in the topics.
     use tick_core::bus::topics;
@@ -125,11 +114,6 @@ async fn distributed_run(d: &DistributedArgs, rate: u64, dir: &Path) -> anyhow::
                 .into_iter()
                 .map(|(name, ns)| (name, ns / r.expected.max(1)))
                 .collect();
-            r.router_cpu_ns_per_tick = r
-                .cpu_ns_per_tick
-                .iter()
-                .find(|(name, _)| name == "router")
-                .map_or(0, |s| s.1);
         }
         if let Some((routed, held)) = super::held_from_metrics(ports[0]).await {
             (r.routed, r.held) = (routed, held);
@@ -268,7 +252,33 @@ pub(super) async fn distributed(d: DistributedArgs) -> anyhow::Result<()> {
     report(scenario, &d.load, &rows)
 }
 
-pub(super) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+/// The command of stage binary `name` (next to this one) with its metrics on `port`, on the
+/// Kafka of `kafka` (its `--kafka-property` passed on), logging as text to
+/// `<dir>/<run>-<name>.log`.
+pub(super) fn stage_command(
+    name: &str,
+    port: u16,
+    kafka: &KafkaArgs,
+    dir: &Path,
+    run: &str,
+) -> anyhow::Result<Command> {
+    let log = std::fs::File::create(dir.join(format!("{run}-{name}.log")))?;
+    let mut c = Command::new(sibling(name)?);
+    c.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--kafka-brokers", &kafka.brokers])
+        .args(
+            kafka
+                .properties
+                .iter()
+                .flat_map(|p| ["--kafka-property", p]),
+        )
+        .env("TICKFLOW_LOG_FORMAT", "text")
+        .stdout(Stdio::null())
+        .stderr(log);
+    Ok(c)
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.with_file_name(name);
     if !p.exists() {

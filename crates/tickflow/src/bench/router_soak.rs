@@ -9,7 +9,7 @@
 //! starts it rebuilds them from the last `--dedup-window` of the clean topic (which earlier runs
 //! filled): the time until it is ready is reported as the rebuild.
 
-use super::distributed::{sibling, terminate, wait_ready};
+use super::distributed::{stage_command, terminate, wait_ready};
 use super::*;
 use tick_kafka::KafkaArgs;
 
@@ -51,24 +51,10 @@ pub async fn router_soak(a: RouterSoakArgs) -> anyhow::Result<()> {
     let run = format!("soak-{}", clock::now_ns());
     let logs = a.out.join("router-soak-logs");
     std::fs::create_dir_all(&logs)?;
-    let log = |name: &str| -> anyhow::Result<Stdio> {
-        Ok(std::fs::File::create(logs.join(format!("{run}-{name}.log")))?.into())
-    };
     let (rport, iport) = (free_port()?, free_port()?);
     let common = |name: &str, port: u16| -> anyhow::Result<Command> {
-        let mut c = Command::new(sibling(name)?);
-        c.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--kafka-brokers", &a.kafka.brokers])
-            .args(
-                a.kafka
-                    .properties
-                    .iter()
-                    .flat_map(|p| ["--kafka-property", p]),
-            )
-            .env("TICKFLOW_LOG_FORMAT", "text")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log(name)?);
+        let mut c = stage_command(name, port, &a.kafka, &logs, &run)?;
+        c.env("RUST_LOG", "info");
         Ok(c)
     };
     let group = format!("{run}-router");
