@@ -158,12 +158,13 @@ impl Group {
         }
     }
 
-    /// Feeds `input` to a symbol's instances, evaluates the rules and returns the update.
+    /// Feeds `input` to a symbol's instances, evaluates the rules and returns the update (which
+    /// takes `symbol`).
     fn feed(
         &self,
         s: &mut Series,
         input: &Input,
-        symbol: &str,
+        symbol: String,
         (ts_event_ns, ts_recv_ns): (i64, i64),
         signals: &mut Vec<pb::Signal>,
     ) -> pb::IndicatorUpdate {
@@ -202,7 +203,7 @@ impl Group {
                     involved.push(named(j));
                 }
                 signals.push(pb::Signal {
-                    symbol: symbol.to_string(),
+                    symbol: symbol.clone(),
                     rule_id: r.rule.id.clone(),
                     direction: r.rule.direction(),
                     values: involved,
@@ -215,7 +216,7 @@ impl Group {
         s.prev = cur;
         s.cur = prev;
         pb::IndicatorUpdate {
-            symbol: symbol.to_string(),
+            symbol,
             timeframe: self.label.clone(),
             ts_event_ns,
             ts_recv_ns,
@@ -224,6 +225,24 @@ impl Group {
             ..Default::default()
         }
     }
+}
+
+/// Keeps `tick`, whose symbol and key went into its update, as its symbol's last tick, with
+/// `symbol` and `key` written into the strings of the tick it replaces (the same symbol; the
+/// key copied into that buffer): no string is allocated per tick, and the replaced tick frees
+/// only its source.
+fn keep_last(slot: &mut Option<Tick>, mut tick: Tick, symbol: &str, key: &str) {
+    if let Some(old) = slot.as_mut() {
+        tick.symbol = std::mem::take(&mut old.symbol);
+        tick.key = std::mem::take(&mut old.key);
+    }
+    if tick.symbol != symbol {
+        tick.symbol.clear();
+        tick.symbol.push_str(symbol);
+    }
+    tick.key.clear();
+    tick.key.push_str(key);
+    *slot = Some(tick);
 }
 
 fn values(names: &[String], vals: &[Option<f64>]) -> Vec<pb::IndicatorValue> {
@@ -379,7 +398,7 @@ impl Engine {
 
     /// Feeds one tick and returns the update, closed bars (and the updates of the indicators
     /// they feed) and fired signals it caused.
-    pub fn on_tick(&mut self, tick: Tick) -> Updates {
+    pub fn on_tick(&mut self, mut tick: Tick) -> Updates {
         let i = self.state_index(&tick.symbol);
         let st = &mut self.symbols[i].1;
         let mut out = Updates::default();
@@ -391,7 +410,7 @@ impl Engine {
                     let u = self.groups[g].feed(
                         &mut st.series[g],
                         &input,
-                        &tick.symbol,
+                        tick.symbol.clone(),
                         times,
                         &mut out.signals,
                     );
@@ -403,18 +422,25 @@ impl Engine {
         }
         let input = Input::from_tick(&tick);
         let times = (tick.ts_event_ns, tick.ts_recv_ns);
+        // The update takes the tick's symbol and key; the tick kept as the symbol's last gets
+        // them back in the buffers of the one it replaces (see `keep_last`).
         let mut update = self.groups[0].feed(
             &mut st.series[0],
             &input,
-            &tick.symbol,
+            std::mem::take(&mut tick.symbol),
             times,
             &mut out.signals,
         );
-        update.idempotency_key = tick.key.clone();
+        update.idempotency_key = std::mem::take(&mut tick.key);
         update.symbol_seq = tick.route.symbol_seq;
         update.ts_route_ns = tick.route.ts_route_ns;
+        keep_last(
+            &mut st.last_tick,
+            tick,
+            &update.symbol,
+            &update.idempotency_key,
+        );
         out.update = Some(update);
-        st.last_tick = Some(tick);
         st.dirty = true;
         out
     }
@@ -437,7 +463,7 @@ impl Engine {
                     let u = self.groups[g].feed(
                         &mut st.series[g],
                         &input,
-                        symbol,
+                        symbol.clone(),
                         times,
                         &mut out.signals,
                     );
@@ -581,6 +607,40 @@ mod tests {
         let g = e.snapshot("GBPUSD").unwrap();
         assert!(!g.latest.unwrap().values[0].warm);
         assert!(e.snapshot("USDJPY").is_none());
+    }
+
+    #[test]
+    fn the_update_and_the_snapshot_keep_the_symbol_and_key_of_each_tick() {
+        let mut e = Engine::new(cfg(&["sma(2)"], &[])).unwrap();
+        // Keys of different lengths, so a reused buffer must shrink and grow.
+        for (i, key) in [
+            (0, "a-long-first-key"),
+            (1, "k"),
+            (2, "a-longer-third-key!"),
+        ] {
+            let mut t = tick("EURUSD", i, 100_000 + i);
+            t.key = key.into();
+            let want = pb::Tick::from(&t);
+            let u = e.on_tick(t).update.unwrap();
+            assert_eq!(
+                (u.symbol.as_str(), u.idempotency_key.as_str()),
+                ("EURUSD", key)
+            );
+            let snap = e.snapshot("EURUSD").unwrap();
+            assert_eq!(snap.last_tick.unwrap(), want, "the last tick, whole");
+            let latest = snap.latest.unwrap();
+            assert_eq!(
+                (latest.symbol.as_str(), latest.idempotency_key.as_str()),
+                ("EURUSD", key)
+            );
+        }
+        e.on_tick(tick("GBPUSD", 3, 200_000));
+        assert_eq!(
+            e.snapshot("GBPUSD").unwrap().last_tick.unwrap().symbol,
+            "GBPUSD"
+        );
+        let eur = e.snapshot("EURUSD").unwrap().latest.unwrap();
+        assert_eq!(eur.idempotency_key, "a-longer-third-key!");
     }
 
     #[test]
