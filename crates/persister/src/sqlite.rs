@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, mpsc};
+use tokio::sync::oneshot;
 use tick_core::Tick;
 use tick_core::error::Cause;
 use tick_core::store::{
@@ -74,11 +75,25 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE ticks ADD COLUMN gap_ns INTEGER NOT NULL DEFAULT 0;",
 ];
 
-/// A [`TickStore`] in one SQLite file.
+/// A [`TickStore`] in one SQLite file. Its connection lives on a thread of its own, which
+/// runs every query in turn (one writer, as SQLite allows) at a lower CPU priority than the
+/// tick path: in embedded mode the store's batches share two cores with ingest, router, engine
+/// and the gRPC stream, and a commit that holds a core delays the ticks that wake meanwhile.
+/// Storage is throughput work, acknowledged after commit, so it yields; it still gets its
+/// share whenever it has work (see [`STORE_NICE`]).
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
 }
+
+/// A query run on the store's thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The nice value the store's thread sets itself (Linux; 0 is the default, 19 the lowest
+/// priority). With it, the CFS scheduler weighs the store's thread at about a third of a
+/// default one when both want the same core: at 10,000 ticks/s embedded this cut the
+/// subscriber's p99 by about a fifth (BENCHMARKS.md, "The store's priority").
+pub const STORE_NICE: i32 = 5;
 
 fn db_err(e: rusqlite::Error) -> StoreError {
     match e {
@@ -132,24 +147,48 @@ impl SqliteStore {
              PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 16384;",
         )
         .map_err(db_err)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("tickflow-sqlite".into())
+            .spawn(move || serve(conn, rx))
+            .map_err(|e| StoreError::Unavailable(Cause::new("start the store's thread", e)))?;
+        Ok(Self { jobs })
     }
 
+    /// Runs `f` on the store's thread and returns its result.
     async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = conn
-                .lock()
-                .map_err(|_| StoreError::Unavailable(Cause::msg("connection lock poisoned")))?;
-            f(&mut c)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(Cause::new("store task failed", e)))?
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |c| {
+                // The caller may have gone (its future dropped): nothing to tell it then.
+                let _ = tx.send(f(c));
+            }))
+            .map_err(|_| StoreError::Unavailable(Cause::msg("the store's thread has stopped")))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable(Cause::msg("store query failed (it panicked)")))?
+    }
+}
+
+/// The store's thread: lowers its priority, then runs each job on the connection until every
+/// handle to the store is dropped. A job that panics fails only its own caller.
+fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    lower_priority();
+    while let Ok(job) = jobs.recv() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn))).is_err() {
+            tracing::error!("a SQLite store query panicked; its caller gets an error");
+        }
+    }
+}
+
+/// Sets the calling thread's nice value to [`STORE_NICE`] (on Linux the nice value is per
+/// thread). Best effort: on failure the store runs at the default priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, STORE_NICE) {
+        tracing::warn!(error = %e, "could not lower the SQLite store thread's priority");
     }
 }
 
@@ -552,5 +591,43 @@ impl ImportCheckpoints for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queries_run_on_a_lower_priority_thread_that_outlives_a_panicking_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        store.migrate().await.unwrap();
+
+        let on = store
+            .with_conn(|_| {
+                let name = std::thread::current().name().map(str::to_string);
+                // Field 19 of /proc/thread-self/stat is the thread's nice value (Linux).
+                let nice = std::fs::read_to_string("/proc/thread-self/stat")
+                    .ok()
+                    .and_then(|s| {
+                        let after_comm = &s[s.rfind(')')? + 2..];
+                        after_comm.split(' ').nth(16)?.parse::<i32>().ok()
+                    });
+                Ok((name, nice))
+            })
+            .await
+            .unwrap();
+        assert_eq!(on.0.as_deref(), Some("tickflow-sqlite"));
+        if cfg!(target_os = "linux") {
+            assert_eq!(on.1, Some(STORE_NICE), "the store's thread runs at nice {STORE_NICE}");
+        }
+
+        let failed = store
+            .with_conn(|_| -> Result<(), StoreError> { panic!("a query that panics") })
+            .await;
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+        // The thread is still there for the next query.
+        assert_eq!(store.count_ticks().await.unwrap(), 0);
     }
 }
