@@ -92,7 +92,7 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// The nice value the store's thread sets itself (Linux; 0 is the default, 19 the lowest
 /// priority). With it, the CFS scheduler weighs the store's thread at about a third of a
 /// default one when both want the same core: at 10,000 ticks/s embedded this cut the
-/// subscriber's p99 by about a fifth (BENCHMARKS.md, "The store's priority").
+/// subscriber's p99 by about 16 % (BENCHMARKS.md, "The store's priority").
 pub const STORE_NICE: i32 = 5;
 
 fn db_err(e: rusqlite::Error) -> StoreError {
