@@ -83,7 +83,26 @@ const MIGRATIONS: &[&str] = &[
 /// share whenever it has work (see [`STORE_NICE`]).
 #[derive(Clone)]
 pub struct SqliteStore {
-    jobs: mpsc::Sender<Job>,
+    thread: Arc<StoreThread>,
+}
+
+/// The store's thread and its queue. Dropping the last handle closes the queue and waits for
+/// the thread to close the connection, as dropping the connection itself did: whoever opens
+/// the file next (the `sqlite3` CLI, a restarted process) finds it closed and checkpointed.
+struct StoreThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for StoreThread {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(h) = self.handle.take()
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
+        }
+    }
 }
 
 /// A query run on the store's thread.
@@ -148,11 +167,16 @@ impl SqliteStore {
         )
         .map_err(db_err)?;
         let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("tickflow-sqlite".into())
             .spawn(move || serve(conn, rx))
             .map_err(|e| StoreError::Unavailable(Cause::new("start the store's thread", e)))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            thread: Arc::new(StoreThread {
+                jobs: Some(jobs),
+                handle: Some(handle),
+            }),
+        })
     }
 
     /// Runs `f` on the store's thread and returns its result.
@@ -161,7 +185,10 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.jobs
+        self.thread
+            .jobs
+            .as_ref()
+            .expect("the queue closes only when the store is dropped")
             .send(Box::new(move |c| {
                 // The caller may have gone (its future dropped): nothing to tell it then.
                 let _ = tx.send(f(c));
@@ -629,5 +656,12 @@ mod tests {
         assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
         // The thread is still there for the next query.
         assert_eq!(store.count_ticks().await.unwrap(), 0);
+
+        // Dropping the store closes the connection before returning: the WAL is checkpointed
+        // and removed, as when the connection itself was dropped.
+        let wal = dir.path().join("t.db-wal");
+        assert!(wal.exists());
+        drop(store);
+        assert!(!wal.exists(), "the connection was closed when the store was dropped");
     }
 }
