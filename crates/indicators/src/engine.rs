@@ -228,20 +228,22 @@ impl Group {
 }
 
 /// Keeps `tick`, whose symbol and key went into its update, as its symbol's last tick, with
-/// `symbol` and `key` written into the strings of the tick it replaces (the same symbol; the
-/// key copied into that buffer): no string is allocated per tick, and the replaced tick frees
-/// only its source.
+/// `symbol` and `key` written into the strings of the tick it replaces (the slot is the
+/// symbol's, so that tick's symbol is already `symbol`; the key is copied into its buffer): no
+/// string is allocated per tick, and the replaced tick frees only its source.
 fn keep_last(slot: &mut Option<Tick>, mut tick: Tick, symbol: &str, key: &str) {
-    if let Some(old) = slot.as_mut() {
-        tick.symbol = std::mem::take(&mut old.symbol);
-        tick.key = std::mem::take(&mut old.key);
+    match slot.as_mut() {
+        Some(old) => {
+            tick.symbol = std::mem::take(&mut old.symbol);
+            tick.key = std::mem::take(&mut old.key);
+            tick.key.clear();
+            tick.key.push_str(key);
+        }
+        None => {
+            tick.symbol = symbol.to_owned();
+            tick.key = key.to_owned();
+        }
     }
-    if tick.symbol != symbol {
-        tick.symbol.clear();
-        tick.symbol.push_str(symbol);
-    }
-    tick.key.clear();
-    tick.key.push_str(key);
     *slot = Some(tick);
 }
 
