@@ -160,6 +160,26 @@ impl Intake {
         self.consumer.try_recv()
     }
 
+    /// Hands `first`, then the messages already there, to `take` until it reports the batch
+    /// full; returns whether it did. One pass of a stage's loop per batch under load, with no
+    /// waiting when traffic is light.
+    fn drain(
+        &mut self,
+        first: Delivery,
+        mut take: impl FnMut(Delivery) -> bool,
+    ) -> Result<bool, BusError> {
+        let mut d = first;
+        loop {
+            if take(d) {
+                return Ok(true);
+            }
+            match self.try_next()? {
+                Some(more) => d = more,
+                None => return Ok(false),
+            }
+        }
+    }
+
     fn breaker_changed(&self) {
         metrics::gauge!("tickflow_persister_breaker_state", "stream" => self.stream)
             .set(self.breaker.state().gauge());
@@ -302,11 +322,9 @@ pub async fn run_persister(
             done = written => Step::Written(done),
             _ = tokio::time::sleep_until(deadline), if batch.is_pending() => Step::Flush,
             next = intake.next() => {
-                let Some(mut d) = next? else { break };
+                let Some(first) = next? else { break };
                 let now = Instant::now();
-                // This message, then those already fetched, until the batch is full: one pass
-                // of this loop per batch under load, none of waiting when traffic is light.
-                loop {
+                let full = intake.drain(first, |d| {
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     match Tick::decode(&d.payload) {
                         Ok(t) => batch.rows.push(t),
@@ -317,14 +335,9 @@ pub async fn run_persister(
                         }
                     }
                     batch.note(d.id, now);
-                    if batch.rows.len() + bad.len() >= cfg.max_rows {
-                        break Step::Flush;
-                    }
-                    match intake.try_next()? {
-                        Some(more) => d = more,
-                        None => break Step::Read,
-                    }
-                }
+                    batch.rows.len() + bad.len() >= cfg.max_rows
+                })?;
+                if full { Step::Flush } else { Step::Read }
             }
         };
         match step {
@@ -634,22 +647,15 @@ async fn run_records<R: Record>(
             biased;
             _ = tokio::time::sleep_until(deadline), if batch.is_pending() => true,
             next = intake.next() => {
-                let Some(mut d) = next? else { break };
+                let Some(first) = next? else { break };
                 let now = Instant::now();
-                // As for ticks: the rest of what is fetched, in the same pass.
-                loop {
+                intake.drain(first, |d| {
                     if let Some(r) = R::decode(&d) {
                         batch.rows.push(r);
                     }
                     batch.note(d.id, now);
-                    if batch.rows.len() >= cfg.max_rows {
-                        break true;
-                    }
-                    match intake.try_next()? {
-                        Some(more) => d = more,
-                        None => break false,
-                    }
-                }
+                    batch.rows.len() >= cfg.max_rows
+                })?
             }
         };
         if flush {
