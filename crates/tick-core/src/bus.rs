@@ -60,12 +60,114 @@ pub enum BusError {
 /// Resolves when the broker has durably accepted a published message.
 pub type Receipt = BoxFuture<'static, Result<(), BusError>>;
 
+/// Messages for one topic, queued together under one receipt ([`Producer::send_batch`]). Keys
+/// and payloads are written back to back into one buffer, which the caller clears and reuses:
+/// a batch costs no allocation per message.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    bytes: Vec<u8>,
+    /// Per message: where its key ends and where its payload ends in `bytes`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl Outgoing {
+    /// Appends a message: `key`, then the payload `write` appends to the buffer it is given.
+    pub fn push(&mut self, key: &[u8], write: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        write(&mut self.bytes);
+        self.ends.push((key_end, self.bytes.len()));
+    }
+
+    /// Returns how many messages the batch holds.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Returns whether the batch holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Returns each message's key and payload, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(key_end, end)| {
+            let m = (&self.bytes[start..key_end], &self.bytes[key_end..end]);
+            start = end;
+            m
+        })
+    }
+}
+
+/// The messages of a batch that were not accepted.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// Their positions in the batch, ascending (at least one).
+    pub positions: Vec<usize>,
+    /// The error of one of them (the first reported).
+    pub error: BusError,
+}
+
+/// Resolves when every message of a batch is accepted, or else with those that were not
+/// (the others were accepted).
+pub type BatchReceipt = BoxFuture<'static, Result<(), Refused>>;
+
 /// Publishes keyed messages.
 #[async_trait]
 pub trait Producer: Send + Sync {
     /// Queues a message; waits only while the outgoing queue is full. The returned receipt
     /// resolves when the message is durably accepted.
     async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError>;
+
+    /// Queues every message of `batch` for `topic`, in order; waits only while the outgoing
+    /// queue is full. The one receipt resolves once every message is accepted or failed, and
+    /// names the failed ones: a message the bus refused to queue after the first fails there,
+    /// with those after it. An error here means the first message was refused and nothing was
+    /// queued. The default sends each message with [`Producer::send`].
+    async fn send_batch(&self, topic: &str, batch: &Outgoing) -> Result<BatchReceipt, BusError> {
+        let n = batch.len();
+        let mut receipts = Vec::with_capacity(n);
+        let mut unqueued = None;
+        for (key, payload) in batch.iter() {
+            match self.send(topic, key, payload.to_vec()).await {
+                Ok(r) => receipts.push(r),
+                Err(e) if receipts.is_empty() => return Err(e),
+                Err(e) => {
+                    unqueued = Some(e);
+                    break;
+                }
+            }
+        }
+        Ok(Box::pin(async move {
+            let queued = receipts.len();
+            let mut refused: Option<Refused> = None;
+            let mut fail = |positions: std::ops::Range<usize>, error| {
+                refused
+                    .get_or_insert_with(|| Refused {
+                        positions: Vec::new(),
+                        error,
+                    })
+                    .positions
+                    .extend(positions);
+            };
+            for (i, r) in receipts.into_iter().enumerate() {
+                if let Err(error) = r.await {
+                    fail(i..i + 1, error);
+                }
+            }
+            if let Some(error) = unqueued {
+                fail(queued..n, error);
+            }
+            refused.map_or(Ok(()), Err)
+        }))
+    }
 
     /// Waits until every queued message is delivered or failed.
     async fn flush(&self) -> Result<(), BusError>;
@@ -539,6 +641,82 @@ mod tests {
         async fn flush(&self) -> Result<(), BusError> {
             Ok(())
         }
+    }
+
+    /// Refuses to queue the `refuse_at`-th message, fails the delivery of those in `fail`,
+    /// and keeps every message it is given.
+    struct ByPosition {
+        refuse_at: usize,
+        fail: Vec<usize>,
+        sent: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+    }
+
+    #[async_trait]
+    impl Producer for ByPosition {
+        async fn send(&self, _: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
+            let mut sent = self.sent.lock().unwrap();
+            let i = sent.len();
+            if i == self.refuse_at {
+                return Err(BusError::Closed);
+            }
+            sent.push((key.to_vec(), payload));
+            let r = if self.fail.contains(&i) {
+                Err(BusError::Closed)
+            } else {
+                Ok(())
+            };
+            Ok(Box::pin(futures::future::ready(r)))
+        }
+        async fn flush(&self) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_sent_in_order_and_its_receipt_names_what_was_not_accepted() {
+        let mut batch = Outgoing::default();
+        for i in 0..6u8 {
+            // Keys and payloads of different lengths, an empty one among them.
+            batch.push(&vec![b'k'; usize::from(i % 3)], |b| {
+                b.extend(std::iter::repeat_n(i, usize::from(i)))
+            });
+        }
+        assert_eq!(batch.len(), 6);
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = (0..6u8)
+            .map(|i| (vec![b'k'; usize::from(i % 3)], vec![i; usize::from(i)]))
+            .collect();
+        let fake = |refuse_at, fail: &[usize]| ByPosition {
+            refuse_at,
+            fail: fail.to_vec(),
+            sent: Mutex::new(Vec::new()),
+        };
+
+        let p = fake(usize::MAX, &[]);
+        p.send_batch("t", &batch).await.unwrap().await.unwrap();
+        assert_eq!(*p.sent.lock().unwrap(), expected);
+
+        let p = fake(usize::MAX, &[1, 4]);
+        let r = p.send_batch("t", &batch).await.unwrap().await.unwrap_err();
+        assert_eq!(r.positions, vec![1, 4]);
+
+        // Refused at the fourth: it and those after it fail, with a delivery failure before.
+        let p = fake(3, &[0]);
+        let r = p.send_batch("t", &batch).await.unwrap().await.unwrap_err();
+        assert_eq!(r.positions, vec![0, 3, 4, 5]);
+        assert_eq!(*p.sent.lock().unwrap(), expected[..3]);
+
+        // Refused at the first: an error, and nothing queued.
+        let p = fake(0, &[]);
+        assert!(p.send_batch("t", &batch).await.is_err());
+
+        batch.clear();
+        assert!(batch.is_empty() && batch.iter().next().is_none());
+        fake(usize::MAX, &[])
+            .send_batch("t", &batch)
+            .await
+            .unwrap()
+            .await
+            .expect("an empty batch is accepted");
     }
 
     #[tokio::test(start_paused = true)]

@@ -92,6 +92,13 @@ impl Tick {
         prost::Message::encode_to_vec(&pb::Tick::from(self))
     }
 
+    /// Appends the tick's protobuf encoding to `buf`.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        let m = pb::Tick::from(self);
+        buf.reserve(prost::Message::encoded_len(&m));
+        prost::Message::encode_raw(&m, buf);
+    }
+
     /// Decodes protobuf bytes into a tick.
     pub fn decode(bytes: &[u8]) -> Result<Tick, TickDecodeError> {
         let pb = <pb::Tick as prost::Message>::decode(bytes)?;

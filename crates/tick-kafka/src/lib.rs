@@ -9,15 +9,19 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 use rdkafka::util::Timeout;
 use std::sync::Arc;
 use std::time::Duration;
+mod confirm;
 pub mod coverage;
 pub mod owned;
 pub mod tail;
 
-use tick_core::bus::{BusError, Consumer, Delivery, DeliveryId, Producer, Receipt, topics};
+use tick_core::bus::{
+    BatchReceipt, BusError, Consumer, Delivery, DeliveryId, Outgoing, Producer, Receipt, Refused,
+    topics,
+};
 use tick_core::error::Cause;
 use tokio_util::sync::CancellationToken;
 
@@ -115,11 +119,13 @@ impl KafkaArgs {
     /// Returns an idempotent producer. `realtime` sends each message at once (`linger.ms=0`);
     /// otherwise messages are batched for a few milliseconds.
     pub fn producer(&self, realtime: bool) -> Result<KafkaProducer, BusError> {
-        let producer: FutureProducer = self
+        let producer: ThreadedProducer<confirm::BatchContext> = self
             .config(&producer_defaults(realtime))?
-            .create()
+            .create_with_context(confirm::BatchContext::default())
             .map_err(|e| BusError::Broker(Cause::new("failed to create producer", e)))?;
-        Ok(KafkaProducer { inner: producer })
+        Ok(KafkaProducer {
+            inner: Arc::new(producer),
+        })
     }
 
     /// Returns a consumer in `group` subscribed to `topic` (one topic per consumer, so an
@@ -313,34 +319,83 @@ fn spawn_lag_reporter(
     });
 }
 
-/// A [`Producer`] on Kafka.
+/// A [`Producer`] on Kafka. Deliveries are confirmed per batch (see [`Producer::send_batch`]);
+/// a single `send` is a batch of one.
 #[derive(Clone)]
 pub struct KafkaProducer {
-    inner: FutureProducer,
+    inner: Arc<ThreadedProducer<confirm::BatchContext>>,
+}
+
+impl KafkaProducer {
+    /// Queues one message of batch `id`; waits while librdkafka's queue is full.
+    async fn queue(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        opaque: usize,
+    ) -> Result<(), KafkaError> {
+        loop {
+            let record = BaseRecord::with_opaque_to(topic, opaque)
+                .key(key)
+                .payload(payload);
+            match self.inner.send(record) {
+                Ok(()) => return Ok(()),
+                // The local queue is full: wait for deliveries to make room (back-pressure).
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    fn confirmations(&self) -> &confirm::Confirmations {
+        &self.inner.context().confirmations
+    }
 }
 
 #[async_trait]
 impl Producer for KafkaProducer {
     async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
-        loop {
-            let record = FutureRecord::to(topic).key(key).payload(&payload);
-            match self.inner.send_result(record) {
-                Ok(delivery) => {
-                    return Ok(Box::pin(async move {
-                        match delivery.await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err((e, _))) => Err(BusError::Broker(Cause::wrap(e))),
-                            Err(_) => Err(BusError::Closed),
-                        }
-                    }));
+        let (id, rx) = self.confirmations().open(1);
+        if let Err(e) = self.queue(topic, key, &payload, confirm::pack(id, 0)).await {
+            self.confirmations().abandon(id);
+            return Err(BusError::Broker(Cause::wrap(e)));
+        }
+        self.confirmations().release(id);
+        Ok(Box::pin(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(refused)) => Err(refused.error),
+                Err(_) => Err(BusError::Closed),
+            }
+        }))
+    }
+
+    async fn send_batch(&self, topic: &str, batch: &Outgoing) -> Result<BatchReceipt, BusError> {
+        let n = batch.len();
+        let (id, rx) = self.confirmations().open(n);
+        for (i, (key, payload)) in batch.iter().enumerate() {
+            if let Err(e) = self.queue(topic, key, payload, confirm::pack(id, i)).await {
+                let e = BusError::Broker(Cause::wrap(e));
+                if i == 0 {
+                    self.confirmations().abandon(id);
+                    return Err(e);
                 }
-                // The local queue is full: wait for deliveries to make room (back-pressure).
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((e, _)) => return Err(BusError::Broker(Cause::wrap(e))),
+                self.confirmations().unqueued(id, i..n, e);
+                break;
             }
         }
+        self.confirmations().release(id);
+        Ok(Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(Refused {
+                    positions: (0..n).collect(),
+                    error: BusError::Closed,
+                })
+            })
+        }))
     }
 
     async fn flush(&self) -> Result<(), BusError> {
