@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tick_core::bus::{Producer, Receipt, topics};
+use tick_core::bus::{BatchReceipt, Outgoing, Producer, Receipt, Refused, topics};
 use tick_core::shutdown::CancellationToken;
 use tick_core::store::DeadLetterRecord;
 
@@ -47,16 +47,29 @@ pub struct Spooler {
 
 /// What a pending publication was, kept (with a spooler) to be spooled if it fails.
 enum Sent {
-    Tick(Option<tick_core::Tick>),
+    /// A batch of this many ticks, in source order (kept with a spooler).
+    Ticks(usize, Option<Vec<tick_core::Tick>>),
     DeadLetter(Option<Vec<u8>>),
 }
 
 struct Pending {
     sent: tokio::time::Instant,
-    receipt: Receipt,
+    /// One receipt for the whole publication (a dead letter is a batch of one).
+    receipt: BatchReceipt,
     what: Sent,
-    /// Position of the tick in the source's output (for DLQ records: the next position).
+    /// Position of the first tick in the source's output (for DLQ records: the next position).
     index: u64,
+}
+
+/// Turns the receipt of one message into the receipt of a batch of one.
+fn batch_of_one(r: Receipt) -> BatchReceipt {
+    use futures::FutureExt;
+    Box::pin(r.map(|r| {
+        r.map_err(|error| Refused {
+            positions: vec![0],
+            error,
+        })
+    }))
 }
 
 /// Counters of the ingest stage. Every input the source read is counted once, by its outcome:
@@ -108,6 +121,7 @@ pub async fn run_source(
         emitted: 0,
         lost_at: None,
         unsent: Default::default(),
+        outgoing: Outgoing::default(),
         source: name.clone(),
     };
     let mut batch = Vec::with_capacity(1024);
@@ -200,6 +214,8 @@ struct Outbox {
     unsent: std::collections::VecDeque<(u64, Vec<u8>)>,
     /// The source's name (a metric label).
     source: String,
+    /// The batch being published, its buffers reused.
+    outgoing: Outgoing,
 }
 
 /// Dead letters kept in memory for another try while the bus refuses them (without a spool);
@@ -235,20 +251,28 @@ impl Outbox {
             metrics::counter!("tickflow_ingest_spooled_total").increment(batch.len() as u64);
             return Ok(());
         }
-        for tick in batch.drain(..) {
-            let receipt = self
-                .producer
-                .send(topics::RAW, raw_key(&tick.symbol).as_bytes(), tick.encode())
-                .await?;
-            let keep = self.spooler.is_some().then_some(tick);
-            self.pending.push_back(Pending {
-                sent: tokio::time::Instant::now(),
-                receipt,
-                what: Sent::Tick(keep),
-                index: self.emitted,
-            });
-            self.emitted += 1;
+        if batch.is_empty() {
+            return Ok(());
         }
+        // One receipt for the batch: no future, channel or payload allocated per tick.
+        let n = batch.len();
+        encode_raw(&mut self.outgoing, batch);
+        let receipt = self
+            .producer
+            .send_batch(topics::RAW, &self.outgoing)
+            .await?;
+        let keep = self
+            .spooler
+            .is_some()
+            .then(|| std::mem::replace(batch, Vec::with_capacity(n)));
+        batch.clear();
+        self.pending.push_back(Pending {
+            sent: tokio::time::Instant::now(),
+            receipt,
+            what: Sent::Ticks(n, keep),
+            index: self.emitted,
+        });
+        self.emitted += n as u64;
         Ok(())
     }
 
@@ -304,7 +328,7 @@ impl Outbox {
                 let keep = self.spooler.is_some().then_some(payload);
                 self.pending.push_back(Pending {
                     sent: tokio::time::Instant::now(),
-                    receipt,
+                    receipt: batch_of_one(receipt),
                     what: Sent::DeadLetter(keep),
                     index,
                 });
@@ -337,7 +361,7 @@ impl Outbox {
             match self.producer.send(topics::DLQ, b"", payload.clone()).await {
                 Ok(receipt) => self.pending.push_back(Pending {
                     sent: tokio::time::Instant::now(),
-                    receipt,
+                    receipt: batch_of_one(receipt),
                     what: Sent::DeadLetter(None),
                     index,
                 }),
@@ -396,34 +420,43 @@ impl Outbox {
     fn settle(
         &mut self,
         p: Pending,
-        result: Result<(), tick_core::bus::BusError>,
+        result: Result<(), Refused>,
         lost: &mut Option<u64>,
         respool: &mut Vec<Vec<u8>>,
     ) -> anyhow::Result<()> {
         match (result, p.what) {
-            (Ok(()), Sent::Tick(_)) => {
-                self.stats.published.fetch_add(1, Ordering::Relaxed);
+            (result, Sent::Ticks(n, kept)) => {
+                let refused = result.err();
+                let failed = refused.as_ref().map_or(0, |r| r.positions.len());
+                let published = (n - failed) as u64;
+                self.stats.published.fetch_add(published, Ordering::Relaxed);
                 metrics::counter!("tickflow_ingest_ticks_published_total", "source" => self.source.clone())
-                    .increment(1);
+                    .increment(published);
+                let Some(refused) = refused else {
+                    return Ok(());
+                };
+                let positions = &refused.positions;
+                if let Some(ticks) = kept {
+                    // Only the failed ones: the others are confirmed.
+                    let again: Vec<_> = positions.iter().map(|&i| ticks[i].clone()).collect();
+                    let sp = self.spooler.as_mut().expect("kept only with a spooler");
+                    sp.spool.append(&again)?;
+                    self.spooling = true;
+                } else {
+                    lost.get_or_insert(p.index + positions[0] as u64);
+                    let k = positions.len() as u64;
+                    tracing::error!(ticks = k, error = %tick_core::error::chain(&refused.error), "publish failed");
+                    metrics::counter!("tickflow_ingest_publish_failed_total").increment(k);
+                    self.stats.failed.fetch_add(k, Ordering::Relaxed);
+                }
             }
             (Ok(()), Sent::DeadLetter(_)) => {
                 self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tickflow_ingest_dead_letters_published_total").increment(1);
             }
-            (Err(_), Sent::Tick(Some(t))) => {
-                let sp = self.spooler.as_mut().expect("kept only with a spooler");
-                sp.spool.append(std::slice::from_ref(&t))?;
-                self.spooling = true;
-            }
             (Err(_), Sent::DeadLetter(Some(d))) => respool.push(d),
-            (Err(e), Sent::Tick(None)) => {
-                lost.get_or_insert(p.index);
-                tracing::error!(error = %tick_core::error::chain(&e), "publish failed");
-                metrics::counter!("tickflow_ingest_publish_failed_total").increment(1);
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            (Err(e), Sent::DeadLetter(None)) => {
-                tracing::error!(error = %tick_core::error::chain(&e), "a dead letter was not delivered; it is lost");
+            (Err(r), Sent::DeadLetter(None)) => {
+                tracing::error!(error = %tick_core::error::chain(&r.error), "a dead letter was not delivered; it is lost");
                 self.lose_dead_letters(1);
             }
         }
@@ -515,7 +548,7 @@ impl Outbox {
             let (mut ticks, mut letters) = (Vec::new(), Vec::new());
             for p in self.pending.drain(..) {
                 match p.what {
-                    Sent::Tick(Some(t)) => ticks.push(t),
+                    Sent::Ticks(_, Some(t)) => ticks.extend(t),
                     Sent::DeadLetter(Some(d)) => letters.push(d),
                     _ => {}
                 }
@@ -637,6 +670,17 @@ impl FeedWatch {
     }
 }
 
+/// Ticks of the spool sent under one receipt when it is drained.
+const DRAIN_BATCH: usize = 4_096;
+
+/// Fills `out` with `ticks` as `ticks.raw` messages, keyed by their canonical symbol.
+fn encode_raw(out: &mut Outgoing, ticks: &[tick_core::Tick]) {
+    out.clear();
+    for t in ticks {
+        out.push(raw_key(&t.symbol).as_bytes(), |buf| t.encode_into(buf));
+    }
+}
+
 /// Sends the spool's ticks in order; returns whether all were confirmed (then the spool is
 /// emptied).
 async fn drain(
@@ -646,17 +690,15 @@ async fn drain(
     source: &str,
 ) -> anyhow::Result<bool> {
     let ticks = sp.spool.read_all()?;
-    let mut receipts = Vec::with_capacity(ticks.len());
-    for t in &ticks {
-        receipts.push(
-            producer
-                .send(topics::RAW, raw_key(&t.symbol).as_bytes(), t.encode())
-                .await?,
-        );
+    let mut receipts = Vec::new();
+    let mut outgoing = Outgoing::default();
+    for chunk in ticks.chunks(DRAIN_BATCH) {
+        encode_raw(&mut outgoing, chunk);
+        receipts.push(producer.send_batch(topics::RAW, &outgoing).await?);
     }
     let confirm = async {
         for r in receipts {
-            r.await?;
+            r.await.map_err(|r| r.error)?;
         }
         Ok::<(), tick_core::bus::BusError>(())
     };
@@ -919,6 +961,44 @@ mod tests {
         assert!(
             all_series < MAX_SYMBOL_LABELS + 20,
             "{all_series} series in all"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_spool_only_the_ticks_of_a_batch_that_failed_are_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ticks = (0..5)
+            .map(|i| tick_core::testenv::tick("test", "EURUSD", 1_000 + i, 110_000))
+            .collect();
+        let stats = Arc::new(IngestStats::default());
+        let producer = Arc::new(FailsOne {
+            fail: 2,
+            sent: Default::default(),
+        });
+        let spooler = Spooler {
+            spool: spool::Spool::open(dir.path()).unwrap(),
+            dead_letters: spool::Spool::open(dir.path()).unwrap(),
+            after: Duration::from_secs(60),
+        };
+        run_source(
+            Box::new(Ticks(ticks)),
+            producer.clone(),
+            stats.clone(),
+            CancellationToken::new(),
+            Some(spooler),
+        )
+        .await
+        .unwrap();
+        // One batch of 5, its third tick failed and spooled, then sent again from the spool.
+        assert_eq!(producer.sent.load(Ordering::Relaxed), 6);
+        assert_eq!(stats.published.load(Ordering::Relaxed), 5);
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.durable.durable(), 5);
+        assert_eq!(
+            spool::Spool::<tick_core::Tick>::open(dir.path())
+                .unwrap()
+                .depth(),
+            0
         );
     }
 
