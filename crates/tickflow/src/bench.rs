@@ -242,14 +242,17 @@ async fn held_from_metrics(port: u16) -> Option<(u64, u64)> {
 
 /// Runs `tickflow bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.scenario {
+    let result = match args.scenario {
         Scenario::Embedded(load) => embedded(load).await,
         #[cfg(feature = "kafka")]
         Scenario::Distributed(d) => distributed::distributed(d).await,
         #[cfg(feature = "kafka")]
         Scenario::RouterSoak(a) => router_soak::router_soak(a).await,
         Scenario::FloorServer(f) => floor_server(f).await,
-    }
+    };
+    // The scratch directory stays only when it holds something (the stages' logs).
+    let _ = std::fs::remove_dir(scratch_dir());
+    result
 }
 
 /// The floor of the embedded scenario: what tonic alone costs to stream an update from a
@@ -657,8 +660,13 @@ async fn embedded(load: LoadArgs) -> anyhow::Result<()> {
     report("embedded", &load, &rows)
 }
 
+/// This run's scratch directory (databases, the stages' logs).
+fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("tickflow-bench-{}", std::process::id()))
+}
+
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("tickflow-bench-{}", std::process::id()));
+    let d = scratch_dir();
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
