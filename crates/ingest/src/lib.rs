@@ -428,7 +428,7 @@ impl Outbox {
             (result, Sent::Ticks(n, kept)) => {
                 let refused = result.err();
                 let failed = refused.as_ref().map_or(0, |r| r.positions.len());
-                let published = (n - failed) as u64;
+                let published = n.saturating_sub(failed) as u64;
                 self.stats.published.fetch_add(published, Ordering::Relaxed);
                 metrics::counter!("tickflow_ingest_ticks_published_total", "source" => self.source.clone())
                     .increment(published);
@@ -438,12 +438,15 @@ impl Outbox {
                 let positions = &refused.positions;
                 if let Some(ticks) = kept {
                     // Only the failed ones: the others are confirmed.
-                    let again: Vec<_> = positions.iter().map(|&i| ticks[i].clone()).collect();
+                    let again: Vec<_> = positions
+                        .iter()
+                        .filter_map(|&i| ticks.get(i).cloned())
+                        .collect();
                     let sp = self.spooler.as_mut().expect("kept only with a spooler");
                     sp.spool.append(&again)?;
                     self.spooling = true;
                 } else {
-                    lost.get_or_insert(p.index + positions[0] as u64);
+                    lost.get_or_insert(p.index + positions.first().map_or(0, |&i| i as u64));
                     let k = positions.len() as u64;
                     tracing::error!(ticks = k, error = %tick_core::error::chain(&refused.error), "publish failed");
                     metrics::counter!("tickflow_ingest_publish_failed_total").increment(k);
