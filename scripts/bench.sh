@@ -175,9 +175,11 @@ case "$scenario" in
     kafka-sweep)
         # The two-hop Kafka floor (tickflow's producer and consumer, relayed over two topics)
         # swept over the producers' linger.ms at the current broker settings, then over the
-        # broker's heap and collector (Kafka restarted for each) at SWEEP_LINGER; one summary
-        # table at the end. SWEEP_LINGERS and SWEEP_JVMS (name=options;...) override the lists;
-        # extra arguments go to `tickflow bench distributed --floor-only` (e.g. --rates).
+        # broker's heap and collector, then over its network and I/O thread counts (Kafka
+        # restarted for each) at SWEEP_LINGER; one summary table at the end. SWEEP_LINGERS,
+        # SWEEP_JVMS (name=options;...) and SWEEP_THREADS ("network,io" pairs) override the
+        # lists (set one empty to skip it); extra arguments go to `tickflow bench distributed
+        # --floor-only` (e.g. --rates).
         if [[ -z "${KAFKA_BROKERS:-}" ]]; then
             eval "$(scripts/services.sh up)"
         fi
@@ -193,15 +195,21 @@ case "$scenario" in
             echo "swept $name" >&2
         }
         BENCH_ARGS=("$@")
-        for l in ${SWEEP_LINGERS:-0 0.2 1 2 5}; do
+        for l in ${SWEEP_LINGERS-0 0.2 1 2 5}; do
             floor "linger=$l,jvm=current" TICKFLOW_KAFKA_PROPERTIES="linger.ms=$l"
         done
-        IFS=';' read -r -a jvms <<<"${SWEEP_JVMS:-g1-512m=-Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20;g1-2g=-Xms2g -Xmx2g -XX:+UseG1GC -XX:MaxGCPauseMillis=20;zgc-2g=-Xms2g -Xmx2g -XX:+UseZGC;shenandoah-2g=-Xms2g -Xmx2g -XX:+UseShenandoahGC}"
+        IFS=';' read -r -a jvms <<<"${SWEEP_JVMS-g1-512m=-Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20;g1-2g=-Xms2g -Xmx2g -XX:+UseG1GC -XX:MaxGCPauseMillis=20;zgc-2g=-Xms2g -Xmx2g -XX:+UseZGC;shenandoah-2g=-Xms2g -Xmx2g -XX:+UseShenandoahGC}"
         restore=${TICKFLOW_KAFKA_JVM_OPTS:-}
         for j in "${jvms[@]}"; do
             scripts/services.sh kafka-stop
             TICKFLOW_KAFKA_JVM_OPTS="${j#*=}" scripts/services.sh kafka-start
             floor "linger=${SWEEP_LINGER:-0},jvm=${j%%=*}" TICKFLOW_KAFKA_PROPERTIES="linger.ms=${SWEEP_LINGER:-0}"
+        done
+        for t in ${SWEEP_THREADS-1,1 1,2 2,4 3,8}; do
+            scripts/services.sh kafka-stop
+            TICKFLOW_KAFKA_NETWORK_THREADS=${t%,*} TICKFLOW_KAFKA_IO_THREADS=${t#*,} \
+                scripts/services.sh kafka-start
+            floor "linger=${SWEEP_LINGER:-0},threads=$t" TICKFLOW_KAFKA_PROPERTIES="linger.ms=${SWEEP_LINGER:-0}"
         done
         scripts/services.sh kafka-stop
         if [[ -n $restore ]]; then
