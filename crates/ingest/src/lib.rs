@@ -731,6 +731,7 @@ mod tests {
     use super::*;
     use async_trait::async_trait;
     use tick_core::bus::BusError;
+    use tick_core::bus::scripted::ScriptedProducer;
 
     /// Yields its ticks in one batch, then ends.
     struct Ticks(Vec<tick_core::Tick>);
@@ -746,28 +747,6 @@ mod tests {
         ) -> Result<bool, source::SourceError> {
             out.append(&mut self.0);
             Ok(false)
-        }
-    }
-
-    /// Confirms every publication but the `fail`-th.
-    struct FailsOne {
-        fail: usize,
-        sent: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Producer for FailsOne {
-        async fn send(&self, _: &str, _: &[u8], _: Vec<u8>) -> Result<Receipt, BusError> {
-            let n = self.sent.fetch_add(1, Ordering::Relaxed);
-            let r = if n == self.fail {
-                Err(BusError::Closed)
-            } else {
-                Ok(())
-            };
-            Ok(Box::pin(futures::future::ready(r)))
-        }
-        async fn flush(&self) -> Result<(), BusError> {
-            Ok(())
         }
     }
 
@@ -936,10 +915,7 @@ mod tests {
             ));
         }
         let stats = Arc::new(IngestStats::default());
-        let producer = Arc::new(FailsOne {
-            fail: usize::MAX,
-            sent: Default::default(),
-        });
+        let producer = Arc::new(ScriptedProducer::new(usize::MAX, &[]));
         run_source(
             Box::new(Ticks(ticks)),
             producer,
@@ -974,10 +950,7 @@ mod tests {
             .map(|i| tick_core::testenv::tick("test", "EURUSD", 1_000 + i, 110_000))
             .collect();
         let stats = Arc::new(IngestStats::default());
-        let producer = Arc::new(FailsOne {
-            fail: 2,
-            sent: Default::default(),
-        });
+        let producer = Arc::new(ScriptedProducer::new(usize::MAX, &[2]));
         let spooler = Spooler {
             spool: spool::Spool::open(dir.path()).unwrap(),
             dead_letters: spool::Spool::open(dir.path()).unwrap(),
@@ -993,7 +966,7 @@ mod tests {
         .await
         .unwrap();
         // One batch of 5, its third tick failed and spooled, then sent again from the spool.
-        assert_eq!(producer.sent.load(Ordering::Relaxed), 6);
+        assert_eq!(producer.sent_count(), 6);
         assert_eq!(stats.published.load(Ordering::Relaxed), 5);
         assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
         assert_eq!(stats.durable.durable(), 5);
@@ -1012,10 +985,7 @@ mod tests {
                 .map(|i| tick_core::testenv::tick("test", "EURUSD", 1_000 + i, 110_000))
                 .collect();
             let stats = Arc::new(IngestStats::default());
-            let producer = Arc::new(FailsOne {
-                fail,
-                sent: Default::default(),
-            });
+            let producer = Arc::new(ScriptedProducer::new(usize::MAX, &[fail]));
             run_source(
                 Box::new(Ticks(ticks)),
                 producer,

@@ -611,6 +611,64 @@ impl Consumer for MemoryConsumer {
     }
 }
 
+/// A producer for tests of the code that publishes: it follows a script of failures.
+#[cfg(any(test, feature = "test-support"))]
+pub mod scripted {
+    use super::*;
+
+    /// Refuses to queue the `refuse_at`-th message (counting from 0), fails the delivery of
+    /// those whose number is in `fail`, confirms every other one at once, and keeps every
+    /// message it queued.
+    pub struct ScriptedProducer {
+        refuse_at: usize,
+        fail: Vec<usize>,
+        sent: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+    }
+
+    impl ScriptedProducer {
+        /// A producer with this script (`usize::MAX`: refuses nothing).
+        pub fn new(refuse_at: usize, fail: &[usize]) -> Self {
+            Self {
+                refuse_at,
+                fail: fail.to_vec(),
+                sent: Mutex::new(Vec::new()),
+            }
+        }
+
+        /// Returns the key and payload of every message queued so far, in order.
+        pub fn sent(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+            self.sent.lock().expect("lock").clone()
+        }
+
+        /// Returns how many messages were queued so far.
+        pub fn sent_count(&self) -> usize {
+            self.sent.lock().expect("lock").len()
+        }
+    }
+
+    #[async_trait]
+    impl Producer for ScriptedProducer {
+        async fn send(&self, _: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
+            let mut sent = self.sent.lock().expect("lock");
+            let i = sent.len();
+            if i == self.refuse_at {
+                return Err(BusError::Closed);
+            }
+            sent.push((key.to_vec(), payload));
+            let r = if self.fail.contains(&i) {
+                Err(BusError::Closed)
+            } else {
+                Ok(())
+            };
+            Ok(Box::pin(futures::future::ready(r)))
+        }
+
+        async fn flush(&self) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,35 +701,6 @@ mod tests {
         }
     }
 
-    /// Refuses to queue the `refuse_at`-th message, fails the delivery of those in `fail`,
-    /// and keeps every message it is given.
-    struct ByPosition {
-        refuse_at: usize,
-        fail: Vec<usize>,
-        sent: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
-    }
-
-    #[async_trait]
-    impl Producer for ByPosition {
-        async fn send(&self, _: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
-            let mut sent = self.sent.lock().unwrap();
-            let i = sent.len();
-            if i == self.refuse_at {
-                return Err(BusError::Closed);
-            }
-            sent.push((key.to_vec(), payload));
-            let r = if self.fail.contains(&i) {
-                Err(BusError::Closed)
-            } else {
-                Ok(())
-            };
-            Ok(Box::pin(futures::future::ready(r)))
-        }
-        async fn flush(&self) -> Result<(), BusError> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn a_batch_is_sent_in_order_and_its_receipt_names_what_was_not_accepted() {
         let mut batch = Outgoing::default();
@@ -685,15 +714,11 @@ mod tests {
         let expected: Vec<(Vec<u8>, Vec<u8>)> = (0..6u8)
             .map(|i| (vec![b'k'; usize::from(i % 3)], vec![i; usize::from(i)]))
             .collect();
-        let fake = |refuse_at, fail: &[usize]| ByPosition {
-            refuse_at,
-            fail: fail.to_vec(),
-            sent: Mutex::new(Vec::new()),
-        };
+        let fake = |refuse_at, fail: &[usize]| scripted::ScriptedProducer::new(refuse_at, fail);
 
         let p = fake(usize::MAX, &[]);
         p.send_batch("t", &batch).await.unwrap().await.unwrap();
-        assert_eq!(*p.sent.lock().unwrap(), expected);
+        assert_eq!(p.sent(), expected);
 
         let p = fake(usize::MAX, &[1, 4]);
         let r = p.send_batch("t", &batch).await.unwrap().await.unwrap_err();
@@ -703,7 +728,7 @@ mod tests {
         let p = fake(3, &[0]);
         let r = p.send_batch("t", &batch).await.unwrap().await.unwrap_err();
         assert_eq!(r.positions, vec![0, 3, 4, 5]);
-        assert_eq!(*p.sent.lock().unwrap(), expected[..3]);
+        assert_eq!(p.sent(), expected[..3]);
 
         // Refused at the first: an error, and nothing queued.
         let p = fake(0, &[]);

@@ -10,14 +10,10 @@ use tick_core::bus::{Consumer, Outgoing, Producer};
 use tick_core::shutdown::CancellationToken;
 use tick_kafka::KafkaArgs;
 
+mod common;
+
 fn args(brokers: String) -> KafkaArgs {
-    KafkaArgs {
-        brokers,
-        properties: vec![],
-        create_topics: false,
-        topic_partitions: 1,
-        topic_replication: 1,
-    }
+    common::args(brokers, 1)
 }
 
 /// Bytes that lz4 cannot shrink (so the broker sees their size).

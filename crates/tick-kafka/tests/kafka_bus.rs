@@ -6,14 +6,10 @@ use tick_core::bus::Consumer;
 use tick_core::shutdown::CancellationToken;
 use tick_kafka::KafkaArgs;
 
+mod common;
+
 fn args(brokers: String) -> KafkaArgs {
-    KafkaArgs {
-        brokers,
-        properties: vec![],
-        create_topics: false,
-        topic_partitions: 12,
-        topic_replication: 1,
-    }
+    common::args(brokers, 12)
 }
 
 async fn recv(c: &mut dyn Consumer) -> tick_core::bus::Delivery {

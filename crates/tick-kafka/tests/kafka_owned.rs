@@ -10,14 +10,10 @@ use tick_kafka::owned::{OwnedConsumer, Ownership};
 use tick_kafka::{Bound, KafkaArgs};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+mod common;
+
 fn args(brokers: String) -> KafkaArgs {
-    KafkaArgs {
-        brokers,
-        properties: vec![],
-        create_topics: false,
-        topic_partitions: 1,
-        topic_replication: 1,
-    }
+    common::args(brokers, 1)
 }
 
 /// Polls the consumer (rebalance callbacks run there) until it reports an assignment.
