@@ -115,6 +115,20 @@ pub struct Refused {
     pub error: BusError,
 }
 
+impl Refused {
+    /// Adds the messages at `positions`, failed with `error`, to `refused` (which keeps the
+    /// first error it was given).
+    pub fn add(refused: &mut Option<Refused>, positions: std::ops::Range<usize>, error: BusError) {
+        refused
+            .get_or_insert_with(|| Refused {
+                positions: Vec::new(),
+                error,
+            })
+            .positions
+            .extend(positions);
+    }
+}
+
 /// Resolves when every message of a batch is accepted, or else with those that were not
 /// (the others were accepted).
 pub type BatchReceipt = BoxFuture<'static, Result<(), Refused>>;
@@ -147,23 +161,14 @@ pub trait Producer: Send + Sync {
         }
         Ok(Box::pin(async move {
             let queued = receipts.len();
-            let mut refused: Option<Refused> = None;
-            let mut fail = |positions: std::ops::Range<usize>, error| {
-                refused
-                    .get_or_insert_with(|| Refused {
-                        positions: Vec::new(),
-                        error,
-                    })
-                    .positions
-                    .extend(positions);
-            };
+            let mut refused = None;
             for (i, r) in receipts.into_iter().enumerate() {
                 if let Err(error) = r.await {
-                    fail(i..i + 1, error);
+                    Refused::add(&mut refused, i..i + 1, error);
                 }
             }
             if let Some(error) = unqueued {
-                fail(queued..n, error);
+                Refused::add(&mut refused, queued..n, error);
             }
             refused.map_or(Ok(()), Err)
         }))

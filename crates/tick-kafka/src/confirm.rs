@@ -70,13 +70,7 @@ impl Confirmations {
             return;
         };
         if let Some((positions, error)) = failed {
-            b.refused
-                .get_or_insert_with(|| Refused {
-                    positions: Vec::new(),
-                    error,
-                })
-                .positions
-                .extend(positions);
+            Refused::add(&mut b.refused, positions, error);
         }
         b.left -= count;
         if b.left == 0 {

@@ -353,30 +353,18 @@ impl KafkaProducer {
     fn confirmations(&self) -> &confirm::Confirmations {
         &self.inner.context().confirmations
     }
-}
 
-#[async_trait]
-impl Producer for KafkaProducer {
-    async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
-        let (id, rx) = self.confirmations().open(1);
-        if let Err(e) = self.queue(topic, key, &payload, confirm::pack(id, 0)).await {
-            self.confirmations().abandon(id);
-            return Err(BusError::Broker(Cause::wrap(e)));
-        }
-        self.confirmations().release(id);
-        Ok(Box::pin(async move {
-            match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(refused)) => Err(refused.error),
-                Err(_) => Err(BusError::Closed),
-            }
-        }))
-    }
-
-    async fn send_batch(&self, topic: &str, batch: &Outgoing) -> Result<BatchReceipt, BusError> {
-        let n = batch.len();
+    /// Queues `n` messages of `topic` as one batch; returns what the batch resolves to. A
+    /// message refused part-way fails with every one after it; a refused first message is an
+    /// error, with nothing queued.
+    async fn queue_batch<'a>(
+        &self,
+        topic: &str,
+        n: usize,
+        messages: impl Iterator<Item = (&'a [u8], &'a [u8])> + Send,
+    ) -> Result<tokio::sync::oneshot::Receiver<confirm::Outcome>, BusError> {
         let (id, rx) = self.confirmations().open(n);
-        for (i, (key, payload)) in batch.iter().enumerate() {
+        for (i, (key, payload)) in messages.enumerate() {
             if let Err(e) = self.queue(topic, key, payload, confirm::pack(id, i)).await {
                 let e = BusError::Broker(Cause::wrap(e));
                 if i == 0 {
@@ -388,6 +376,28 @@ impl Producer for KafkaProducer {
             }
         }
         self.confirmations().release(id);
+        Ok(rx)
+    }
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
+        let rx = self
+            .queue_batch(topic, 1, std::iter::once((key, &payload[..])))
+            .await?;
+        Ok(Box::pin(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(refused)) => Err(refused.error),
+                Err(_) => Err(BusError::Closed),
+            }
+        }))
+    }
+
+    async fn send_batch(&self, topic: &str, batch: &Outgoing) -> Result<BatchReceipt, BusError> {
+        let n = batch.len();
+        let rx = self.queue_batch(topic, n, batch.iter()).await?;
         Ok(Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
                 Err(Refused {
