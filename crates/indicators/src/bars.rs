@@ -242,6 +242,15 @@ impl BarBuilder {
         nanos: i64,
         gap: u32,
     ) -> Option<pb::Bar> {
+        // The common case, a tick of the open bar, without the division below.
+        if let Some(bar) = &mut self.current
+            && t.ts_event_ns >= bar.open_time_ns
+            && t.ts_event_ns < bar.close_time_ns
+        {
+            Self::add(bar, t, price, gap);
+            self.note(t);
+            return None;
+        }
         let open_time = t.ts_event_ns - t.ts_event_ns.rem_euclid(nanos);
         let mut closed = None;
         if let Some(bar) = &mut self.current {

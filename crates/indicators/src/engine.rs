@@ -20,6 +20,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tick_core::{Tick, pb};
 
+/// The timeframe of the per-tick group's updates and signals (`IndicatorUpdate.timeframe`).
+pub const TICK: &str = "tick";
+
+/// The timeframe of an indicator update as the engine gives it: an empty one is [`TICK`] (see
+/// [`ValueNames`]).
+pub fn update_timeframe(update: &pb::IndicatorUpdate) -> &str {
+    if update.timeframe.is_empty() {
+        TICK
+    } else {
+        &update.timeframe
+    }
+}
+
 /// What the engine computes.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -59,8 +72,8 @@ impl Default for EngineConfig {
 /// Everything one tick (or one clock step) changed.
 #[derive(Debug, Default)]
 pub struct Updates {
-    /// The per-tick indicator update (none for a clock step). Its values carry no names: see
-    /// [`ValueNames`] ([`Engine::value_names`]).
+    /// The per-tick indicator update (none for a clock step). Its values carry no names and its
+    /// `timeframe` is empty (it is `tick`): see [`ValueNames`] ([`Engine::value_names`]).
     pub update: Option<pb::IndicatorUpdate>,
     /// The updates of bar-fed indicators, one per closed bar of a timeframe they follow
     /// (`timeframe` = the bar's).
@@ -78,9 +91,24 @@ struct CompiledRule {
     konst: f64,
 }
 
+impl CompiledRule {
+    /// The values of both sides among `vals` (a group's outputs), if both are warm.
+    #[inline]
+    fn sides(&self, vals: &[Option<f64>]) -> Option<(f64, f64)> {
+        let l = vals[self.lhs]?;
+        let r = match self.rhs {
+            Some(j) => vals[j]?,
+            None => self.konst,
+        };
+        Some((l, r))
+    }
+}
+
 /// The names of the values of one group's updates, in value order, shared by all of them: an
 /// update's `IndicatorValue`s leave the engine without their names (no string is allocated per
 /// input), and the hub writes them from here, each encoded once, when it encodes the update.
+/// The per-tick updates also leave without their `timeframe` (empty), which is this table's
+/// `timeframe`, `tick`.
 #[derive(Debug, Default)]
 pub struct ValueNames {
     /// `IndicatorUpdate.timeframe` of the updates: `tick`, or the bars' timeframe.
@@ -107,8 +135,12 @@ impl ValueNames {
         }
     }
 
-    /// Gives the values of `update` (one of these updates) their names.
+    /// Gives the values of `update` (one of these updates) their names, and the update its
+    /// timeframe if it has none.
     pub fn fill(&self, update: &mut pb::IndicatorUpdate) {
+        if update.timeframe.is_empty() {
+            update.timeframe.clone_from(&self.timeframe);
+        }
         for (v, n) in update.values.iter_mut().zip(&self.names) {
             if v.name.is_empty() {
                 v.name.clone_from(n);
@@ -119,13 +151,19 @@ impl ValueNames {
 
 /// The indicators and rules fed one input: ticks, or the closed bars of one timeframe.
 struct Group {
-    /// `IndicatorUpdate.timeframe`: `tick`, or the bars' timeframe.
+    /// `tick`, or the bars' timeframe (`Signal.timeframe`).
     label: String,
+    /// `IndicatorUpdate.timeframe` as the group's updates leave the engine: empty for the
+    /// per-tick group (no string per tick: [`ValueNames`] gives it), else `label`.
+    update_label: String,
     specs: Vec<IndicatorSpec>,
     /// Value names, one per output of each indicator (`sma(20)`, `macd(12,26,9).signal@1m`).
     names: Vec<String>,
     /// Index in `names` of each indicator's first output.
     offsets: Vec<usize>,
+    /// Per indicator, the range of its outputs in `names` (from `offsets`; asked of each
+    /// indicator once, not per input).
+    outputs: Vec<std::ops::Range<usize>>,
     rules: Vec<CompiledRule>,
     /// `names`, shared with whoever encodes this group's updates.
     table: Arc<ValueNames>,
@@ -134,10 +172,16 @@ struct Group {
 impl Group {
     fn new(label: String) -> Self {
         Self {
+            update_label: if label == TICK {
+                String::new()
+            } else {
+                label.clone()
+            },
             label,
             specs: Vec::new(),
             names: Vec::new(),
             offsets: Vec::new(),
+            outputs: Vec::new(),
             rules: Vec::new(),
             table: Arc::default(),
         }
@@ -165,13 +209,28 @@ impl Group {
         s: &mut Series,
         input: &Input,
         symbol: String,
-        (ts_event_ns, ts_recv_ns): (i64, i64),
+        times: (i64, i64),
         signals: &mut Vec<pb::Signal>,
     ) -> pb::IndicatorUpdate {
+        let mut update = pb::IndicatorUpdate::default();
+        self.feed_into(s, input, symbol, times, signals, &mut update);
+        update
+    }
+
+    /// [`Self::feed`], writing the update into `update` (a default one): the per-tick path
+    /// fills it where it is returned, instead of moving it there.
+    fn feed_into(
+        &self,
+        s: &mut Series,
+        input: &Input,
+        symbol: String,
+        (ts_event_ns, ts_recv_ns): (i64, i64),
+        signals: &mut Vec<pb::Signal>,
+        update: &mut pb::IndicatorUpdate,
+    ) {
         let mut cur = std::mem::take(&mut s.cur);
-        for (ind, &at) in s.indicators.iter_mut().zip(&self.offsets) {
-            let n = ind.outputs().len();
-            ind.update_into(input, &mut cur[at..at + n]);
+        for (ind, at) in s.indicators.iter_mut().zip(&self.outputs) {
+            ind.update_into(input, &mut cur[at.clone()]);
         }
         let prev = std::mem::take(&mut s.prev);
         // Without names: see `ValueNames`.
@@ -184,16 +243,8 @@ impl Group {
             })
             .collect();
         for r in &self.rules {
-            let side = |vals: &[Option<f64>]| -> Option<(f64, f64)> {
-                let l = vals[r.lhs]?;
-                let rv = match r.rhs {
-                    Some(j) => vals[j]?,
-                    None => r.konst,
-                };
-                Some((l, rv))
-            };
-            let Some(now) = side(&cur) else { continue };
-            if r.rule.fires(side(&prev), now) {
+            let Some(now) = r.sides(&cur) else { continue };
+            if r.rule.fires(r.sides(&prev), now) {
                 let named = |i: usize| pb::IndicatorValue {
                     name: self.names[i].clone(),
                     ..values[i].clone()
@@ -215,36 +266,104 @@ impl Group {
         }
         s.prev = cur;
         s.cur = prev;
-        pb::IndicatorUpdate {
-            symbol,
-            timeframe: self.label.clone(),
-            ts_event_ns,
-            ts_recv_ns,
-            price: input.close,
-            values,
-            ..Default::default()
-        }
+        update.symbol = symbol;
+        update.timeframe.clone_from(&self.update_label);
+        update.ts_event_ns = ts_event_ns;
+        update.ts_recv_ns = ts_recv_ns;
+        update.price = input.close;
+        update.values = values;
     }
 }
 
-/// Keeps `tick`, whose symbol and key went into its update, as its symbol's last tick, with
-/// `symbol` and `key` written into the strings of the tick it replaces (the slot is the
-/// symbol's, so that tick's symbol is already `symbol`; the key is copied into its buffer): no
-/// string is allocated per tick, and the replaced tick frees only its source.
-fn keep_last(slot: &mut Option<Tick>, mut tick: Tick, symbol: &str, key: &str) {
-    match slot.as_mut() {
-        Some(old) => {
-            tick.symbol = std::mem::take(&mut old.symbol);
-            tick.key = std::mem::take(&mut old.key);
-            tick.key.clear();
-            tick.key.push_str(key);
-        }
-        None => {
-            tick.symbol = symbol.to_owned();
-            tick.key = key.to_owned();
-        }
-    }
-    *slot = Some(tick);
+/// Keeps `tick`, whose symbol and key went into its update, as its symbol's last tick: its
+/// fields are written over those of the tick it replaces, in place, with `key` copied into
+/// that tick's key buffer (the slot is the symbol's, so its symbol is already `symbol`). No
+/// string is allocated per tick, the replaced tick frees only its source, and the tick is not
+/// moved whole.
+fn keep_last(slot: &mut Option<Tick>, tick: &mut Tick, symbol: &str, key: &str) {
+    let Some(old) = slot.as_mut() else {
+        // The symbol's first tick (its symbol and key were taken: empty).
+        *slot = Some(Tick {
+            symbol: symbol.to_owned(),
+            key: key.to_owned(),
+            ..tick.clone()
+        });
+        return;
+    };
+    // Exhaustive, so a field added to `Tick` fails to compile here until it is kept.
+    let Tick {
+        symbol: _,
+        source,
+        ts_event_ns,
+        ts_recv_ns,
+        scale,
+        bid,
+        ask,
+        last,
+        bid_size,
+        ask_size,
+        volume,
+        flags,
+        key: _,
+        route,
+        replay,
+    } = tick;
+    old.source = std::mem::take(source);
+    old.ts_event_ns = *ts_event_ns;
+    old.ts_recv_ns = *ts_recv_ns;
+    old.scale = *scale;
+    old.bid = *bid;
+    old.ask = *ask;
+    old.last = *last;
+    old.bid_size = *bid_size;
+    old.ask_size = *ask_size;
+    old.volume = *volume;
+    old.flags = *flags;
+    old.route = *route;
+    old.replay = *replay;
+    old.key.clear();
+    old.key.push_str(key);
+}
+
+/// Keeps a copy of `bar` as its timeframe's last closed bar, written over the one it replaces
+/// (the same symbol, timeframe and side): its strings are copied into that bar's buffers, not
+/// allocated.
+fn keep_bar(slot: &mut Option<pb::Bar>, bar: &pb::Bar) {
+    let Some(old) = slot.as_mut() else {
+        *slot = Some(bar.clone());
+        return;
+    };
+    // Exhaustive, so a field added to `Bar` fails to compile here until it is kept.
+    let pb::Bar {
+        symbol,
+        timeframe,
+        price_side,
+        open_time_ns,
+        close_time_ns,
+        price_scale,
+        open,
+        high,
+        low,
+        close,
+        tick_count,
+        volume,
+        ts_recv_ns,
+        flags,
+    } = bar;
+    old.symbol.clone_from(symbol);
+    old.timeframe.clone_from(timeframe);
+    old.price_side.clone_from(price_side);
+    old.open_time_ns = *open_time_ns;
+    old.close_time_ns = *close_time_ns;
+    old.price_scale = *price_scale;
+    old.open = *open;
+    old.high = *high;
+    old.low = *low;
+    old.close = *close;
+    old.tick_count = *tick_count;
+    old.volume = *volume;
+    old.ts_recv_ns = *ts_recv_ns;
+    old.flags = *flags;
 }
 
 fn values(names: &[String], vals: &[Option<f64>]) -> Vec<pb::IndicatorValue> {
@@ -304,7 +423,7 @@ impl Engine {
         }
         let mut timeframes = cfg.timeframes.clone();
         let mut bar_group: Vec<Option<usize>> = vec![None; timeframes.len()];
-        let mut groups = vec![Group::new("tick".into())];
+        let mut groups = vec![Group::new(TICK.into())];
         // The group of a spec, with its timeframe renamed after the bars it follows.
         let mut place = |s: &IndicatorSpec, groups: &mut Vec<Group>| -> (usize, usize) {
             let mut s = s.clone();
@@ -347,7 +466,9 @@ impl Engine {
         }
         for g in &mut groups {
             for s in &g.specs {
-                g.offsets.push(g.names.len());
+                let at = g.names.len();
+                g.offsets.push(at);
+                g.outputs.push(at..at + s.outputs().len());
                 g.names
                     .extend((0..s.outputs().len()).map(|o| s.value_name(o)));
             }
@@ -418,7 +539,7 @@ impl Engine {
                     );
                     out.bar_updates.push(u);
                 }
-                st.last_bars[b] = Some(bar.clone());
+                keep_bar(&mut st.last_bars[b], &bar);
                 out.bars.push(bar);
             }
         }
@@ -426,23 +547,24 @@ impl Engine {
         let times = (tick.ts_event_ns, tick.ts_recv_ns);
         // The update takes the tick's symbol and key; the tick kept as the symbol's last gets
         // them back in the buffers of the one it replaces (see `keep_last`).
-        let mut update = self.groups[0].feed(
+        let update = out.update.insert(pb::IndicatorUpdate::default());
+        self.groups[0].feed_into(
             &mut st.series[0],
             &input,
             std::mem::take(&mut tick.symbol),
             times,
             &mut out.signals,
+            update,
         );
         update.idempotency_key = std::mem::take(&mut tick.key);
         update.symbol_seq = tick.route.symbol_seq;
         update.ts_route_ns = tick.route.ts_route_ns;
         keep_last(
             &mut st.last_tick,
-            tick,
+            &mut tick,
             &update.symbol,
             &update.idempotency_key,
         );
-        out.update = Some(update);
         st.dirty = true;
         out
     }
@@ -471,7 +593,7 @@ impl Engine {
                     );
                     out.bar_updates.push(u);
                 }
-                st.last_bars[b] = Some(bar.clone());
+                keep_bar(&mut st.last_bars[b], &bar);
                 st.dirty = true;
                 out.bars.push(bar);
             }
@@ -541,11 +663,12 @@ impl Engine {
     }
 
     /// Returns the names of the values of the updates of `timeframe` ("tick" or a bar
-    /// timeframe), which the engine's updates carry without (see [`ValueNames`]).
+    /// timeframe), which the engine's updates carry without (see [`ValueNames`]). An update's
+    /// own `timeframe` may be given as it is: empty is the per-tick group's.
     pub fn value_names(&self, timeframe: &str) -> Option<&Arc<ValueNames>> {
         self.groups
             .iter()
-            .find(|g| g.label == timeframe)
+            .find(|g| g.update_label == timeframe || g.label == timeframe)
             .map(|g| &g.table)
     }
 

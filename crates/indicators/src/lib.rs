@@ -111,7 +111,8 @@ impl Publisher {
         }
         for u in updates {
             self.stats.updates.fetch_add(1, Ordering::Relaxed);
-            match self.names.iter().find(|n| n.timeframe == u.timeframe) {
+            let timeframe = engine::update_timeframe(&u);
+            match self.names.iter().find(|n| n.timeframe == timeframe) {
                 Some(names) => self.hub.publish_update(u, names.clone()),
                 None => self.hub.publish(Kind::Update(u)),
             }

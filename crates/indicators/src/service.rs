@@ -128,7 +128,7 @@ fn encode_named(
     update: &pb::IndicatorUpdate,
     names: &crate::engine::ValueNames,
 ) -> Vec<u8> {
-    use prost::encoding::{WireType, double, encode_key, encode_varint, int64, string, uint64};
+    use prost::encoding::{WireType, double, encode_key, encode_varint, int64, uint64};
     let pb::Event {
         seq,
         ts_sent_ns,
@@ -138,7 +138,7 @@ fn encode_named(
     } = event;
     let pb::IndicatorUpdate {
         symbol,
-        timeframe,
+        timeframe: _,
         ts_event_ns,
         ts_recv_ns,
         price,
@@ -149,9 +149,11 @@ fn encode_named(
         ts_engine_ns,
     } = update;
     // Proto3: a field with its default value is not written (as prost does).
-    fn put_str(tag: u32, v: &String, buf: &mut Vec<u8>) {
+    fn put_str(tag: u32, v: &str, buf: &mut Vec<u8>) {
         if !v.is_empty() {
-            string::encode(tag, v, buf);
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(v.len() as u64, buf);
+            buf.extend_from_slice(v.as_bytes());
         }
     }
     fn put_i64(tag: u32, v: &i64, buf: &mut Vec<u8>) {
@@ -173,7 +175,8 @@ fn encode_named(
     };
     let mut update_buf = Vec::with_capacity(96 + values.len() * 32);
     put_str(1, symbol, &mut update_buf);
-    put_str(2, timeframe, &mut update_buf);
+    // The engine's per-tick updates come without it (see `ValueNames`).
+    put_str(2, crate::engine::update_timeframe(update), &mut update_buf);
     put_i64(3, ts_event_ns, &mut update_buf);
     put_i64(4, ts_recv_ns, &mut update_buf);
     if *price != 0.0 {
@@ -805,7 +808,11 @@ impl Filter {
     /// Returns whether `ev` passes the filter.
     pub fn matches(&self, ev: &pb::Event) -> bool {
         let (kind, symbol, tf) = match &ev.kind {
-            Some(Kind::Update(u)) => (pb::EventKind::Update, &u.symbol, u.timeframe.as_str()),
+            Some(Kind::Update(u)) => (
+                pb::EventKind::Update,
+                &u.symbol,
+                crate::engine::update_timeframe(u),
+            ),
             Some(Kind::Bar(b)) => (pb::EventKind::Bar, &b.symbol, b.timeframe.as_str()),
             Some(Kind::Signal(s)) => (pb::EventKind::Signal, &s.symbol, s.timeframe.as_str()),
             Some(Kind::Gap(_)) => return true,
@@ -1282,6 +1289,7 @@ mod gap_tests {
                 u.values.iter().all(|v| v.name.is_empty()),
                 "the engine sends no names"
             );
+            assert_eq!(u.timeframe, "", "nor the per-tick timeframe");
             if i == 29 {
                 // A value that has a name of its own keeps it.
                 u.values[0].name = "own".into();
@@ -1303,6 +1311,7 @@ mod gap_tests {
                 want[0] = "own";
             }
             assert_eq!(got, want);
+            assert_eq!(d.timeframe, "tick", "the timeframe is written from the names");
             assert_eq!(
                 d.values[0].warm,
                 i >= 19,
@@ -1313,6 +1322,22 @@ mod gap_tests {
                 format!("{}:{}", hub.instance_id(), i + 1)
             );
         }
+    }
+
+    #[test]
+    fn a_filter_takes_an_update_without_timeframe_as_a_per_tick_one() {
+        let filter = |tf: &str| {
+            Filter::from_request(&pb::SubscribeRequest {
+                timeframes: vec![tf.into()],
+                ..Default::default()
+            })
+        };
+        let ev = pb::Event {
+            kind: Some(update("EURUSD")),
+            ..Default::default()
+        };
+        assert!(filter("tick").matches(&ev));
+        assert!(!filter("1s").matches(&ev));
     }
 
     #[tokio::test]

@@ -344,7 +344,7 @@ impl Since {
     /// Passes a live event on, or skips it, by the rules of the seam.
     async fn on_live(&mut self, ev: WireEvent) {
         let (symbol, seq, ts, key) = match &ev.event().kind {
-            Some(Kind::Update(u)) if u.timeframe == "tick" => (
+            Some(Kind::Update(u)) if crate::engine::update_timeframe(u) == crate::engine::TICK => (
                 u.symbol.clone(),
                 u.symbol_seq,
                 u.ts_event_ns,
