@@ -249,7 +249,9 @@ impl Group {
                     name: self.names[i].clone(),
                     ..values[i].clone()
                 };
-                let mut involved = vec![named(r.lhs)];
+                // Sized once: one value, or two when the right side is an indicator.
+                let mut involved = Vec::with_capacity(1 + usize::from(r.rhs.is_some()));
+                involved.push(named(r.lhs));
                 if let Some(j) = r.rhs {
                     involved.push(named(j));
                 }

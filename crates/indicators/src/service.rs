@@ -1311,7 +1311,10 @@ mod gap_tests {
                 want[0] = "own";
             }
             assert_eq!(got, want);
-            assert_eq!(d.timeframe, "tick", "the timeframe is written from the names");
+            assert_eq!(
+                d.timeframe, "tick",
+                "the timeframe is written from the names"
+            );
             assert_eq!(
                 d.values[0].warm,
                 i >= 19,
