@@ -15,6 +15,11 @@
 //!   `iter_batched` freed its input buffer inside the timing: a large free, which also made
 //!   the allocator return and fault in pages).
 //! - `engine/baseline_protobuf_encode`: `Tick::encode` of one tick of that series.
+//! - `hub/publish_update`: `Hub::publish_update` of the engine's per-tick updates of the
+//!   100-symbol series, as the indicators stage publishes them, into a hub with the default
+//!   options and no subscriber: the resume window (100,000 events) is filled first, so each
+//!   publish also drops the oldest event. The updates are made outside the timing, in runs of
+//!   4,096.
 //! - `peer/{tickflow,ta}/...`: one `update` / `next` per input on the mid prices of the
 //!   1-symbol series, 10,000 inputs per iteration (so the table divides by 10,000).
 //!
@@ -34,6 +39,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use indicators::config::EngineArgs;
 use indicators::engine::{Engine, EngineConfig};
 use indicators::indicator::{Ema, Rsi, Sma};
+use indicators::service::{Hub, HubOptions};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use ta::Next;
@@ -198,6 +204,50 @@ fn engine(c: &mut Criterion) {
     g.finish();
 }
 
+fn hub(c: &mut Criterion) {
+    let (ticks, span) = series(100, 42);
+    let mut engine = Engine::new(default_config()).expect("default configuration is valid");
+    let names = engine
+        .value_names(indicators::engine::TICK)
+        .expect("the per-tick group")
+        .clone();
+    let options = HubOptions::default();
+    let hub = Hub::with_options(options.clone());
+    let mut n = 0;
+    let mut update = |n: &mut usize| {
+        *n += 1;
+        engine
+            .on_tick(nth(&ticks, span, *n - 1))
+            .update
+            .expect("a tick's update")
+    };
+    // Fill the resume window: from here on each publish drops the oldest event.
+    for _ in 0..options.resume_window {
+        hub.publish_update(update(&mut n), names.clone());
+    }
+    let mut g = c.benchmark_group("hub");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("publish_update", |b| {
+        let mut inputs = Vec::with_capacity(CHUNK);
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let k = left.min(CHUNK as u64);
+                inputs.extend((0..k).map(|_| update(&mut n)));
+                let start = Instant::now();
+                for u in inputs.drain(..) {
+                    hub.publish_update(u, names.clone());
+                }
+                timed += start.elapsed();
+                left -= k;
+            }
+            timed
+        })
+    });
+    g.finish();
+}
+
 fn peer(c: &mut Criterion) {
     let (ticks, _) = series(1, 42);
     let mids: Vec<f64> = ticks[..PEER_INPUTS].iter().map(Tick::mid_f64).collect();
@@ -244,5 +294,5 @@ fn peer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, engine, peer);
+criterion_group!(benches, engine, hub, peer);
 criterion_main!(benches);
