@@ -174,7 +174,7 @@ case "$scenario" in
         ;;
     kafka-sweep)
         # The two-hop Kafka floor (tickflow's producer and consumer, relayed over two topics)
-        # swept over the producers' linger.ms at the current broker settings, then over the
+        # swept over the producers' linger (TICKFLOW_KAFKA_LINGER) at the current broker settings, then over the
         # broker's heap and collector, then over its network and I/O thread counts (Kafka
         # restarted for each) at SWEEP_LINGER; one summary table at the end. SWEEP_LINGERS,
         # SWEEP_JVMS (name=options;...) and SWEEP_THREADS ("network,io" pairs) override the
@@ -195,8 +195,10 @@ case "$scenario" in
             echo "swept $name" >&2
         }
         BENCH_ARGS=("$@")
-        for l in ${SWEEP_LINGERS-0 0.2 1 2 5}; do
-            floor "linger=$l,jvm=current" TICKFLOW_KAFKA_PROPERTIES="linger.ms=$l"
+        # `auto` is tickflow's default: 0 ms under TICKFLOW_KAFKA_LINGER_AUTO_RATE messages/s
+        # per producer, TICKFLOW_KAFKA_LINGER_AUTO_MS above it.
+        for l in ${SWEEP_LINGERS-0 0.2 1 2 5 auto}; do
+            floor "linger=$l,jvm=current" TICKFLOW_KAFKA_LINGER="$l"
         done
         IFS=';' read -r -a jvms <<<"${SWEEP_JVMS-g1-512m=-Xms512m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20;g1-2g=-Xms2g -Xmx2g -XX:+UseG1GC -XX:MaxGCPauseMillis=20;zgc-2g=-Xms2g -Xmx2g -XX:+UseZGC;shenandoah-2g=-Xms2g -Xmx2g -XX:+UseShenandoahGC}"
         restore=${TICKFLOW_KAFKA_JVM_OPTS:-}

@@ -30,6 +30,7 @@ async fn consumed_history(
     let kafka = KafkaArgs {
         brokers,
         properties: vec![],
+        linger: Default::default(),
         create_topics: false,
         topic_partitions: 1,
         topic_replication: 1,

@@ -35,6 +35,7 @@ async fn replaying_a_range_restores_exactly_the_missing_rows() {
     let kafka = tick_kafka::KafkaArgs {
         brokers: brokers.clone(),
         properties: vec![],
+        linger: Default::default(),
         create_topics: true,
         topic_partitions: 12,
         topic_replication: 1,

@@ -15,6 +15,7 @@ fn kafka(brokers: String) -> KafkaArgs {
     KafkaArgs {
         brokers,
         properties: vec![],
+        linger: Default::default(),
         create_topics: true,
         topic_partitions: 12,
         topic_replication: 1,

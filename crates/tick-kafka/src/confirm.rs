@@ -111,10 +111,10 @@ pub(crate) fn pack(id: u32, position: usize) -> usize {
     ((id as usize) << 32) | (position & 0xffff_ffff)
 }
 
-/// Counts each delivery in the producer's [`Confirmations`].
-#[derive(Default)]
+/// Counts each delivery in the producer's [`Confirmations`] (shared by its clients).
+#[derive(Default, Clone)]
 pub struct BatchContext {
-    pub(crate) confirmations: Confirmations,
+    pub(crate) confirmations: std::sync::Arc<Confirmations>,
 }
 
 impl ClientContext for BatchContext {}

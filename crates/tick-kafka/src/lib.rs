@@ -6,15 +6,16 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use std::sync::Arc;
 use std::time::Duration;
 mod confirm;
 pub mod coverage;
+pub mod linger;
 pub mod owned;
 pub mod tail;
 
@@ -43,6 +44,9 @@ pub struct KafkaArgs {
         value_delimiter = ','
     )]
     pub properties: Vec<String>,
+    /// The linger of the stages' realtime producers.
+    #[command(flatten)]
+    pub linger: linger::LingerArgs,
     /// Whether to create missing topics at start.
     #[arg(long, env = "TICKFLOW_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,
@@ -116,15 +120,49 @@ impl KafkaArgs {
         Ok(c)
     }
 
-    /// Returns an idempotent producer. `realtime` sends each message at once (`linger.ms=0`);
-    /// otherwise messages are batched for a few milliseconds.
+    /// Returns an idempotent producer. `realtime` lingers as `--kafka-linger` says (by
+    /// default 0 ms under a few thousand messages/s, a few ms above); otherwise messages are
+    /// batched for a few milliseconds.
     pub fn producer(&self, realtime: bool) -> Result<KafkaProducer, BusError> {
-        let producer: ThreadedProducer<confirm::BatchContext> = self
-            .config(&producer_defaults(realtime))?
-            .create_with_context(confirm::BatchContext::default())
-            .map_err(|e| BusError::Broker(Cause::new("failed to create producer", e)))?;
         Ok(KafkaProducer {
-            inner: Arc::new(producer),
+            inner: Arc::new(self.lingering(realtime, confirm::BatchContext::default())?),
+        })
+    }
+
+    /// Whether `--kafka-property` sets the linger itself.
+    fn linger_property(&self) -> bool {
+        self.properties.iter().any(|p| {
+            p.split_once('=')
+                .is_some_and(|(k, _)| matches!(k.trim(), "linger.ms" | "queue.buffering.max.ms"))
+        })
+    }
+
+    /// Creates a producer's client(s), each with a clone of `context` (see [`linger`]).
+    pub(crate) fn lingering<C: ProducerContext + Clone + 'static>(
+        &self,
+        realtime: bool,
+        context: C,
+    ) -> Result<linger::Lingering<C>, BusError> {
+        let client = |linger_ms: Option<f64>| -> Result<ThreadedProducer<C>, BusError> {
+            let mut c = self.config(&producer_defaults(realtime))?;
+            if let Some(ms) = linger_ms {
+                c.set("linger.ms", ms.to_string());
+            }
+            ThreadedProducer::from_config_and_context(&c, context.clone())
+                .map_err(|e| BusError::Broker(Cause::new("failed to create producer", e)))
+        };
+        if !realtime || self.linger_property() {
+            return Ok(linger::Lingering::fixed(client(None)?));
+        }
+        let l = &self.linger;
+        Ok(match l.linger {
+            linger::Linger::Fixed(ms) => linger::Lingering::fixed(client(Some(ms))?),
+            linger::Linger::Auto => linger::Lingering::auto(
+                client(Some(0.0))?,
+                client(Some(l.auto_ms))?,
+                l.auto_ms,
+                l.auto_rate,
+            ),
         })
     }
 
@@ -268,6 +306,7 @@ impl KafkaArgs {
         tokio::task::spawn_blocking(move || {
             producer
                 .inner
+                .any()
                 .client()
                 .fetch_metadata(None, timeout)
                 .map(|_| ())
@@ -323,13 +362,18 @@ fn spawn_lag_reporter(
 /// a single `send` is a batch of one.
 #[derive(Clone)]
 pub struct KafkaProducer {
-    inner: Arc<ThreadedProducer<confirm::BatchContext>>,
+    inner: Arc<linger::Lingering<confirm::BatchContext>>,
 }
 
 impl KafkaProducer {
-    /// Queues one message of batch `id`; waits while librdkafka's queue is full.
+    /// Returns whether the producer is batching (the automatic linger's high-rate client).
+    pub fn is_batching(&self) -> bool {
+        self.inner.is_batching()
+    }
+
+    /// Queues one message of batch `id` on `client`; waits while librdkafka's queue is full.
     async fn queue(
-        &self,
+        client: &ThreadedProducer<confirm::BatchContext>,
         topic: &str,
         key: &[u8],
         payload: &[u8],
@@ -339,7 +383,7 @@ impl KafkaProducer {
             let record = BaseRecord::with_opaque_to(topic, opaque)
                 .key(key)
                 .payload(payload);
-            match self.inner.send(record) {
+            match client.send(record) {
                 Ok(()) => return Ok(()),
                 // The local queue is full: wait for deliveries to make room (back-pressure).
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -351,7 +395,7 @@ impl KafkaProducer {
     }
 
     fn confirmations(&self) -> &confirm::Confirmations {
-        &self.inner.context().confirmations
+        &self.inner.any().context().confirmations
     }
 
     /// Queues `n` messages of `topic` as one batch; returns what the batch resolves to. A
@@ -363,9 +407,12 @@ impl KafkaProducer {
         n: usize,
         messages: impl Iterator<Item = (&'a [u8], &'a [u8])> + Send,
     ) -> Result<tokio::sync::oneshot::Receiver<confirm::Outcome>, BusError> {
+        let lease = self.inner.lease(n).await;
         let (id, rx) = self.confirmations().open(n);
         for (i, (key, payload)) in messages.enumerate() {
-            if let Err(e) = self.queue(topic, key, payload, confirm::pack(id, i)).await {
+            if let Err(e) =
+                Self::queue(lease.client, topic, key, payload, confirm::pack(id, i)).await
+            {
                 let e = BusError::Broker(Cause::wrap(e));
                 if i == 0 {
                     self.confirmations().abandon(id);
@@ -410,7 +457,7 @@ impl Producer for KafkaProducer {
 
     async fn flush(&self) -> Result<(), BusError> {
         let p = self.inner.clone();
-        tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(60))))
+        tokio::task::spawn_blocking(move || p.flush_blocking(Duration::from_secs(60)))
             .await
             .map_err(|e| BusError::Broker(Cause::wrap(e)))?
             .map_err(|e| BusError::Broker(Cause::new("flush failed", e)))

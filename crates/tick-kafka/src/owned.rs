@@ -11,6 +11,7 @@
 //! owner that flushes before it lets go leaves nothing in flight that the new owner could miss.
 
 use crate::KafkaArgs;
+use crate::linger::Lingering;
 use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
@@ -21,8 +22,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Message};
-use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{BaseRecord, ProducerContext};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -238,6 +238,7 @@ impl Ledgers {
 }
 
 /// Counts each delivery in the ledgers.
+#[derive(Clone)]
 pub struct LedgerContext {
     ledgers: Arc<Ledgers>,
 }
@@ -262,7 +263,7 @@ impl ProducerContext for LedgerContext {
 /// An idempotent producer whose deliveries are counted in [`Ledgers`].
 #[derive(Clone)]
 pub struct OwnedProducer {
-    inner: Arc<ThreadedProducer<LedgerContext>>,
+    inner: Arc<Lingering<LedgerContext>>,
     ledgers: Arc<Ledgers>,
 }
 
@@ -286,6 +287,7 @@ impl OwnedProducer {
         if !self.ledgers.add(token) {
             return Ok(false);
         }
+        let lease = self.inner.lease(1).await;
         loop {
             let mut record = BaseRecord::with_opaque_to(topic, token.pack())
                 .key(key)
@@ -293,7 +295,7 @@ impl OwnedProducer {
             if let Some(p) = partition {
                 record = record.partition(p);
             }
-            match self.inner.send(record) {
+            match lease.client.send(record) {
                 Ok(()) => return Ok(true),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -312,7 +314,7 @@ impl OwnedProducer {
     /// Waits until every queued message is delivered or failed, for at most `timeout`.
     pub async fn flush(&self, timeout: Duration) -> Result<(), BusError> {
         let p = self.inner.clone();
-        tokio::task::spawn_blocking(move || p.flush(Timeout::After(timeout)))
+        tokio::task::spawn_blocking(move || p.flush_blocking(timeout))
             .await
             .map_err(|e| BusError::Broker(Cause::wrap(e)))?
             .map_err(|e| BusError::Broker(Cause::new("flush failed", e)))
@@ -323,7 +325,7 @@ impl OwnedProducer {
 pub struct OwnerContext {
     topic: String,
     ledgers: Arc<Ledgers>,
-    producer: Arc<ThreadedProducer<LedgerContext>>,
+    producer: Arc<Lingering<LedgerContext>>,
     events: mpsc::UnboundedSender<Ownership>,
     revoke_wait: Duration,
 }
@@ -351,7 +353,7 @@ impl ConsumerContext for OwnerContext {
         }
         // Every output of these partitions must be in their topics before another member
         // rebuilds its state from them. (This blocks the consumer's poll, which is the point.)
-        if let Err(e) = self.producer.flush(Timeout::After(self.revoke_wait)) {
+        if let Err(e) = self.producer.flush_blocking(self.revoke_wait) {
             tracing::warn!(error = %e, ?parts, "outputs still unconfirmed when giving up partitions");
         }
         for (p, offset) in self.ledgers.take_done() {
@@ -517,14 +519,12 @@ impl KafkaArgs {
         BusError,
     > {
         let ledgers = Arc::new(Ledgers::default());
-        let producer: ThreadedProducer<LedgerContext> = ThreadedProducer::from_config_and_context(
-            &self.config(&crate::producer_defaults(true))?,
+        let producer = Arc::new(self.lingering(
+            true,
             LedgerContext {
                 ledgers: ledgers.clone(),
             },
-        )
-        .map_err(|e| BusError::Broker(Cause::new("failed to create producer", e)))?;
-        let producer = Arc::new(producer);
+        )?);
         let (tx, rx) = mpsc::unbounded_channel();
         let config: ClientConfig = self.config(&crate::consumer_defaults(group))?;
         let consumer: StreamConsumer<OwnerContext> = StreamConsumer::from_config_and_context(

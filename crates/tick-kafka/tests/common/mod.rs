@@ -8,6 +8,7 @@ pub fn args(brokers: String, partitions: i32) -> KafkaArgs {
     KafkaArgs {
         brokers,
         properties: vec![],
+        linger: Default::default(),
         create_topics: false,
         topic_partitions: partitions,
         topic_replication: 1,
