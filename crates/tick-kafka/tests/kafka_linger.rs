@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
-use tick_core::bus::{Consumer, Outgoing, Producer};
+use tick_core::bus::{BatchReceipt, Consumer, Outgoing, Producer};
 use tick_core::shutdown::CancellationToken;
+use tick_kafka::KafkaProducer;
 use tick_kafka::linger::{Linger, LingerArgs};
 
 mod common;
@@ -17,6 +18,18 @@ fn push(batch: &mut Outgoing, seq: u32) {
     batch.push(KEYS[seq as usize % KEYS.len()], |b| {
         b.extend_from_slice(&seq.to_be_bytes())
     });
+}
+
+/// Sends 20 messages one at a time, 20 ms apart (50 messages/s).
+async fn light(p: &KafkaProducer, topic: &str, seq: &mut u32, receipts: &mut Vec<BatchReceipt>) {
+    let mut batch = Outgoing::default();
+    for _ in 0..20 {
+        batch.clear();
+        push(&mut batch, *seq);
+        *seq += 1;
+        receipts.push(p.send_batch(topic, &batch).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -38,13 +51,7 @@ async fn the_automatic_linger_follows_the_rate_and_keeps_each_keys_order() {
     let mut batch = Outgoing::default();
 
     // Light: 50 messages/s, one at a time.
-    for _ in 0..20 {
-        batch.clear();
-        push(&mut batch, seq);
-        seq += 1;
-        receipts.push(p.send_batch(&topic, &batch).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    light(&p, &topic, &mut seq, &mut receipts).await;
     assert!(!p.is_batching(), "50 messages/s is under the threshold");
 
     // Heavy: about 20,000 messages/s in batches of 100 for about a second.
@@ -64,13 +71,7 @@ async fn the_automatic_linger_follows_the_rate_and_keeps_each_keys_order() {
 
     // Calm again: the first message after a quiet spell goes out at once.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    for _ in 0..20 {
-        batch.clear();
-        push(&mut batch, seq);
-        seq += 1;
-        receipts.push(p.send_batch(&topic, &batch).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    light(&p, &topic, &mut seq, &mut receipts).await;
     assert!(!p.is_batching(), "back under half the threshold");
 
     for r in receipts {
