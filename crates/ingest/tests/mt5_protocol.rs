@@ -184,6 +184,7 @@ async fn the_ea_protocol_delivers_every_tick_once_across_a_dropped_connection() 
     let kafka = KafkaArgs {
         brokers: brokers.clone(),
         properties: vec![],
+        linger: Default::default(),
         create_topics: false,
         topic_partitions: 12,
         topic_replication: 1,

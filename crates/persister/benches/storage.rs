@@ -113,6 +113,7 @@ async fn main() {
     let kafka = KafkaArgs {
         brokers,
         properties: vec![],
+        linger: Default::default(),
         create_topics: false,
         topic_partitions: 12,
         topic_replication: 1,

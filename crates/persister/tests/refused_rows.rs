@@ -35,6 +35,7 @@ async fn refused_rows_go_to_the_dead_letter_topic_and_the_rest_is_stored() {
     let kafka = KafkaArgs {
         brokers,
         properties: vec![],
+        linger: Default::default(),
         create_topics: true,
         topic_partitions: 1,
         topic_replication: 1,
