@@ -97,7 +97,7 @@ pub struct LingerArgs {
 }
 
 /// The default of `--kafka-linger-auto-rate`.
-pub const DEFAULT_AUTO_RATE: u32 = 4_000;
+pub const DEFAULT_AUTO_RATE: u32 = 8_000;
 /// The default of `--kafka-linger-auto-ms`.
 pub const DEFAULT_AUTO_MS: f64 = 5.0;
 
