@@ -10,10 +10,10 @@
 //! How: librdkafka cannot change `linger.ms` on a live producer, so an adaptive producer is two
 //! clients of the same configuration but the linger, and messages go to one at a time. A
 //! [`Meter`] measures the rate in windows of 200 ms: one window at or above the threshold
-//! switches to the batching client; a second of windows under half of it switches back. A
-//! switch first waits (under a write lock, so nothing is queued meanwhile) until every message
-//! queued on the client being left is delivered: a key's messages stay in order across a
-//! switch. A switch that cannot drain within 2 s (broker unreachable) is abandoned, the old
+//! switches to the batching client; a second of windows under half of it (or a second without
+//! any message) switches back. A switch first waits (under a write lock, so nothing is queued
+//! meanwhile) until every message queued on the client being left is delivered: a key's
+//! messages stay in order across a switch. A switch that cannot drain within 2 s (broker unreachable) is abandoned, the old
 //! client stays in use, and no switch is tried for 10 s.
 
 use rdkafka::producer::{Producer as _, ProducerContext, ThreadedProducer};
@@ -119,6 +119,8 @@ pub(crate) struct Meter {
     threshold: f64,
     start: Instant,
     count: u64,
+    /// When messages were last given.
+    last: Instant,
     batching: bool,
     calm: Duration,
 }
@@ -129,6 +131,7 @@ impl Meter {
             threshold: f64::from(threshold.max(1)),
             start: now,
             count: 0,
+            last: now,
             batching: false,
             calm: Duration::ZERO,
         }
@@ -137,6 +140,16 @@ impl Meter {
     /// Counts `n` messages given at `now`; at the end of a window, returns whether the
     /// producer should batch from now on.
     pub(crate) fn record(&mut self, n: u64, now: Instant) -> Option<bool> {
+        let idle = now.saturating_duration_since(self.last);
+        self.last = now;
+        if idle >= CALM {
+            // Nothing for a calm second: whatever the window before held, the rate is low now.
+            self.start = now;
+            self.count = n;
+            self.batching = false;
+            self.calm = Duration::ZERO;
+            return Some(false);
+        }
         self.count += n;
         let elapsed = now.saturating_duration_since(self.start);
         if elapsed < WINDOW {
@@ -375,5 +388,18 @@ mod tests {
         assert_eq!(feed(&mut m, &mut t, 50_000, 0.4), Some(true));
         t += Duration::from_secs(5);
         assert_eq!(m.record(1, t), Some(false), "5 s without a message is calm");
+
+        // A burst whose last window is still open when the feed stops: the idle second
+        // decides, not the burst's average over the open window and the silence.
+        let mut m = Meter::new(4_000, t);
+        assert_eq!(feed(&mut m, &mut t, 20_000, 0.3), Some(true));
+        m.record(5_000, t);
+        t += Duration::from_millis(1_500);
+        assert_eq!(m.record(1, t), Some(false));
+        assert_eq!(
+            feed(&mut m, &mut t, 50, 0.4),
+            Some(false),
+            "and stays light"
+        );
     }
 }
