@@ -13,8 +13,8 @@
 //! switches to the batching client; a second of windows under half of it (or a second without
 //! any message) switches back. A switch first waits (under a write lock, so nothing is queued
 //! meanwhile) until every message queued on the client being left is delivered: a key's
-//! messages stay in order across a switch. A switch that cannot drain within 2 s (broker unreachable) is abandoned, the old
-//! client stays in use, and no switch is tried for 10 s.
+//! messages stay in order across a switch. A switch that cannot drain within 2 s (broker
+//! unreachable) is abandoned, the old client stays in use, and no switch is tried for 10 s.
 
 use rdkafka::producer::{Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
