@@ -121,8 +121,8 @@ impl KafkaArgs {
     }
 
     /// Returns an idempotent producer. `realtime` lingers as `--kafka-linger` says (by
-    /// default 0 ms under a few thousand messages/s, a few ms above); otherwise messages are
-    /// batched for a few milliseconds.
+    /// default 0 ms under 8,000 messages/s, 5 ms above); otherwise messages are batched for
+    /// 5 ms.
     pub fn producer(&self, realtime: bool) -> Result<KafkaProducer, BusError> {
         Ok(KafkaProducer {
             inner: Arc::new(self.lingering(realtime, confirm::BatchContext::default())?),
