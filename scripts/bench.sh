@@ -174,12 +174,12 @@ case "$scenario" in
         ;;
     kafka-sweep)
         # The two-hop Kafka floor (tickflow's producer and consumer, relayed over two topics)
-        # swept over the producers' linger (TICKFLOW_KAFKA_LINGER) at the current broker settings, then over the
-        # broker's heap and collector, then over its network and I/O thread counts (Kafka
-        # restarted for each) at SWEEP_LINGER; one summary table at the end. SWEEP_LINGERS,
-        # SWEEP_JVMS (name=options;...) and SWEEP_THREADS ("network,io" pairs) override the
-        # lists (set one empty to skip it); extra arguments go to `tickflow bench distributed
-        # --floor-only` (e.g. --rates).
+        # swept over the producers' linger (TICKFLOW_KAFKA_LINGER) at the current broker
+        # settings, then over the broker's heap and collector, then over its network and I/O
+        # thread counts (Kafka restarted for each) at SWEEP_LINGER; one summary table at the
+        # end. SWEEP_LINGERS, SWEEP_JVMS (name=options;...) and SWEEP_THREADS ("network,io"
+        # pairs) override the lists (set one empty to skip it); extra arguments go to
+        # `tickflow bench distributed --floor-only` (e.g. --rates).
         if [[ -z "${KAFKA_BROKERS:-}" ]]; then
             eval "$(scripts/services.sh up)"
         fi

@@ -214,16 +214,16 @@ fn hub(c: &mut Criterion) {
     let options = HubOptions::default();
     let hub = Hub::with_options(options.clone());
     let mut n = 0;
-    let mut update = |n: &mut usize| {
-        *n += 1;
+    let mut update = move || {
+        n += 1;
         engine
-            .on_tick(nth(&ticks, span, *n - 1))
+            .on_tick(nth(&ticks, span, n - 1))
             .update
             .expect("a tick's update")
     };
     // Fill the resume window: from here on each publish drops the oldest event.
     for _ in 0..options.resume_window {
-        hub.publish_update(update(&mut n), names.clone());
+        hub.publish_update(update(), names.clone());
     }
     let mut g = c.benchmark_group("hub");
     g.throughput(Throughput::Elements(1));
@@ -234,7 +234,7 @@ fn hub(c: &mut Criterion) {
             let mut left = iters;
             while left > 0 {
                 let k = left.min(CHUNK as u64);
-                inputs.extend((0..k).map(|_| update(&mut n)));
+                inputs.extend((0..k).map(|_| update()));
                 let start = Instant::now();
                 for u in inputs.drain(..) {
                     hub.publish_update(u, names.clone());

@@ -57,15 +57,6 @@ impl std::str::FromStr for Linger {
     }
 }
 
-impl std::fmt::Display for Linger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Auto => f.write_str("auto"),
-            Self::Fixed(ms) => write!(f, "{ms}"),
-        }
-    }
-}
-
 /// The linger settings of the stages' realtime producers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LingerArgs {
@@ -255,13 +246,14 @@ impl<C: ProducerContext + 'static> Lingering<C> {
         };
         let now = Instant::now();
         let want = lock(&b.meter).record(n as u64, now);
-        if let Some(want) = want {
-            let current = *b.active.read().await;
-            if want != current && lock(&b.retry_after).is_none_or(|t| now >= t) {
-                self.switch(b, want).await;
-            }
+        let mut guard = b.active.read().await;
+        if let Some(want) =
+            want.filter(|w| *w != *guard && lock(&b.retry_after).is_none_or(|t| now >= t))
+        {
+            drop(guard);
+            self.switch(b, want).await;
+            guard = b.active.read().await;
         }
-        let guard = b.active.read().await;
         let client = if *guard { &b.client } else { &self.immediate };
         Lease {
             client,
