@@ -17,6 +17,9 @@ struct Args {
     config: indicators::IndicatorsArgs,
 }
 
+#[global_allocator]
+static ALLOCATOR: tick_core::alloc::Allocator = tick_core::alloc::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -16,6 +16,9 @@ struct Args {
     config: persister::PersisterArgs,
 }
 
+#[global_allocator]
+static ALLOCATOR: tick_core::alloc::Allocator = tick_core::alloc::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -41,6 +41,9 @@ enum Command {
     Export(replayer::export::ExportArgs),
 }
 
+#[global_allocator]
+static ALLOCATOR: tick_core::alloc::Allocator = tick_core::alloc::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     use std::process::ExitCode;

@@ -2,6 +2,7 @@
 //! store traits with their in-memory implementation, and process plumbing (logging, shutdown,
 //! clock). It holds no stage logic.
 
+pub mod alloc;
 pub mod backoff;
 pub mod bus;
 pub mod clock;

@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand};
 use tick_core::telemetry::{self, LogFormat};
 use tickflow::{bench, embedded, subscribe};
 
+#[global_allocator]
+static ALLOCATOR: tick_core::alloc::Allocator = tick_core::alloc::Allocator;
+
 /// Real-time market-data pipeline for trading bots: ticks in, indicators and signals out over
 /// gRPC, every tick stored exactly once.
 #[derive(Debug, Parser)]

@@ -28,6 +28,9 @@ use tick_core::{KeyOrdinals, Price};
 const DEFAULT_SET: &str = "sma(20);ema(12);ema(26);wma(10);rsi(14);macd(12,26,9);bbands(20,2);\
 atr(14);stoch(14,3,3);adx(14);cci(20);stddev(20);zscore(50);vwap;vwap(30);spread(20)";
 
+#[global_allocator]
+static ALLOCATOR: tick_core::alloc::Allocator = tick_core::alloc::Allocator;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opt = |name: &str| -> Option<String> {
