@@ -15,8 +15,9 @@
 //!
 //! **Batch-level confirmation.** Outputs carry a small token (partition, generation, sequence)
 //! as the delivery's opaque value; the producer's delivery callback counts them in per-partition
-//! ledgers, and the loop acknowledges the done prefix of each partition whenever the ledgers
-//! change: no future, channel or payload copy per message.
+//! ledgers, and the loop acknowledges the done prefix of each partition after each pass and on
+//! its 100 ms timer: no future, channel or payload copy per message, and no wake-up per
+//! delivery report (a report wakes the loop only when [`MAX_IN_FLIGHT`] inputs wait on it).
 //!
 //! **Batch-level consumption.** The loop waits for one message, then routes up to [`BATCH`] of
 //! those already fetched in the same pass: when traffic is light a tick is routed the moment it
@@ -182,13 +183,10 @@ impl Owned {
         loop {
             tokio::select! {
                 biased;
-                _ = ledgers.changed() => {
-                    if let Some(why) = ledgers.failed() {
-                        anyhow::bail!("a clean tick or dead letter was not delivered: {why}");
-                    }
-                    for (p, offset) in ledgers.take_done() {
-                        self.consumer.ack(p, offset);
-                    }
+                // Deliveries are acknowledged after each pass and on the timer, so a delivery
+                // report wakes this loop only when the in-flight bound waits for one.
+                _ = ledgers.changed(), if ledgers.in_flight() >= MAX_IN_FLIGHT => {
+                    self.acknowledge()?;
                 }
                 Some(change) = ownership.recv() => match change {
                     Ownership::Assigned(ps) => {
@@ -234,6 +232,7 @@ impl Owned {
                     self.check_ready(joined, &parts);
                 }
                 _ = timer.tick() => {
+                    self.acknowledge()?;
                     let now = clock::now_ns();
                     let (mut keys, mut unchecked) = (0, 0u64);
                     for (p, slot) in parts.iter_mut() {
@@ -261,6 +260,7 @@ impl Owned {
                         let Some(m) = messages.try_recv() else { break };
                         self.route(&mut parts, m, &mut out).await?;
                     }
+                    self.acknowledge()?;
                 }
             }
         }
@@ -269,13 +269,21 @@ impl Owned {
         parts.clear();
         self.count_owned(&parts);
         self.producer.flush(Duration::from_secs(60)).await?;
+        self.acknowledge()?;
+        self.consumer.commit().await?;
+        Ok(())
+    }
+
+    /// Acknowledges the input of every output confirmed so far (the done prefix of each
+    /// partition's ledger); fails the stage if a delivery failed.
+    fn acknowledge(&self) -> anyhow::Result<()> {
+        let ledgers = self.producer.ledgers();
         if let Some(why) = ledgers.failed() {
             anyhow::bail!("a clean tick or dead letter was not delivered: {why}");
         }
         for (p, offset) in ledgers.take_done() {
             self.consumer.ack(p, offset);
         }
-        self.consumer.commit().await?;
         Ok(())
     }
 
