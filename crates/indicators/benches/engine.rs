@@ -61,12 +61,12 @@ struct Args {
     engine: EngineArgs,
 }
 
-/// The configuration `indicators` and `tickflow run` build with their default options: clap
-/// parses `EngineArgs` from an empty command line, then `EngineArgs::engine_config`.
 /// The allocator the binaries run on (`tick_core::alloc`), so the figures are theirs.
 #[global_allocator]
 static ALLOCATOR: tick_core::alloc::Allocator = tick_core::alloc::Allocator;
 
+/// The configuration `indicators` and `tickflow run` build with their default options: clap
+/// parses `EngineArgs` from an empty command line, then `EngineArgs::engine_config`.
 fn default_config() -> EngineConfig {
     let cfg = Args::try_parse_from(["engine-bench"])
         .expect("EngineArgs defaults parse")
