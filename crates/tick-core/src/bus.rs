@@ -367,20 +367,67 @@ impl TopicState {
     }
 }
 
-/// Publications of a topic waiting for the confirming group to acknowledge them, oldest first.
-#[derive(Default)]
+/// Publications of a topic waiting for the confirming group to acknowledge them.
 struct Confirmations {
-    waiting: Mutex<std::collections::VecDeque<(i64, tokio::sync::oneshot::Sender<()>)>>,
+    state: Mutex<Waiting>,
+}
+
+struct Waiting {
+    /// The highest offset the confirming group acknowledged (-1 before the first).
+    confirmed: i64,
+    /// Set when the confirming group went away: nothing is confirmed any more.
+    gone: bool,
+    /// Receipts waiting, by the offset that confirms them, oldest first.
+    queue: std::collections::VecDeque<(i64, tokio::sync::oneshot::Sender<()>)>,
 }
 
 impl Confirmations {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(Waiting {
+                confirmed: -1,
+                gone: false,
+                queue: Default::default(),
+            }),
+        }
+    }
+
+    /// Returns a receiver that resolves once `offset` is acknowledged, and fails if the
+    /// confirming group goes away first. Registered in offset order (the publishing lock).
+    fn register(&self, offset: i64) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut state = self.state.lock().expect("confirmation lock poisoned");
+        if offset <= state.confirmed {
+            let _ = tx.send(());
+        } else if !state.gone {
+            state.queue.push_back((offset, tx));
+        }
+        rx
+    }
+
     /// Resolves the receipts of every publication up to `offset`.
     fn confirm_upto(&self, offset: i64) {
-        let mut waiting = self.waiting.lock().expect("confirmation lock poisoned");
-        while waiting.front().is_some_and(|(o, _)| *o <= offset) {
-            let (_, done) = waiting.pop_front().expect("front exists");
+        let mut state = self.state.lock().expect("confirmation lock poisoned");
+        state.confirmed = state.confirmed.max(offset);
+        while state.queue.front().is_some_and(|(o, _)| *o <= offset) {
+            let (_, done) = state.queue.pop_front().expect("front exists");
             let _ = done.send(());
         }
+    }
+
+    /// Returns the highest acknowledged offset.
+    fn confirmed(&self) -> i64 {
+        self.state
+            .lock()
+            .expect("confirmation lock poisoned")
+            .confirmed
+    }
+
+    /// Fails every waiting receipt, and those registered later (the group went away).
+    fn close(&self) {
+        let mut state = self.state.lock().expect("confirmation lock poisoned");
+        state.gone = true;
+        state.queue.clear();
     }
 }
 
@@ -428,7 +475,7 @@ impl MemoryBus {
     /// group per topic; other groups' acknowledgements confirm nothing.
     pub fn subscribe_confirming(&self, topic: &str, capacity: usize) -> MemoryConsumer {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let confirmations = Arc::new(Confirmations::default());
+        let confirmations = Arc::new(Confirmations::new());
         // One lock for the subscription and the confirmations: no message can be published in
         // between and escape confirmation.
         let mut topics = self.topics.lock().expect("bus lock poisoned");
@@ -474,9 +521,27 @@ pub struct MemoryProducer {
     bus: MemoryBus,
 }
 
-#[async_trait]
-impl Producer for MemoryProducer {
-    async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
+/// What [`MemoryProducer::publish`] did.
+struct Published {
+    /// Messages queued to every group, from the first.
+    queued: usize,
+    /// Why the message after those was not (a group went away).
+    error: Option<BusError>,
+    /// Offset of the first message.
+    first: i64,
+    /// Set on a confirmed topic: resolves once the last queued message is acknowledged.
+    receipt: Option<(Arc<Confirmations>, tokio::sync::oneshot::Receiver<()>)>,
+}
+
+impl MemoryProducer {
+    /// Queues `messages` (`n` of them) to every group subscribed to `topic`, in order, under
+    /// one choice of offsets. It stops at the first message a group can no longer take.
+    async fn publish<'a>(
+        &self,
+        topic: &str,
+        n: usize,
+        messages: impl Iterator<Item = (&'a [u8], Vec<u8>)> + Send,
+    ) -> Published {
         // A confirmed topic orders its publishers (see `TopicState::publishing`); others need
         // no ordering beyond each publisher's own.
         let ordering = {
@@ -490,56 +555,118 @@ impl Producer for MemoryProducer {
             Some(lock) => Some(lock.lock().await),
             None => None,
         };
-        let (offset, subscribers, topic_name, confirmed) = {
+        let (first, subscribers, topic_name, confirmations) = {
             let mut topics = self.bus.topics.lock().expect("bus lock poisoned");
             if !topics.contains_key(topic) {
                 topics.insert(topic.to_string(), TopicState::new(topic));
             }
             let state = &topics[topic];
-            let offset = state.next_offset.fetch_add(1, Ordering::Relaxed);
-            // Registered under the bus lock, so waiters queue in offset order. A closed topic
-            // (no subscribers left) has nobody to confirm: its receipts resolve at once, as
-            // the message is discarded anyway.
-            let confirmed = match &state.confirmations {
-                Some(c) if !state.subscribers.is_empty() => {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    c.waiting
-                        .lock()
-                        .expect("confirmation lock poisoned")
-                        .push_back((offset, tx));
-                    Some(rx)
-                }
-                _ => None,
-            };
+            let first = state.next_offset.fetch_add(n as i64, Ordering::Relaxed);
+            // A closed topic (no subscribers left) has nobody to confirm: its receipts resolve
+            // at once, as the message is discarded anyway.
+            let confirmations = state
+                .confirmations
+                .clone()
+                .filter(|_| !state.subscribers.is_empty());
             (
-                offset,
+                first,
                 state.subscribers.clone(),
                 state.name.clone(),
-                confirmed,
+                confirmations,
             )
         };
-        self.bus.published.fetch_add(1, Ordering::Relaxed);
-        let delivery = Delivery {
-            topic: topic_name,
-            id: DeliveryId {
-                partition: 0,
-                offset,
-            },
-            key: key.to_vec(),
-            payload,
-        };
-        if let Some((last, rest)) = subscribers.split_last() {
-            for tx in rest {
-                tx.send(delivery.clone())
-                    .await
-                    .map_err(|_| BusError::Closed)?;
+        let (mut queued, mut error) = (0, None);
+        'messages: for (key, payload) in messages.take(n) {
+            self.bus.published.fetch_add(1, Ordering::Relaxed);
+            let delivery = Delivery {
+                topic: topic_name.clone(),
+                id: DeliveryId {
+                    partition: 0,
+                    offset: first + queued as i64,
+                },
+                key: key.to_vec(),
+                payload,
+            };
+            if let Some((last, rest)) = subscribers.split_last() {
+                for tx in rest {
+                    if tx.send(delivery.clone()).await.is_err() {
+                        error = Some(BusError::Closed);
+                        break 'messages;
+                    }
+                }
+                if last.send(delivery).await.is_err() {
+                    error = Some(BusError::Closed);
+                    break;
+                }
             }
-            last.send(delivery).await.map_err(|_| BusError::Closed)?;
+            queued += 1;
         }
-        Ok(match confirmed {
-            Some(rx) => Box::pin(async move { rx.await.map_err(|_| BusError::Closed) }),
+        // Still under the publishing lock, so receipts are registered in offset order; one
+        // receipt covers them all, as an acknowledgement covers everything before it.
+        let receipt = confirmations.filter(|_| queued > 0).map(|c| {
+            let rx = c.register(first + queued as i64 - 1);
+            (c, rx)
+        });
+        Published {
+            queued,
+            error,
+            first,
+            receipt,
+        }
+    }
+}
+
+#[async_trait]
+impl Producer for MemoryProducer {
+    async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
+        let p = self
+            .publish(topic, 1, std::iter::once((key, payload)))
+            .await;
+        if let Some(e) = p.error {
+            return Err(e);
+        }
+        Ok(match p.receipt {
+            Some((_, rx)) => Box::pin(async move { rx.await.map_err(|_| BusError::Closed) }),
             None => Box::pin(futures::future::ready(Ok(()))),
         })
+    }
+
+    /// One choice of offsets, one ordering and one receipt for the whole batch, rather than
+    /// per message.
+    async fn send_batch(&self, topic: &str, batch: &Outgoing) -> Result<BatchReceipt, BusError> {
+        let n = batch.len();
+        let p = self
+            .publish(topic, n, batch.iter().map(|(k, v)| (k, v.to_vec())))
+            .await;
+        if p.queued == 0
+            && let Some(e) = p.error
+        {
+            return Err(e);
+        }
+        let Published {
+            queued,
+            error,
+            first,
+            receipt,
+        } = p;
+        Ok(Box::pin(async move {
+            let mut refused = None;
+            if let Some((confirmations, rx)) = receipt
+                && rx.await.is_err()
+            {
+                // The group went away: what it acknowledged before is confirmed.
+                let confirmed = usize::try_from(confirmations.confirmed() - first + 1)
+                    .unwrap_or(0)
+                    .min(queued);
+                if confirmed < queued {
+                    Refused::add(&mut refused, confirmed..queued, BusError::Closed);
+                }
+            }
+            if let Some(error) = error {
+                Refused::add(&mut refused, queued..n, error);
+            }
+            refused.map_or(Ok(()), Err)
+        }))
     }
 
     async fn flush(&self) -> Result<(), BusError> {
@@ -560,10 +687,7 @@ impl Drop for MemoryConsumer {
     /// had not acknowledged is not durable.
     fn drop(&mut self) {
         if let Some(c) = self.confirms.take() {
-            c.waiting
-                .lock()
-                .expect("confirmation lock poisoned")
-                .clear();
+            c.close();
         }
     }
 }
@@ -904,6 +1028,75 @@ mod tests {
         assert!((&mut third).now_or_never().is_none());
         drop(store);
         assert!(matches!(third.await, Err(BusError::Closed)));
+    }
+
+    fn outgoing(payloads: std::ops::Range<u8>) -> Outgoing {
+        let mut batch = Outgoing::default();
+        for i in payloads {
+            batch.push(b"EURUSD", |b| b.push(i));
+        }
+        batch
+    }
+
+    #[tokio::test]
+    async fn a_batch_on_a_confirmed_topic_is_confirmed_by_the_ack_of_its_last_message() {
+        use futures::FutureExt;
+        let bus = MemoryBus::new();
+        let mut store = bus.subscribe_confirming(topics::CLEAN, 8);
+        let mut bots = bus.subscribe(topics::CLEAN, 8);
+        let p = bus.producer();
+        let mut first = p.send_batch(topics::CLEAN, &outgoing(0..3)).await.unwrap();
+        let second = p.send_batch(topics::CLEAN, &outgoing(3..5)).await.unwrap();
+        for (i, group) in [&mut store, &mut bots].into_iter().enumerate() {
+            for want in 0..5u8 {
+                let d = group.recv().await.unwrap().unwrap();
+                assert_eq!(
+                    (d.id.offset, d.payload[0]),
+                    (i64::from(want), want),
+                    "group {i}"
+                );
+            }
+        }
+        // Up to the batch's second message: not yet; its last: confirmed.
+        store
+            .ack(DeliveryId {
+                partition: 0,
+                offset: 1,
+            })
+            .unwrap();
+        assert!((&mut first).now_or_never().is_none());
+        store
+            .ack(DeliveryId {
+                partition: 0,
+                offset: 3,
+            })
+            .unwrap();
+        assert!(matches!(first.await, Ok(())));
+        // The group goes away having acknowledged the first of the second batch: the other
+        // one is refused, alone.
+        drop(store);
+        let refused = second.await.unwrap_err();
+        assert_eq!(refused.positions, vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_first_message_a_group_cannot_take_is_refused_whole() {
+        let bus = MemoryBus::new();
+        let _store = bus.subscribe_confirming(topics::CLEAN, 2);
+        let bots = bus.subscribe(topics::CLEAN, 8);
+        let p = bus.producer();
+        drop(bots);
+        assert!(matches!(
+            p.send_batch(topics::CLEAN, &outgoing(0..2)).await,
+            Err(BusError::Closed)
+        ));
+        // A topic that nobody reads any more takes everything, confirmed at once.
+        bus.close(topics::CLEAN);
+        p.send_batch(topics::CLEAN, &outgoing(0..4))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
