@@ -21,11 +21,14 @@ use crate::arbitration::Arbitration;
 use crate::core::{Decision, HoldId, RejectReason, Router, RouterConfig};
 use crate::spike::SpikeConfig;
 use crate::symbols::SymbolMap;
+use futures::FutureExt as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tick_core::bus::{BusError, Consumer, InFlight, Producer, Receipt, topics};
+use tick_core::bus::{
+    BusError, Consumer, DeliveryId, InFlight, Outgoing, Producer, Receipt, topics,
+};
 use tick_core::shutdown::CancellationToken;
 use tick_core::{Tick, clock};
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +36,10 @@ use tokio::sync::{mpsc, oneshot};
 /// Inputs whose outputs await confirmation, at most. In embedded mode a confirmation is a SQLite
 /// commit (tens of ms), so at 100,000 ticks/s several thousand are in flight by design.
 const MAX_IN_FLIGHT: usize = 65_536;
+
+/// Inputs routed in one pass, at most: those already waiting when the pass starts, so a tick
+/// that arrives alone is routed and published at once.
+const BATCH: usize = 256;
 
 /// How several sources of a symbol are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -231,32 +238,51 @@ pub async fn run_router(
     let mut timer = tokio::time::interval(Duration::from_millis(100));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut out = Vec::new();
+    let mut pass = Pass::default();
     loop {
         tokio::select! {
             biased;
             Some((id, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 result?;
                 consumer.ack(id)?;
+                // And the inputs after it that are finished too, in this same pass.
+                while let Some((id, result)) = in_flight.try_next() {
+                    result?;
+                    consumer.ack(id)?;
+                }
             }
             Some(t) = async { tail.as_mut()?.recv().await }, if tail.is_some() => router.remember(&t),
             _ = timer.tick() => {
                 router.on_timer(clock::now_ns(), &mut out);
-                settle(&mut out, None, &mut holds, &ctx).await?;
+                settle(&mut out, None, &mut holds, &mut pass, &ctx).await?;
+                pass.publish(&mut in_flight, &ctx).await?;
                 log_switches(&mut router, &stats);
             }
             next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                 let Some(d) = next? else { break };
-                stats.received.fetch_add(1, Ordering::Relaxed);
-                let input = Held { since: std::time::Instant::now(), done: None, key: d.key, payload: d.payload, origin: d.topic };
-                let own = match Tick::decode(&input.payload) {
-                    Ok(tick) => {
-                        router.on_tick(tick, clock::now_ns(), &mut out);
-                        log_switches(&mut router, &stats);
-                        settle(&mut out, Some(input), &mut holds, &ctx).await?
+                let mut next = Some(d);
+                // This input, then what else is already there, up to a batch.
+                while let Some(d) = next.take() {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    let input = Held { since: std::time::Instant::now(), done: None, key: d.key, payload: d.payload, origin: d.topic };
+                    let own = match Tick::decode(&input.payload) {
+                        Ok(tick) => {
+                            router.on_tick(tick, clock::now_ns(), &mut out);
+                            log_switches(&mut router, &stats);
+                            settle(&mut out, Some(input), &mut holds, &mut pass, &ctx).await?
+                        }
+                        Err(e) => Own {
+                            receipts: vec![dead_letter(&input, RejectReason::MalformedPayload, e.to_string(), &ctx).await?],
+                            ..Own::default()
+                        },
+                    };
+                    pass.inputs.push((d.id, own));
+                    if pass.inputs.len() >= BATCH || in_flight.len() + pass.inputs.len() >= MAX_IN_FLIGHT {
+                        break;
                     }
-                    Err(e) => vec![dead_letter(&input, RejectReason::MalformedPayload, e.to_string(), &ctx).await?],
-                };
-                in_flight.push(d.id, own);
+                    next = consumer.try_recv()?;
+                }
+                pass.publish(&mut in_flight, &ctx).await?;
             }
         }
     }
@@ -264,7 +290,8 @@ pub async fn run_router(
         // The input is gone for good (embedded mode): a held tick can no longer be confirmed,
         // so it becomes a dead letter rather than vanish.
         router.on_timer(i64::MAX, &mut out);
-        settle(&mut out, None, &mut holds, &ctx).await?;
+        settle(&mut out, None, &mut holds, &mut pass, &ctx).await?;
+        pass.publish(&mut in_flight, &ctx).await?;
     } else {
         // Kafka keeps the input: leave held ticks unacknowledged, so the next instance reads
         // them again and decides with the tick that follows.
@@ -289,8 +316,6 @@ fn log_switches(router: &mut Router, stats: &RouterStats) {
     }
 }
 
-/// Publishes the decisions in `out`; returns the receipts the current input (if any) waits
-/// for. Decisions that settle earlier holds resolve those holds' receipts.
 /// What publishing a decision needs.
 struct Ctx<'a> {
     producer: &'a dyn Producer,
@@ -298,15 +323,86 @@ struct Ctx<'a> {
     shutdown: &'a CancellationToken,
 }
 
+/// What an input waits on before it is acknowledged.
+#[derive(Default)]
+struct Own {
+    /// Receipts of its dead letter, or of its hold's decision.
+    receipts: Vec<Receipt>,
+    /// Its tick is among the pass's clean ticks.
+    clean: bool,
+    /// The spike filter holds it: it may wait for a later tick of its symbol.
+    held: bool,
+}
+
+/// The clean ticks of one pass over the input, published as one batch, and who waits on them.
+#[derive(Default)]
+struct Pass {
+    clean: Outgoing,
+    /// Earlier holds the pass's clean ticks release: their inputs wait on its receipt.
+    released: Vec<Held>,
+    /// The pass's inputs, in order.
+    inputs: Vec<(DeliveryId, Own)>,
+}
+
+impl Pass {
+    /// Publishes the pass's clean ticks and hands its inputs to `in_flight`: those up to a held
+    /// one are acknowledged together (an acknowledgement covers everything before it), so a
+    /// hold never delays the inputs before it.
+    async fn publish(&mut self, in_flight: &mut InFlight, ctx: &Ctx<'_>) -> anyhow::Result<()> {
+        let receipt = if self.clean.is_empty() {
+            None
+        } else {
+            let r = ctx.producer.send_batch(topics::CLEAN, &self.clean).await?;
+            self.clean.clear();
+            Some(r.shared())
+        };
+        let receipt = || -> Receipt {
+            let r = receipt.clone().expect("a clean tick was published");
+            Box::pin(r.map(|r| r.map_err(|refused| refused.error)))
+        };
+        for h in self.released.drain(..) {
+            resolve_later(h, receipt());
+        }
+        let mut group: Option<(DeliveryId, Vec<Receipt>, bool)> = None;
+        for (id, own) in self.inputs.drain(..) {
+            // An acknowledgement covers its own partition only.
+            if let Some((last, mut receipts, clean)) =
+                group.take_if(|(last, ..)| last.partition != id.partition)
+            {
+                receipts.extend(clean.then(receipt));
+                in_flight.push(last, receipts);
+            }
+            let (last, receipts, clean) = group.get_or_insert_with(|| (id, Vec::new(), false));
+            *last = id;
+            receipts.extend(own.receipts);
+            *clean |= own.clean;
+            if own.held {
+                let (id, mut receipts, clean) = group.take().expect("just set");
+                receipts.extend(clean.then(receipt));
+                in_flight.push(id, receipts);
+            }
+        }
+        if let Some((id, mut receipts, clean)) = group {
+            receipts.extend(clean.then(receipt));
+            in_flight.push(id, receipts);
+        }
+        Ok(())
+    }
+}
+
+/// Handles the decisions in `out`: clean ticks join `pass`, rejects are sent as dead letters.
+/// Returns what the current input (if any) waits for. Decisions that settle earlier holds
+/// resolve those holds' receipts.
 async fn settle(
     out: &mut Vec<Decision>,
     input: Option<Held>,
     holds: &mut HashMap<HoldId, Held>,
+    pass: &mut Pass,
     ctx: &Ctx<'_>,
-) -> anyhow::Result<Vec<Receipt>> {
-    let (producer, stats) = (ctx.producer, ctx.stats);
+) -> anyhow::Result<Own> {
+    let stats = ctx.stats;
     let mut input = input;
-    let mut own = Vec::new();
+    let mut own = Own::default();
     for decision in out.drain(..) {
         match decision {
             Decision::Clean { tick, held } => {
@@ -315,15 +411,14 @@ async fn settle(
                     stats.released.fetch_add(1, Ordering::Relaxed);
                 }
                 metrics::counter!("tickflow_router_ticks_total", "outcome" => "clean").increment(1);
-                let r = producer
-                    .send(topics::CLEAN, tick.symbol.as_bytes(), tick.encode())
-                    .await?;
+                pass.clean
+                    .push(tick.symbol.as_bytes(), |b| tick.encode_into(b));
                 match held.and_then(|id| holds.remove(&id)) {
                     Some(h) => {
                         record_hold(h.since, stats);
-                        resolve_later(h, r)
+                        pass.released.push(h);
                     }
-                    None => own.push(r),
+                    None => own.clean = true,
                 }
             }
             Decision::Reject { reject, held } => {
@@ -342,7 +437,8 @@ async fn settle(
                     }
                     None => {
                         let Some(i) = &input else { continue };
-                        own.push(dead_letter(i, reject.reason, reject.detail, ctx).await?);
+                        own.receipts
+                            .push(dead_letter(i, reject.reason, reject.detail, ctx).await?);
                     }
                 }
             }
@@ -364,7 +460,8 @@ async fn settle(
                     h.done = Some(tx);
                     h.since = std::time::Instant::now();
                     holds.insert(id, h);
-                    own.push(Box::pin(async move {
+                    own.held = true;
+                    own.receipts.push(Box::pin(async move {
                         rx.await.unwrap_or(Err(BusError::Closed))
                     }));
                 }
@@ -579,5 +676,66 @@ mod tests {
         );
         assert_eq!(n(&stats.duplicates), 1);
         assert_eq!(stats.accounted(), sent, "{stats:?}");
+    }
+
+    /// Inputs waiting together are routed in passes: their clean ticks reach `ticks.clean` in
+    /// input order, a held tick and the one that confirms it land in the same or a later pass,
+    /// and every input is acknowledged (the receipts of `ticks.raw` resolve only then).
+    #[tokio::test]
+    async fn a_backlog_is_routed_in_passes_in_order_and_every_input_is_acknowledged() {
+        let bus = MemoryBus::new();
+        let raw = bus.subscribe_confirming(topics::RAW, 4096);
+        let mut clean = bus.subscribe(topics::CLEAN, 4096);
+        let _dlq = bus.subscribe(topics::DLQ, 4096);
+        let p = bus.producer();
+        let mut keys = vec![];
+        let mut receipts = vec![];
+        for i in 0..1000 {
+            // A jump at 600, confirmed by the tick after it: held, then both pass.
+            let bid = if i < 600 {
+                110_000 + i % 2
+            } else {
+                111_000 + i % 2
+            };
+            let key = format!("k{i}");
+            receipts.push(
+                p.send(topics::RAW, b"EURUSD", tick(&key, bid, bid + 3).encode())
+                    .await
+                    .unwrap(),
+            );
+            keys.push(key);
+        }
+        bus.close(topics::RAW);
+        let stats = Arc::new(RouterStats::default());
+        let cfg = RouterConfig {
+            spike: Some(SpikeConfig {
+                warmup: 10,
+                ..SpikeConfig::default()
+            }),
+            ..RouterConfig::default()
+        };
+        run_router(
+            Box::new(raw),
+            Arc::new(bus.producer()),
+            Router::new(cfg),
+            stats.clone(),
+            None,
+            true,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        for r in receipts {
+            r.await.expect("every input is acknowledged");
+        }
+        bus.close(topics::CLEAN);
+        let mut passed = vec![];
+        while let Some(d) = clean.recv().await.unwrap() {
+            passed.push(Tick::decode(&d.payload).unwrap().key);
+        }
+        assert_eq!(passed, keys, "every tick passes, in input order");
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!((n(&stats.held), n(&stats.released)), (1, 1), "{stats:?}");
+        assert_eq!(stats.accounted(), 1000, "{stats:?}");
     }
 }
