@@ -50,7 +50,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_rows: 1000,
+            max_rows: 10_000,
             max_delay: Duration::from_millis(50),
             writers: 2,
         }
@@ -60,8 +60,9 @@ impl Default for BatchConfig {
 /// Batching options.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct BatchArgs {
-    /// Rows per storage batch.
-    #[arg(long, env = "TICKFLOW_BATCH_ROWS", default_value_t = 1000)]
+    /// Rows per storage batch, at most. Below `batch-rows / batch-delay` ticks/s (200,000 with
+    /// the defaults) a batch is whatever arrived within `--batch-delay`.
+    #[arg(long, env = "TICKFLOW_BATCH_ROWS", default_value_t = 10_000)]
     pub batch_rows: usize,
     /// Longest a row waits before its batch is written.
     #[arg(long, env = "TICKFLOW_BATCH_DELAY", value_parser = humantime::parse_duration, default_value = "50ms")]
