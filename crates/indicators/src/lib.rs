@@ -259,12 +259,20 @@ pub async fn run_indicators(
                     let Some(delivery) = next? else { break };
                     on_delivery(delivery, &mut engine, &publisher, &mut in_flight).await?;
                     // Then what else is already there, up to a batch, in this same pass.
+                    let mut full = true;
                     for _ in 1..BATCH {
                         if in_flight.len() >= MAX_IN_FLIGHT {
                             break;
                         }
-                        let Some(delivery) = consumer.try_recv()? else { break };
+                        let Some(delivery) = consumer.try_recv()? else {
+                            full = false;
+                            break;
+                        };
                         on_delivery(delivery, &mut engine, &publisher, &mut in_flight).await?;
+                    }
+                    if full {
+                        // More may wait: let the rest of the thread run between passes.
+                        tokio::task::yield_now().await;
                     }
                 }
             }

@@ -149,7 +149,14 @@ pub async fn run_source(
         feed.report(out.spool_depth());
         metrics::counter!("tickflow_ingest_ticks_received_total", "source" => name.clone())
             .increment(batch.len() as u64);
+        let published = !batch.is_empty();
         out.publish(&mut batch).await?;
+        if published {
+            // Let the stages that share this thread in embedded mode (router, indicators)
+            // take the batch before the next is made: a tick then waits for its own batch,
+            // not for every batch a backlog holds.
+            tokio::task::yield_now().await;
+        }
         out.retry_dead_letters().await;
         for r in source.take_rejects() {
             out.reject(r).await?;

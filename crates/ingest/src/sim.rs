@@ -11,6 +11,9 @@ use std::time::Duration;
 use tick_core::{KeyOrdinals, Tick, clock, idempotency_key, instrument};
 use tokio::time::Instant;
 
+/// Ticks one call of `next_batch` returns, at most.
+const MAX_BATCH: u64 = 64;
+
 /// Settings of the simulated feed.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -263,8 +266,10 @@ impl TickSource for SimSource {
             let due = (start.elapsed().as_nanos() as f64 / period_ns + 1e-6) as u64;
             let due = self.max_ticks.map_or(due, |m| due.min(m));
             if due > self.sent {
-                // Cap a batch so a long stall does not build one huge allocation.
-                let n = (due - self.sent).min(10_000);
+                // Cap a batch, so that after a stall the stages downstream take the backlog in
+                // steps (see `run_source`) rather than in one wave whose first tick waits for
+                // all of it.
+                let n = (due - self.sent).min(MAX_BATCH);
                 // The event time is when the tick was due on the schedule, the receipt time
                 // when it was actually produced: a consumer measuring from the event time sees
                 // any lag of the feed itself (no coordinated omission).

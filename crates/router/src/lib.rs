@@ -282,7 +282,13 @@ pub async fn run_router(
                     }
                     next = consumer.try_recv()?;
                 }
+                let full = pass.inputs.len() >= BATCH;
                 pass.publish(&mut in_flight, &ctx).await?;
+                if full {
+                    // More may wait: let the stages after this one on the thread take this
+                    // pass's ticks first.
+                    tokio::task::yield_now().await;
+                }
             }
         }
     }
