@@ -257,6 +257,8 @@ pub async fn run_indicators(
                 }
                 next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                     let Some(delivery) = next? else { break };
+                    // The pass's events reach the subscribers together, at its end.
+                    let deferred = hub.defer();
                     on_delivery(delivery, &mut engine, &publisher, &mut in_flight).await?;
                     // Then what else is already there, up to a batch, in this same pass.
                     let mut full = true;
@@ -270,6 +272,7 @@ pub async fn run_indicators(
                         };
                         on_delivery(delivery, &mut engine, &publisher, &mut in_flight).await?;
                     }
+                    drop(deferred);
                     if full {
                         // More may wait: let the rest of the thread run between passes.
                         tokio::task::yield_now().await;

@@ -310,12 +310,32 @@ impl prost::Message for WireEvent {
 struct Retained {
     events: VecDeque<Arc<Published>>,
     head: u64,
+    /// Events published while sending is deferred ([`Hub::defer`]), oldest first: retained,
+    /// not yet sent to the live receivers.
+    unsent: Vec<Arc<Published>>,
+    /// Open [`Deferred`] guards.
+    deferring: usize,
 }
 
 impl Retained {
     /// Returns the sequence number of the oldest retained event (`head + 1` when none is).
     fn oldest(&self) -> u64 {
         self.events.front().map_or(self.head + 1, |e| e.event.seq)
+    }
+}
+
+/// Sending deferred by [`Hub::defer`], until dropped.
+pub struct Deferred<'a>(&'a Hub);
+
+impl Drop for Deferred<'_> {
+    fn drop(&mut self) {
+        let mut r = lock(&self.0.retained);
+        r.deferring -= 1;
+        if r.deferring == 0 {
+            for ev in r.unsent.drain(..) {
+                let _ = self.0.tx.send(ev);
+            }
+        }
     }
 }
 
@@ -360,6 +380,8 @@ impl Hub {
             retained: Arc::new(Mutex::new(Retained {
                 events: VecDeque::with_capacity(options.resume_window.min(1 << 16)),
                 head: 0,
+                unsent: Vec::new(),
+                deferring: 0,
             })),
             window: options.resume_window,
             policy: options.slow_subscriber,
@@ -428,11 +450,27 @@ impl Hub {
         } else {
             None
         };
-        // No subscriber is not an error: the event simply has no reader.
-        let _ = self.tx.send(ev);
+        if r.deferring > 0 {
+            r.unsent.push(ev);
+        } else {
+            // No subscriber is not an error: the event simply has no reader.
+            for ev in r.unsent.drain(..) {
+                let _ = self.tx.send(ev);
+            }
+            let _ = self.tx.send(ev);
+        }
         drop(r);
         // The evicted event may be the last reference: free it outside the lock.
         drop(evicted);
+    }
+
+    /// Holds back sending to live subscribers until the guard is dropped, then sends what was
+    /// published meanwhile, in order: one wake-up of each subscriber's task for a batch of
+    /// events rather than one per event. Events are retained (and sequenced) at once, so a
+    /// subscriber that resumes meanwhile misses nothing and gets nothing twice.
+    pub fn defer(&self) -> Deferred<'_> {
+        lock(&self.retained).deferring += 1;
+        Deferred(self)
     }
 
     /// Returns how many subscribers are connected.
@@ -1341,6 +1379,37 @@ mod gap_tests {
         };
         assert!(filter("tick").matches(&ev));
         assert!(!filter("1s").matches(&ev));
+    }
+
+    #[tokio::test]
+    async fn deferred_events_reach_live_and_resuming_subscribers_once_in_order() {
+        use futures::FutureExt;
+        let hub = Hub::new(64);
+        let mut live = Box::pin(hub.subscribe(Filter::default()));
+        hub.publish(update("EURUSD"));
+        let first = live.next().await.unwrap();
+        let deferred = hub.defer();
+        let nested = hub.defer();
+        for _ in 0..3 {
+            hub.publish(update("EURUSD"));
+        }
+        assert_eq!(hub.last_seq(), 4, "sequenced at once");
+        assert!(live.next().now_or_never().is_none(), "held back");
+        // A subscriber resuming meanwhile replays them from the retained ring.
+        let mut resumed = Box::pin(hub.subscribe_from(Filter::default(), &first.resume_token));
+        drop(nested);
+        assert!(
+            live.next().now_or_never().is_none(),
+            "held until the last guard"
+        );
+        drop(deferred);
+        hub.publish(update("EURUSD"));
+        for seq in 2..=5 {
+            assert_eq!(live.next().await.unwrap().seq, seq);
+            assert_eq!(resumed.next().await.unwrap().unwrap().seq, seq);
+        }
+        assert!(live.next().now_or_never().is_none());
+        assert!(resumed.next().now_or_never().is_none(), "no event twice");
     }
 
     #[tokio::test]
