@@ -452,6 +452,12 @@ impl Hub {
         };
         if r.deferring > 0 {
             r.unsent.push(ev);
+            // Never a burst that alone fills a subscriber's queue.
+            if r.unsent.len() >= self.queue.div_ceil(2) {
+                for ev in r.unsent.drain(..) {
+                    let _ = self.tx.send(ev);
+                }
+            }
         } else {
             // No subscriber is not an error: the event simply has no reader.
             for ev in r.unsent.drain(..) {

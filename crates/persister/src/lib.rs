@@ -47,6 +47,14 @@ pub struct BatchConfig {
     pub writers: usize,
 }
 
+impl BatchConfig {
+    /// Rows a new batch has room for: a batch grows past it only when the traffic fills it, so
+    /// a quiet stream (bars, dead letters) never holds room for `max_rows`.
+    fn initial_rows(&self) -> usize {
+        self.max_rows.min(1024)
+    }
+}
+
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
@@ -297,7 +305,7 @@ pub async fn run_persister(
     abort: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut intake = Intake::new(consumer, breaker, "ticks");
-    let mut batch: Batch<Tick> = Batch::new(cfg.max_rows);
+    let mut batch: Batch<Tick> = Batch::new(cfg.initial_rows());
     let mut bad: Vec<DeadLetterRecord> = Vec::new();
     let sink = TickSink {
         store: store.as_ref(),
@@ -354,7 +362,7 @@ pub async fn run_persister(
                         .await?;
                 }
                 if intake.breaker.state() == BreakerState::Closed && !batch.rows.is_empty() {
-                    let mut full = std::mem::replace(&mut batch, Batch::new(cfg.max_rows));
+                    let mut full = std::mem::replace(&mut batch, Batch::new(cfg.initial_rows()));
                     let rows = std::mem::take(&mut full.rows);
                     let store = store.clone();
                     let task = tokio::spawn(async move {
@@ -641,7 +649,7 @@ async fn run_records<R: Record>(
     abort: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut intake = Intake::new(consumer, breaker, R::STREAM);
-    let mut batch: Batch<R> = Batch::new(cfg.max_rows);
+    let mut batch: Batch<R> = Batch::new(cfg.initial_rows());
     loop {
         let deadline = batch.deadline(&cfg, Instant::now());
         let flush = tokio::select! {

@@ -37,8 +37,8 @@ use tokio::sync::{mpsc, oneshot};
 /// commit (tens of ms), so at 100,000 ticks/s several thousand are in flight by design.
 const MAX_IN_FLIGHT: usize = 65_536;
 
-/// Inputs routed in one pass, at most: those already waiting when the pass starts, so a tick
-/// that arrives alone is routed and published at once.
+/// Inputs routed in one pass, at most: what is waiting, taken without waiting for more, so a
+/// tick that arrives alone is routed and published at once.
 const BATCH: usize = 256;
 
 /// How several sources of a symbol are combined.
@@ -233,7 +233,7 @@ pub async fn run_router(
         stats: &stats,
         shutdown: &shutdown,
     };
-    let mut in_flight = InFlight::default();
+    let mut in_flight = Unconfirmed::default();
     let mut holds: HashMap<HoldId, Held> = HashMap::new();
     let mut timer = tokio::time::interval(Duration::from_millis(100));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -258,7 +258,7 @@ pub async fn run_router(
                 pass.publish(&mut in_flight, &ctx).await?;
                 log_switches(&mut router, &stats);
             }
-            next = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+            next = consumer.recv(), if in_flight.inputs < MAX_IN_FLIGHT => {
                 let Some(d) = next? else { break };
                 let mut next = Some(d);
                 // This input, then what else is already there, up to a batch.
@@ -277,7 +277,7 @@ pub async fn run_router(
                         },
                     };
                     pass.inputs.push((d.id, own));
-                    if pass.inputs.len() >= BATCH || in_flight.len() + pass.inputs.len() >= MAX_IN_FLIGHT {
+                    if pass.inputs.len() >= BATCH || in_flight.inputs + pass.inputs.len() >= MAX_IN_FLIGHT {
                         break;
                     }
                     next = consumer.try_recv()?;
@@ -350,11 +350,66 @@ struct Pass {
     inputs: Vec<(DeliveryId, Own)>,
 }
 
+/// Inputs whose outputs await confirmation, in groups acknowledged in input order, each by the
+/// id of its last input (an acknowledgement covers everything before it in its partition).
+#[derive(Default)]
+struct Unconfirmed {
+    groups: InFlight,
+    /// Inputs per group, oldest first.
+    sizes: std::collections::VecDeque<usize>,
+    /// Inputs over all groups.
+    inputs: usize,
+}
+
+impl Unconfirmed {
+    /// Tracks a group of `inputs` inputs, the last `last`, done once `receipts` resolve.
+    fn push(&mut self, last: DeliveryId, inputs: usize, receipts: Vec<Receipt>) {
+        self.groups.push(last, receipts);
+        self.sizes.push_back(inputs);
+        self.inputs += inputs;
+    }
+
+    fn done(
+        &mut self,
+        next: Option<(DeliveryId, Result<(), BusError>)>,
+    ) -> Option<(DeliveryId, Result<(), BusError>)> {
+        if next.is_some() {
+            self.inputs -= self.sizes.pop_front().expect("a size per group");
+        }
+        next
+    }
+
+    /// Returns the next group whose outputs all resolved, in input order (see [`InFlight::next`]).
+    async fn next(&mut self) -> Option<(DeliveryId, Result<(), BusError>)> {
+        let next = self.groups.next().await;
+        self.done(next)
+    }
+
+    /// Returns the next group whose outputs all resolved, if one is now.
+    fn try_next(&mut self) -> Option<(DeliveryId, Result<(), BusError>)> {
+        let next = self.groups.try_next();
+        self.done(next)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+/// Inputs acknowledged together, by the id of the last.
+struct Group {
+    last: DeliveryId,
+    inputs: usize,
+    receipts: Vec<Receipt>,
+    /// One of them waits on the pass's clean ticks.
+    clean: bool,
+}
+
 impl Pass {
-    /// Publishes the pass's clean ticks and hands its inputs to `in_flight`: those up to a held
-    /// one are acknowledged together (an acknowledgement covers everything before it), so a
-    /// hold never delays the inputs before it.
-    async fn publish(&mut self, in_flight: &mut InFlight, ctx: &Ctx<'_>) -> anyhow::Result<()> {
+    /// Publishes the pass's clean ticks and hands its inputs to `in_flight`, in groups: a held
+    /// input is a group of its own, so a hold delays only the acknowledgements after it (as
+    /// acknowledgements go in input order), never those before it.
+    async fn publish(&mut self, in_flight: &mut Unconfirmed, ctx: &Ctx<'_>) -> anyhow::Result<()> {
         let receipt = if self.clean.is_empty() {
             None
         } else {
@@ -369,28 +424,33 @@ impl Pass {
         for h in self.released.drain(..) {
             resolve_later(h, receipt());
         }
-        let mut group: Option<(DeliveryId, Vec<Receipt>, bool)> = None;
+        let mut close = |g: Group| {
+            let mut receipts = g.receipts;
+            receipts.extend(g.clean.then(receipt));
+            in_flight.push(g.last, g.inputs, receipts);
+        };
+        let mut group: Option<Group> = None;
         for (id, own) in self.inputs.drain(..) {
             // An acknowledgement covers its own partition only.
-            if let Some((last, mut receipts, clean)) =
-                group.take_if(|(last, ..)| last.partition != id.partition)
-            {
-                receipts.extend(clean.then(receipt));
-                in_flight.push(last, receipts);
+            if let Some(g) = group.take_if(|g| own.held || g.last.partition != id.partition) {
+                close(g);
             }
-            let (last, receipts, clean) = group.get_or_insert_with(|| (id, Vec::new(), false));
-            *last = id;
-            receipts.extend(own.receipts);
-            *clean |= own.clean;
+            let g = group.get_or_insert_with(|| Group {
+                last: id,
+                inputs: 0,
+                receipts: Vec::new(),
+                clean: false,
+            });
+            g.last = id;
+            g.inputs += 1;
+            g.receipts.extend(own.receipts);
+            g.clean |= own.clean;
             if own.held {
-                let (id, mut receipts, clean) = group.take().expect("just set");
-                receipts.extend(clean.then(receipt));
-                in_flight.push(id, receipts);
+                close(group.take().expect("just set"));
             }
         }
-        if let Some((id, mut receipts, clean)) = group {
-            receipts.extend(clean.then(receipt));
-            in_flight.push(id, receipts);
+        if let Some(g) = group {
+            close(g);
         }
         Ok(())
     }
@@ -743,5 +803,68 @@ mod tests {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         assert_eq!((n(&stats.held), n(&stats.released)), (1, 1), "{stats:?}");
         assert_eq!(stats.accounted(), 1000, "{stats:?}");
+    }
+
+    /// A held tick delays the acknowledgement of the inputs after it (acknowledgements go in
+    /// input order), never of those before it in the same pass.
+    #[tokio::test]
+    async fn a_hold_does_not_delay_the_inputs_before_it_in_its_pass() {
+        let bus = MemoryBus::new();
+        let raw = bus.subscribe_confirming(topics::RAW, 4096);
+        let _clean = bus.subscribe(topics::CLEAN, 4096);
+        let _dlq = bus.subscribe(topics::DLQ, 4096);
+        let p = bus.producer();
+        let send = |key: String, bid: i64| {
+            let p = &p;
+            async move {
+                p.send(topics::RAW, b"EURUSD", tick(&key, bid, bid + 3).encode())
+                    .await
+                    .unwrap()
+            }
+        };
+        let mut warmup = vec![];
+        for i in 0..20 {
+            warmup.push(send(format!("w{i}"), 110_000 + i % 2).await);
+        }
+        // Queued together, so the router takes them in one pass: a clean tick, then a jump
+        // that waits for the symbol's next tick (which never comes).
+        let before = send("before".into(), 110_001).await;
+        let jump = send("jump".into(), 112_000).await;
+        let cfg = RouterConfig {
+            spike: Some(SpikeConfig {
+                warmup: 10,
+                max_hold_ns: 3_600 * 1_000_000_000,
+                ..SpikeConfig::default()
+            }),
+            ..RouterConfig::default()
+        };
+        let stats = Arc::new(RouterStats::default());
+        let router = tokio::spawn(run_router(
+            Box::new(raw),
+            Arc::new(bus.producer()),
+            Router::new(cfg),
+            stats.clone(),
+            None,
+            true,
+            CancellationToken::new(),
+        ));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            for r in warmup {
+                r.await.unwrap();
+            }
+            before.await.unwrap();
+        })
+        .await
+        .expect("acknowledged while the jump is still held");
+        assert_eq!(stats.held.load(Ordering::Relaxed), 1);
+        let mut jump = jump;
+        assert!(
+            futures::poll!(&mut jump).is_pending(),
+            "the held tick waits"
+        );
+        // The input ends: the held tick becomes a dead letter, and is acknowledged.
+        bus.close(topics::RAW);
+        router.await.unwrap().unwrap();
+        jump.await.unwrap();
     }
 }

@@ -576,6 +576,8 @@ impl MemoryProducer {
             )
         };
         let (mut queued, mut error) = (0, None);
+        // A message a group can no longer take (it went away, which happens on shutdown) may
+        // already be queued to the groups before it, as with `send`.
         'messages: for (key, payload) in messages.take(n) {
             self.bus.published.fetch_add(1, Ordering::Relaxed);
             let delivery = Delivery {
@@ -1028,6 +1030,28 @@ mod tests {
         assert!((&mut third).now_or_never().is_none());
         drop(store);
         assert!(matches!(third.await, Err(BusError::Closed)));
+    }
+
+    #[test]
+    fn a_confirmation_registered_after_its_ack_resolves_at_once() {
+        let c = Confirmations::new();
+        c.confirm_upto(5);
+        let mut early = c.register(3);
+        assert_eq!(
+            early.try_recv(),
+            Ok(()),
+            "acknowledged before it was registered"
+        );
+        let mut waiting = c.register(7);
+        assert!(waiting.try_recv().is_err());
+        c.confirm_upto(7);
+        assert_eq!(waiting.try_recv(), Ok(()));
+        c.close();
+        let mut gone = c.register(9);
+        assert!(matches!(
+            gone.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ));
     }
 
     fn outgoing(payloads: std::ops::Range<u8>) -> Outgoing {
