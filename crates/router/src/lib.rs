@@ -814,22 +814,20 @@ mod tests {
         let _clean = bus.subscribe(topics::CLEAN, 4096);
         let _dlq = bus.subscribe(topics::DLQ, 4096);
         let p = bus.producer();
-        let send = |key: String, bid: i64| {
-            let p = &p;
-            async move {
-                p.send(topics::RAW, b"EURUSD", tick(&key, bid, bid + 3).encode())
-                    .await
-                    .unwrap()
-            }
-        };
+        /// Queues a tick on `ticks.raw`; its receipt resolves once the router acknowledges it.
+        async fn queue(p: &tick_core::bus::MemoryProducer, key: &str, bid: i64) -> Receipt {
+            p.send(topics::RAW, b"EURUSD", tick(key, bid, bid + 3).encode())
+                .await
+                .unwrap()
+        }
         let mut warmup = vec![];
         for i in 0..20 {
-            warmup.push(send(format!("w{i}"), 110_000 + i % 2).await);
+            warmup.push(queue(&p, &format!("w{i}"), 110_000 + i % 2).await);
         }
         // Queued together, so the router takes them in one pass: a clean tick, then a jump
         // that waits for the symbol's next tick (which never comes).
-        let before = send("before".into(), 110_001).await;
-        let jump = send("jump".into(), 112_000).await;
+        let before = queue(&p, "before", 110_001).await;
+        let jump = queue(&p, "jump", 112_000).await;
         let cfg = RouterConfig {
             spike: Some(SpikeConfig {
                 warmup: 10,
