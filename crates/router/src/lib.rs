@@ -615,6 +615,37 @@ mod tests {
         }
     }
 
+    /// A router whose spike filter judges after 10 moves and holds a tick at most `max_hold_ns`.
+    fn spike_router(max_hold_ns: i64) -> Router {
+        Router::new(RouterConfig {
+            spike: Some(SpikeConfig {
+                warmup: 10,
+                max_hold_ns,
+                ..SpikeConfig::default()
+            }),
+            ..RouterConfig::default()
+        })
+    }
+
+    /// Routes `raw` to `bus` until the input ends (embedded mode: holds left at the end are
+    /// rejected).
+    fn route(
+        raw: tick_core::bus::MemoryConsumer,
+        bus: &MemoryBus,
+        router: Router,
+        stats: &Arc<RouterStats>,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + use<> {
+        run_router(
+            Box::new(raw),
+            Arc::new(bus.producer()),
+            router,
+            stats.clone(),
+            None,
+            true,
+            CancellationToken::new(),
+        )
+    }
+
     /// The adapter end to end on the in-memory bus: every input ends up clean, dead-lettered
     /// with its original payload, or counted as a duplicate; every input is acknowledged.
     #[tokio::test]
@@ -713,24 +744,10 @@ mod tests {
         let sent = n;
         bus.close(topics::RAW);
         let stats = Arc::new(RouterStats::default());
-        let cfg = RouterConfig {
-            spike: Some(SpikeConfig {
-                warmup: 10,
-                ..SpikeConfig::default()
-            }),
-            ..RouterConfig::default()
-        };
-        run_router(
-            Box::new(raw),
-            Arc::new(bus.producer()),
-            Router::new(cfg),
-            stats.clone(),
-            None,
-            true,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let max_hold = SpikeConfig::default().max_hold_ns;
+        route(raw, &bus, spike_router(max_hold), &stats)
+            .await
+            .unwrap();
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         assert_eq!(n(&stats.received), sent);
         assert_eq!((n(&stats.held), n(&stats.released)), (3, 3), "{stats:?}");
@@ -773,24 +790,10 @@ mod tests {
         }
         bus.close(topics::RAW);
         let stats = Arc::new(RouterStats::default());
-        let cfg = RouterConfig {
-            spike: Some(SpikeConfig {
-                warmup: 10,
-                ..SpikeConfig::default()
-            }),
-            ..RouterConfig::default()
-        };
-        run_router(
-            Box::new(raw),
-            Arc::new(bus.producer()),
-            Router::new(cfg),
-            stats.clone(),
-            None,
-            true,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let max_hold = SpikeConfig::default().max_hold_ns;
+        route(raw, &bus, spike_router(max_hold), &stats)
+            .await
+            .unwrap();
         for r in receipts {
             r.await.expect("every input is acknowledged");
         }
@@ -828,23 +831,12 @@ mod tests {
         // that waits for the symbol's next tick (which never comes).
         let before = queue(&p, "before", 110_001).await;
         let jump = queue(&p, "jump", 112_000).await;
-        let cfg = RouterConfig {
-            spike: Some(SpikeConfig {
-                warmup: 10,
-                max_hold_ns: 3_600 * 1_000_000_000,
-                ..SpikeConfig::default()
-            }),
-            ..RouterConfig::default()
-        };
         let stats = Arc::new(RouterStats::default());
-        let router = tokio::spawn(run_router(
-            Box::new(raw),
-            Arc::new(bus.producer()),
-            Router::new(cfg),
-            stats.clone(),
-            None,
-            true,
-            CancellationToken::new(),
+        let router = tokio::spawn(route(
+            raw,
+            &bus,
+            spike_router(3_600 * 1_000_000_000),
+            &stats,
         ));
         tokio::time::timeout(Duration::from_secs(10), async {
             for r in warmup {
