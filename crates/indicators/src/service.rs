@@ -310,8 +310,8 @@ impl prost::Message for WireEvent {
 struct Retained {
     events: VecDeque<Arc<Published>>,
     head: u64,
-    /// Events published while sending is deferred ([`Hub::defer`]), oldest first: retained,
-    /// not yet sent to the live receivers.
+    /// Events retained and not yet sent to the live receivers, oldest first: empty unless
+    /// sending is deferred ([`Hub::defer`]).
     unsent: Vec<Arc<Published>>,
     /// Open [`Deferred`] guards.
     deferring: usize,
@@ -332,9 +332,7 @@ impl Drop for Deferred<'_> {
         let mut r = lock(&self.0.retained);
         r.deferring -= 1;
         if r.deferring == 0 {
-            for ev in r.unsent.drain(..) {
-                let _ = self.0.tx.send(ev);
-            }
+            self.0.send_unsent(&mut r);
         }
     }
 }
@@ -450,30 +448,29 @@ impl Hub {
         } else {
             None
         };
-        if r.deferring > 0 {
-            r.unsent.push(ev);
-            // Never a burst that alone fills a subscriber's queue.
-            if r.unsent.len() >= self.queue.div_ceil(2) {
-                for ev in r.unsent.drain(..) {
-                    let _ = self.tx.send(ev);
-                }
-            }
-        } else {
-            // No subscriber is not an error: the event simply has no reader.
-            for ev in r.unsent.drain(..) {
-                let _ = self.tx.send(ev);
-            }
-            let _ = self.tx.send(ev);
+        r.unsent.push(ev);
+        // Deferred, unless that would make a burst that alone fills a subscriber's queue.
+        if r.deferring == 0 || r.unsent.len() >= self.queue.div_ceil(2) {
+            self.send_unsent(&mut r);
         }
         drop(r);
         // The evicted event may be the last reference: free it outside the lock.
         drop(evicted);
     }
 
+    /// Sends the events published and not yet sent to the live subscribers, in order (no
+    /// subscriber is not an error: an event simply has no reader).
+    fn send_unsent(&self, r: &mut Retained) {
+        for ev in r.unsent.drain(..) {
+            let _ = self.tx.send(ev);
+        }
+    }
+
     /// Holds back sending to live subscribers until the guard is dropped, then sends what was
     /// published meanwhile, in order: one wake-up of each subscriber's task for a batch of
-    /// events rather than one per event. Events are retained (and sequenced) at once, so a
-    /// subscriber that resumes meanwhile misses nothing and gets nothing twice.
+    /// events rather than one per event (a burst of half a subscriber queue goes at once).
+    /// Events are retained (and sequenced) at once, so a subscriber that resumes meanwhile
+    /// misses nothing and gets nothing twice.
     pub fn defer(&self) -> Deferred<'_> {
         lock(&self.retained).deferring += 1;
         Deferred(self)

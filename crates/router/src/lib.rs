@@ -403,6 +403,8 @@ struct Group {
     receipts: Vec<Receipt>,
     /// One of them waits on the pass's clean ticks.
     clean: bool,
+    /// It is a held input (alone in its group).
+    held: bool,
 }
 
 impl Pass {
@@ -431,8 +433,11 @@ impl Pass {
         };
         let mut group: Option<Group> = None;
         for (id, own) in self.inputs.drain(..) {
-            // An acknowledgement covers its own partition only.
-            if let Some(g) = group.take_if(|g| own.held || g.last.partition != id.partition) {
+            // A held input starts a group and ends it; an acknowledgement covers its own
+            // partition only.
+            if let Some(g) =
+                group.take_if(|g| g.held || own.held || g.last.partition != id.partition)
+            {
                 close(g);
             }
             let g = group.get_or_insert_with(|| Group {
@@ -440,14 +445,12 @@ impl Pass {
                 inputs: 0,
                 receipts: Vec::new(),
                 clean: false,
+                held: own.held,
             });
             g.last = id;
             g.inputs += 1;
             g.receipts.extend(own.receipts);
             g.clean |= own.clean;
-            if own.held {
-                close(group.take().expect("just set"));
-            }
         }
         if let Some(g) = group {
             close(g);

@@ -534,14 +534,14 @@ struct Published {
 }
 
 impl MemoryProducer {
-    /// Queues `messages` (`n` of them) to every group subscribed to `topic`, in order, under
-    /// one choice of offsets. It stops at the first message a group can no longer take.
+    /// Queues `messages` to every group subscribed to `topic`, in order, under one choice of
+    /// offsets. It stops at the first message a group can no longer take.
     async fn publish<'a>(
         &self,
         topic: &str,
-        n: usize,
-        messages: impl Iterator<Item = (&'a [u8], Vec<u8>)> + Send,
+        messages: impl ExactSizeIterator<Item = (&'a [u8], Vec<u8>)> + Send,
     ) -> Published {
+        let n = messages.len();
         // A confirmed topic orders its publishers (see `TopicState::publishing`); others need
         // no ordering beyond each publisher's own.
         let ordering = {
@@ -578,8 +578,7 @@ impl MemoryProducer {
         let (mut queued, mut error) = (0, None);
         // A message a group can no longer take (it went away, which happens on shutdown) may
         // already be queued to the groups before it, as with `send`.
-        'messages: for (key, payload) in messages.take(n) {
-            self.bus.published.fetch_add(1, Ordering::Relaxed);
+        'messages: for (key, payload) in messages {
             let delivery = Delivery {
                 topic: topic_name.clone(),
                 id: DeliveryId {
@@ -603,6 +602,11 @@ impl MemoryProducer {
             }
             queued += 1;
         }
+        // Every message tried counts, the refused one too.
+        let tried = queued + usize::from(error.is_some());
+        self.bus
+            .published
+            .fetch_add(tried as u64, Ordering::Relaxed);
         // Still under the publishing lock, so receipts are registered in offset order; one
         // receipt covers them all, as an acknowledgement covers everything before it.
         let receipt = confirmations.filter(|_| queued > 0).map(|c| {
@@ -621,9 +625,7 @@ impl MemoryProducer {
 #[async_trait]
 impl Producer for MemoryProducer {
     async fn send(&self, topic: &str, key: &[u8], payload: Vec<u8>) -> Result<Receipt, BusError> {
-        let p = self
-            .publish(topic, 1, std::iter::once((key, payload)))
-            .await;
+        let p = self.publish(topic, std::iter::once((key, payload))).await;
         if let Some(e) = p.error {
             return Err(e);
         }
@@ -638,7 +640,7 @@ impl Producer for MemoryProducer {
     async fn send_batch(&self, topic: &str, batch: &Outgoing) -> Result<BatchReceipt, BusError> {
         let n = batch.len();
         let p = self
-            .publish(topic, n, batch.iter().map(|(k, v)| (k, v.to_vec())))
+            .publish(topic, batch.iter().map(|(k, v)| (k, v.to_vec())))
             .await;
         if p.queued == 0
             && let Some(e) = p.error
