@@ -21,7 +21,22 @@ pub fn service(var: &str) -> Option<String> {
 }
 
 /// Returns a free TCP port on loopback (bound and released: a test binds it again at once).
+///
+/// It is drawn below Linux's ephemeral range (32768 and up), from which the kernel hands out
+/// the ports of `:0` listeners and of outgoing connections: another test's server on port 0
+/// (or a client) can then never take it between its release and its reuse, and answer the
+/// test in its place.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0u32..1000 {
+        // Seeded by the OS per call: concurrent tests draw different ports.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(attempt);
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
