@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
+use crate::stores::StorePriority;
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
@@ -135,7 +136,7 @@ fn db_err(e: rusqlite::Error) -> StoreError {
 /// Opens the SQLite store of a `sqlite:PATH` URL: this module's line in the store factory.
 pub fn open(
     url: &str,
-    _: &crate::stores::StoreOptions,
+    options: &crate::stores::StoreOptions,
 ) -> Result<crate::stores::Stores, StoreError> {
     let path = url.strip_prefix("sqlite:").unwrap_or(url);
     if path.is_empty() || path.starts_with("//") {
@@ -144,14 +145,21 @@ pub fn open(
         ))));
     }
     Ok(crate::stores::Stores::full(
-        Arc::new(SqliteStore::open(Path::new(path))?),
+        Arc::new(SqliteStore::open_with(Path::new(path), options.priority)?),
         url.to_string(),
     ))
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path`.
+    /// Opens (creating if needed) the database file at `path`; the store's thread runs at
+    /// [`StorePriority::Lowered`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StorePriority::Lowered)
+    }
+
+    /// Opens (creating if needed) the database file at `path`; the store's thread runs at
+    /// `priority`.
+    pub fn open_with(path: &Path, priority: StorePriority) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(|e| {
             StoreError::Unavailable(Cause::new(format!("open {}", path.display()), e))
         })?;
@@ -169,7 +177,7 @@ impl SqliteStore {
         let (jobs, rx) = mpsc::channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("tickflow-sqlite".into())
-            .spawn(move || serve(conn, rx))
+            .spawn(move || serve(conn, rx, priority))
             .map_err(|e| StoreError::Unavailable(Cause::new("start the store's thread", e)))?;
         Ok(Self {
             thread: Arc::new(StoreThread {
@@ -201,8 +209,8 @@ impl SqliteStore {
 
 /// The store's thread: lowers its priority, then runs each job on the connection until every
 /// handle to the store is dropped. A job that panics fails only its own caller.
-fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
-    lower_priority();
+fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>, priority: StorePriority) {
+    lower_priority(priority);
     while let Ok(job) = jobs.recv() {
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn))).is_err() {
             tracing::error!("a SQLite store query panicked; its caller gets an error");
@@ -210,13 +218,35 @@ fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
-/// Sets the calling thread's nice value to [`STORE_NICE`] (on Linux the nice value is per
-/// thread). Best effort: on failure the store runs at the default priority.
-fn lower_priority() {
+/// Lowers the calling thread's priority (Linux, where nice values and scheduling policies are
+/// per thread): [`StorePriority::Lowered`] sets its nice value to [`STORE_NICE`],
+/// [`StorePriority::Background`] its policy to `SCHED_IDLE`. Best effort: on failure the store
+/// says so and runs at the priority it has (`SCHED_IDLE` falls back to nice).
+fn lower_priority(priority: StorePriority) {
     #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(None, STORE_NICE) {
-        tracing::warn!(error = %e, "could not lower the SQLite store thread's priority");
+    {
+        use thread_priority::ThreadPriority;
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        if priority == StorePriority::Background {
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            match set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(
+                    error = ?e,
+                    "could not run the SQLite store's thread in the background (SCHED_IDLE); \
+                     lowering its nice value instead"
+                ),
+            }
+        }
+        if let Err(e) = rustix::process::setpriority_process(None, STORE_NICE) {
+            tracing::warn!(error = %e, "could not lower the SQLite store thread's priority");
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = priority;
 }
 
 #[async_trait]
@@ -625,6 +655,32 @@ impl ImportCheckpoints for SqliteStore {
 mod tests {
     use super::*;
 
+    /// Returns field `n` (numbered from 1, as in proc(5)) of the calling thread's
+    /// `/proc/thread-self/stat` (Linux).
+    fn own_stat_field(n: usize) -> Option<i32> {
+        let s = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+        // Fields from the third on follow the command name's closing parenthesis.
+        let after_comm = &s[s.rfind(')')? + 2..];
+        after_comm.split(' ').nth(n - 3)?.parse().ok()
+    }
+
+    #[tokio::test]
+    async fn a_background_store_runs_its_thread_at_sched_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open_with(&dir.path().join("t.db"), StorePriority::Background).unwrap();
+        store.migrate().await.unwrap();
+        // Field 41 is the scheduling policy; SCHED_IDLE is 5 (SCHED_OTHER is 0).
+        let policy = store.with_conn(|_| Ok(own_stat_field(41))).await.unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(policy, Some(5), "the store's thread runs at SCHED_IDLE");
+            // The caller's own thread keeps its policy.
+            assert_eq!(own_stat_field(41), Some(0));
+        }
+        // It stores and reads back as any other.
+        assert_eq!(store.count_ticks().await.unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn queries_run_on_a_lower_priority_thread_that_outlives_a_panicking_query() {
         let dir = tempfile::tempdir().unwrap();
@@ -635,13 +691,7 @@ mod tests {
             .with_conn(|_| {
                 let name = std::thread::current().name().map(str::to_string);
                 // Field 19 of /proc/thread-self/stat is the thread's nice value (Linux).
-                let nice = std::fs::read_to_string("/proc/thread-self/stat")
-                    .ok()
-                    .and_then(|s| {
-                        let after_comm = &s[s.rfind(')')? + 2..];
-                        after_comm.split(' ').nth(16)?.parse::<i32>().ok()
-                    });
-                Ok((name, nice))
+                Ok((name, own_stat_field(19)))
             })
             .await
             .unwrap();

@@ -11,6 +11,27 @@ use tick_core::store::{HistoryReader, ImportCheckpoints, StoreError, TickStore, 
 pub struct StoreOptions {
     /// Connections in the pool, for a store that pools them.
     pub pool_size: usize,
+    /// How a store that runs on threads of its own schedules them against the rest of the
+    /// process (the SQLite store; PostgreSQL's queries run on the async runtime and ignore it).
+    pub priority: StorePriority,
+}
+
+/// How a store's own threads are scheduled (Linux; elsewhere both run at the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StorePriority {
+    /// A lowered priority (nice 5): the store yields a share of a busy core to the process's
+    /// other threads and still keeps up with its own work whatever else runs on the machine.
+    /// For a process whose work is storing (the persister, the replayer).
+    #[default]
+    Lowered,
+    /// Background (`SCHED_IDLE`): the store's thread runs only on a core that no other
+    /// thread wants, and any thread that wakes takes the core from it at once. For embedded
+    /// mode, where the real-time path shares the cores with storage: at nice 5 a commit could
+    /// still hold a core for a whole scheduler tick (up to 4 ms) while a gRPC worker waited
+    /// behind it (BENCHMARKS.md, "The store in the background"). Storage still gets every
+    /// idle moment, and if the cores stay saturated the bus's bounded queues hold ingest back
+    /// rather than lose a tick.
+    Background,
 }
 
 /// Opens a store from its URL (the whole `--store` value).
@@ -188,6 +209,7 @@ impl StoreArgs {
     pub fn options(&self) -> StoreOptions {
         StoreOptions {
             pool_size: self.pool_size,
+            priority: StorePriority::Lowered,
         }
     }
 }
@@ -216,12 +238,21 @@ mod tests {
     async fn a_sqlite_url_names_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let ok = StoreUrl::sqlite(&dir.path().join("t.db"));
-        let stores = ok.open(&StoreOptions { pool_size: 1 }).await.unwrap();
+        let stores = ok
+            .open(&StoreOptions {
+                pool_size: 1,
+                priority: Default::default(),
+            })
+            .await
+            .unwrap();
         assert!(stores.reader.is_some() && stores.checkpoints.is_some());
         for bad in ["sqlite:", "sqlite://t.db", "sqlite:///tmp/t.db"] {
             let url: StoreUrl = bad.parse().unwrap();
             let e = url
-                .open(&StoreOptions { pool_size: 1 })
+                .open(&StoreOptions {
+                    pool_size: 1,
+                    priority: Default::default(),
+                })
                 .await
                 .err()
                 .unwrap();

@@ -14,7 +14,7 @@ use indicators::config::EngineArgs;
 use indicators::engine::Engine;
 use indicators::service::{GrpcServer, Service};
 use persister::BatchArgs;
-use persister::stores::{StoreOptions, StoreUrl};
+use persister::stores::{StoreOptions, StorePriority, StoreUrl};
 use router::core::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,7 +152,14 @@ pub async fn run(
         .context("failed to start the source")?;
     let engine =
         Engine::new(args.engine.engine_config()).context("invalid indicator configuration")?;
-    let stores = args.store.open(&StoreOptions { pool_size: 4 }).await?;
+    let stores = args
+        .store
+        .open(&StoreOptions {
+            pool_size: 4,
+            // Storage shares the cores with the real-time path: it takes what that leaves.
+            priority: StorePriority::Background,
+        })
+        .await?;
     let reader = stores.reader()?;
     let bus = MemoryBus::new();
     let queues = Queues::subscribe(&bus);

@@ -57,7 +57,10 @@ async fn get_history_streams_a_million_ticks_in_bounded_server_memory() {
     let started = Instant::now();
     {
         let stores = url
-            .open(&persister::stores::StoreOptions { pool_size: 1 })
+            .open(&persister::stores::StoreOptions {
+                pool_size: 1,
+                priority: Default::default(),
+            })
             .await
             .unwrap();
         let mut batch = Vec::with_capacity(50_000);
