@@ -182,6 +182,116 @@ pub trait HistoryReader: Send + Sync {
     ) -> Result<Vec<i64>, StoreError>;
 }
 
+/// A [`HistoryReader`] whose every read runs on `runtime`, whatever thread awaits it: for a
+/// caller on a thread that must stay free for other work. Embedded mode serves gRPC from its
+/// hot thread; through this, the store's own work for `GetHistory` and `GetBars` (PostgreSQL's
+/// connection tasks, which run where a pooled connection is first made, and decoding the rows)
+/// stays on the runtime's workers. A read whose caller goes away is aborted.
+pub struct ReaderOn {
+    inner: std::sync::Arc<dyn HistoryReader>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ReaderOn {
+    /// Returns `inner` with its reads run on `runtime`.
+    pub fn new(inner: std::sync::Arc<dyn HistoryReader>, runtime: tokio::runtime::Handle) -> Self {
+        Self { inner, runtime }
+    }
+
+    /// Runs `read` on the runtime and returns its result.
+    async fn run<T, F>(
+        &self,
+        read: impl FnOnce(std::sync::Arc<dyn HistoryReader>) -> F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let task = self.runtime.spawn(read(self.inner.clone()));
+        tokio_util::task::AbortOnDropHandle::new(task)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(crate::error::Cause::msg(format!(
+                    "history read did not finish: {e}"
+                )))
+            })?
+    }
+}
+
+#[async_trait]
+impl HistoryReader for ReaderOn {
+    async fn count_ticks(&self) -> Result<u64, StoreError> {
+        self.run(|r| async move { r.count_ticks().await }).await
+    }
+
+    async fn bars_page(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        side: Option<&str>,
+        from_ns: i64,
+        to_ns: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<crate::pb::Bar>, StoreError> {
+        let (symbol, timeframe, side) = (
+            symbol.to_string(),
+            timeframe.to_string(),
+            side.map(str::to_string),
+        );
+        self.run(|r| async move {
+            r.bars_page(
+                &symbol,
+                &timeframe,
+                side.as_deref(),
+                from_ns,
+                to_ns,
+                after,
+                limit,
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn keys_between(&self, from_ns: i64, to_ns: i64) -> Result<Vec<String>, StoreError> {
+        self.run(|r| async move { r.keys_between(from_ns, to_ns).await })
+            .await
+    }
+
+    async fn ticks_between(
+        &self,
+        symbols: &[String],
+        from_ns: i64,
+        to_ns: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        let symbols = symbols.to_vec();
+        self.run(|r| async move {
+            r.ticks_between(&symbols, from_ns, to_ns, after, limit)
+                .await
+        })
+        .await
+    }
+
+    async fn last_symbol_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.run(|r| async move { r.last_symbol_seqs().await })
+            .await
+    }
+
+    async fn hours_with_ticks(
+        &self,
+        symbol: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let symbol = symbol.to_string();
+        self.run(|r| async move { r.hours_with_ticks(&symbol, from_ns, to_ns).await })
+            .await
+    }
+}
+
 /// The import-checkpoint role: what a restarted `replayer import` resumes from.
 #[async_trait]
 pub trait ImportCheckpoints: Send + Sync {
@@ -218,6 +328,124 @@ pub fn hour_floor(ts_ns: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A reader that notes the thread each read runs on; `ticks_between` never finishes and
+    /// notes when it is dropped.
+    #[derive(Default)]
+    struct Threads {
+        seen: std::sync::Mutex<Vec<Option<String>>>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Threads {
+        fn note(&self) {
+            let name = std::thread::current().name().map(str::to_string);
+            self.seen.lock().unwrap().push(name);
+        }
+    }
+
+    /// Sets its flag when dropped.
+    struct Flag(Arc<AtomicBool>);
+
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait]
+    impl HistoryReader for Threads {
+        async fn count_ticks(&self) -> Result<u64, StoreError> {
+            self.note();
+            tokio::task::yield_now().await;
+            self.note();
+            Ok(7)
+        }
+        async fn bars_page(
+            &self,
+            symbol: &str,
+            _: &str,
+            side: Option<&str>,
+            _: i64,
+            _: i64,
+            _: Option<(i64, String)>,
+            limit: usize,
+        ) -> Result<Vec<crate::pb::Bar>, StoreError> {
+            self.note();
+            let bar = crate::pb::Bar {
+                symbol: symbol.to_string(),
+                price_side: side.unwrap_or_default().to_string(),
+                ..Default::default()
+            };
+            Ok(vec![bar; limit])
+        }
+        async fn keys_between(&self, _: i64, _: i64) -> Result<Vec<String>, StoreError> {
+            Ok(vec![])
+        }
+        async fn ticks_between(
+            &self,
+            _: &[String],
+            _: i64,
+            _: i64,
+            _: Option<(i64, String)>,
+            _: usize,
+        ) -> Result<Vec<Tick>, StoreError> {
+            let _flag = Flag(self.dropped.clone());
+            std::future::pending().await
+        }
+        async fn last_symbol_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            Ok(vec![])
+        }
+        async fn hours_with_ticks(&self, _: &str, _: i64, _: i64) -> Result<Vec<i64>, StoreError> {
+            Ok(vec![])
+        }
+    }
+
+    #[test]
+    fn a_reader_on_a_runtime_reads_there_and_a_read_whose_caller_left_is_aborted() {
+        let workers = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("the-workers")
+            .enable_all()
+            .build()
+            .unwrap();
+        let inner = Arc::new(Threads::default());
+        let reader = ReaderOn::new(inner.clone(), workers.handle().clone());
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        caller.block_on(async {
+            assert_eq!(reader.count_ticks().await.unwrap(), 7);
+            let bars = reader
+                .bars_page("EURUSD", "1m", Some("bid"), 0, 1, None, 2)
+                .await
+                .unwrap();
+            assert_eq!(bars.len(), 2);
+            assert_eq!((&*bars[0].symbol, &*bars[0].price_side), ("EURUSD", "bid"));
+            // A read whose caller gives up is aborted on the workers, not left running.
+            let slow = reader.ticks_between(&[], 0, 1, None, 10);
+            let gave_up = tokio::time::timeout(std::time::Duration::from_millis(50), slow).await;
+            assert!(gave_up.is_err());
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !inner.dropped.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            inner.dropped.load(Ordering::SeqCst),
+            "the abandoned read was aborted"
+        );
+        // Every step of every read ran on the workers, none on the caller's thread.
+        let seen = inner.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter().all(|n| n.as_deref() == Some("the-workers")),
+            "{seen:?}"
+        );
+    }
 
     #[test]
     fn a_dead_letter_keeps_a_bounded_payload_and_says_what_was_cut() {

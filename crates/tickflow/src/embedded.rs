@@ -1,6 +1,7 @@
 //! Embedded mode: every stage in one process, linked by in-memory channels, storing to a
 //! SQLite file, serving gRPC. The stage code is the same the distributed binaries run, and any
-//! source ingest reads works here too (`--source sim|mt5|oanda|dukascopy|csv`).
+//! source ingest reads works here too (`--source sim|mt5|oanda|dukascopy|csv`). Intake, router,
+//! indicators and, by default, the gRPC server share one thread (see `HotThread`).
 //!
 //! Without Kafka, "durable" means committed to SQLite: the storage groups of `ticks.clean` and
 //! `ticks.dlq` and the router's group of `ticks.raw` confirm the publications they read only
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use tick_core::bus::{MemoryBus, MemoryConsumer, topics};
 use tick_core::latency::{LatencySummary, fmt_ns};
 use tick_core::shutdown::CancellationToken;
-use tick_core::store::TickWriter;
+use tick_core::store::{HistoryReader, ReaderOn, TickWriter};
 
 /// Options of `tickflow run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,9 +53,25 @@ pub struct RunArgs {
     /// Address the gRPC SignalService listens on.
     #[arg(long, env = "TICKFLOW_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
+    /// Where the gRPC server runs: `hot` on the hot-path thread, next to the stages that
+    /// publish events, so an event reaches its subscribers' sockets without waking another
+    /// thread; `workers` on the runtime's worker threads, which spreads the sending over the
+    /// cores (for many subscribers on a host with cores to spare). Store reads for history run
+    /// on the workers either way.
+    #[arg(long, env = "TICKFLOW_GRPC_THREAD", value_enum, default_value_t = GrpcThread::Hot)]
+    pub grpc_thread: GrpcThread,
     /// Time between status lines.
     #[arg(long, env = "TICKFLOW_STATUS_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
     pub status_interval: Duration,
+}
+
+/// Where embedded mode's gRPC server runs (`--grpc-thread`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GrpcThread {
+    /// On the hot-path thread.
+    Hot,
+    /// On the runtime's worker threads.
+    Workers,
 }
 
 /// What an embedded run did.
@@ -165,15 +182,31 @@ pub async fn run(
     let queues = Queues::subscribe(&bus);
     let hub = args.engine.hub();
     let (snap_tx, snap_rx) = tokio::sync::mpsc::channel(64);
-    // GetHistory and GetBars read the store the pipeline writes to.
+    let hot = HotThread::start().context("failed to start the hot-path thread")?;
+    // GetHistory and GetBars read the store the pipeline writes to, on the workers.
+    let history: Arc<dyn HistoryReader> = match args.grpc_thread {
+        GrpcThread::Hot => Arc::new(ReaderOn::new(
+            reader.clone(),
+            tokio::runtime::Handle::current(),
+        )),
+        GrpcThread::Workers => reader.clone(),
+    };
     let service = Service::new(hub.clone(), snap_tx)
-        .with_history(reader.clone())
+        .with_history(history)
         .with_engine(
             args.engine.engine_config(),
             args.engine.grpc.history_seam_wait,
         );
-    let server =
-        GrpcServer::start(args.grpc_addr, args.engine.grpc.serve_options()?, service).await?;
+    let options = args.engine.grpc.serve_options()?;
+    let server = match args.grpc_thread {
+        GrpcThread::Hot => {
+            // Started from a task on the hot thread, the server and its connections run there.
+            let addr = args.grpc_addr;
+            let start = hot.handle.spawn(GrpcServer::start(addr, options, service));
+            start.await.context("starting the gRPC server panicked")??
+        }
+        GrpcThread::Workers => GrpcServer::start(args.grpc_addr, options, service).await?,
+    };
     on_listen(server.addr);
     tracing::info!(addr = %server.addr, store = %args.store, source = ?args.source.source, "tickflow embedded: running");
 
@@ -196,7 +229,7 @@ pub async fn run(
     // continues after the last one in `ticks.clean`.
     let mut router = Router::new(args.rules.router_config()?);
     router.continue_sequences(reader.last_symbol_seqs().await?);
-    let mut stages = Stages::spawn(&wiring, queues, router, engine, &hub, snap_rx, &stats)?;
+    let mut stages = Stages::spawn(hot, &wiring, queues, router, engine, &hub, snap_rx, &stats);
     stages.ingest = Some(stages.hot.handle.spawn(ingest::run_source(
         source,
         Arc::new(bus.producer()),
@@ -205,8 +238,9 @@ pub async fn run(
         None,
     )));
     let ingest_result = status_lines(&mut stages, &args, &stats, &hub, started).await;
-    stages.drain(&bus, ingest_result).await?;
+    let hot = stages.drain(&bus, ingest_result).await?;
     server.stop().await?;
+    tokio::task::spawn_blocking(move || drop(hot)).await?;
     teardown.armed = false;
     Ok(stats.summary(started, reader.count_ticks().await?))
 }
@@ -301,7 +335,9 @@ struct Stages {
 }
 
 impl Stages {
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
+        hot: HotThread,
         w: &Wiring,
         q: Queues,
         router: Router,
@@ -309,8 +345,7 @@ impl Stages {
         hub: &Arc<indicators::service::Hub>,
         snapshots: tokio::sync::mpsc::Receiver<indicators::service::SnapshotQuery>,
         stats: &Stats,
-    ) -> anyhow::Result<Self> {
-        let hot = HotThread::start().context("failed to start the hot-path thread")?;
+    ) -> Self {
         let producer = || Arc::new(w.bus.producer());
         let router = hot.handle.spawn(router::run_router(
             Box::new(q.raw),
@@ -372,13 +407,13 @@ impl Stages {
                 )),
             ),
         ];
-        Ok(Self {
+        Self {
             hot,
             ingest: None,
             router,
             indicators,
             storage,
-        })
+        }
     }
 
     /// Drains in pipeline order: intake (already ended), router, indicators, then storage.
@@ -388,7 +423,7 @@ impl Stages {
         self,
         bus: &MemoryBus,
         ingest: Result<anyhow::Result<()>, tokio::task::JoinError>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<HotThread> {
         ingest.context("ingest task panicked")??;
         bus.close(topics::RAW);
         self.router.await.context("router task panicked")??;
@@ -404,9 +439,7 @@ impl Stages {
             task.await
                 .with_context(|| format!("{name} task panicked"))??;
         }
-        let hot = self.hot;
-        tokio::task::spawn_blocking(move || drop(hot)).await?;
-        Ok(())
+        Ok(self.hot)
     }
 }
 
@@ -448,7 +481,10 @@ async fn status_lines(
 /// One thread running a current-thread tokio runtime for the hot path. A tick handed from intake
 /// to the router to the indicators then never wakes a parked worker thread on another core (a
 /// futex wake-up and, in a VM, an inter-processor interrupt, each on the path): the next stage
-/// runs on the same thread right after the previous one yields. The persister stays on the
+/// runs on the same thread right after the previous one yields. With `--grpc-thread hot` (the
+/// default) the gRPC server's connections run here too, so the indicators' events reach the
+/// subscribers' sockets the same way: at 10,000 ticks/s that cut the subscriber's p50 from
+/// about 100 to 70 µs and its p99 from about 300 to 170 µs (BENCHMARKS.md). The persister stays on the
 /// workers, so storage still has a core of its own at 100,000 ticks/s, and polls its queue (see
 /// [`MemoryConsumer::polled`](tick_core::bus::MemoryConsumer::polled)) so it costs the hot
 /// path no wake-up either.
