@@ -53,7 +53,7 @@ pub struct BenchArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum Scenario {
     /// `tickflow run` (one process) -> gRPC subscriber.
-    Embedded(LoadArgs),
+    Embedded(EmbeddedArgs),
     /// ingest -> Kafka -> router -> Kafka -> indicators -> gRPC subscriber, next to the bare
     /// two-hop Kafka floor (built with the `kafka` feature).
     #[cfg(feature = "kafka")]
@@ -83,6 +83,21 @@ pub struct FloorServerArgs {
     /// Address to serve on.
     #[arg(long)]
     pub grpc_addr: std::net::SocketAddr,
+}
+
+/// Options of `tickflow bench embedded`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmbeddedArgs {
+    /// The load and how it is measured.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Also run a research client beside the measured subscriber: it downloads the stored
+    /// history of 64 of the symbols with `GetHistory`, again and again, for the whole run, and
+    /// the output says how many ticks it received. Shows what a history download costs the
+    /// live stream (compare `tickflow run --grpc-thread hot` and `workers` through
+    /// `TICKFLOW_GRPC_THREAD`).
+    #[arg(long)]
+    pub history_client: bool,
 }
 
 /// The load and how it is measured.
@@ -243,7 +258,7 @@ async fn held_from_metrics(port: u16) -> Option<(u64, u64)> {
 /// Runs `tickflow bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let result = match args.scenario {
-        Scenario::Embedded(load) => embedded(load).await,
+        Scenario::Embedded(args) => embedded(args).await,
         #[cfg(feature = "kafka")]
         Scenario::Distributed(d) => distributed::distributed(d).await,
         #[cfg(feature = "kafka")]
@@ -536,6 +551,51 @@ async fn subscribe(
     Ok(sub)
 }
 
+/// Downloads the stored history of `symbols` (from an hour ago to now) with `GetHistory`, again
+/// and again until `until`; returns the ticks received and the downloads completed.
+async fn download_history(addr: String, symbols: Vec<String>, until: Instant) -> (u64, u64) {
+    let (mut ticks, mut downloads) = (0, 0);
+    while Instant::now() < until {
+        let Ok(mut client) = SignalServiceClient::connect(addr.clone()).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        while Instant::now() < until {
+            let now = clock::now_ns();
+            let req = pb::HistoryRequest {
+                symbols: symbols.clone(),
+                from_ns: now - 3_600_000_000_000,
+                to_ns: now,
+                max_ticks_per_chunk: 0,
+            };
+            let Ok(stream) = client.get_history(req).await else {
+                break;
+            };
+            let mut stream = stream.into_inner();
+            let mut complete = true;
+            loop {
+                let chunk = tokio::select! {
+                    _ = tokio::time::sleep_until(until) => None,
+                    c = stream.message() => Some(c),
+                };
+                match chunk {
+                    Some(Ok(Some(c))) => ticks += c.ticks.len() as u64,
+                    Some(Ok(None)) => break,
+                    _ => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            downloads += u64::from(complete);
+            if !complete {
+                break;
+            }
+        }
+    }
+    (ticks, downloads)
+}
+
 fn result(sub: &Subscription, rate: u64, window: Duration, peak_rss_kb: u64) -> RunResult {
     RunResult {
         expected: (rate as f64 * window.as_secs_f64()) as u64,
@@ -551,7 +611,8 @@ fn result(sub: &Subscription, rate: u64, window: Duration, peak_rss_kb: u64) -> 
     }
 }
 
-async fn embedded_run(load: &LoadArgs, rate: u64, dir: &Path) -> anyhow::Result<RunResult> {
+async fn embedded_run(args: &EmbeddedArgs, rate: u64, dir: &Path) -> anyhow::Result<RunResult> {
+    let load = &args.load;
     let (names, instruments) = symbols(load.symbols);
     let port = free_port()?;
     let total = load.warmup + load.duration + Duration::from_secs(2);
@@ -573,7 +634,21 @@ async fn embedded_run(load: &LoadArgs, rate: u64, dir: &Path) -> anyhow::Result<
     let w0 = start + load.warmup.as_nanos() as i64;
     let w1 = w0 + load.duration.as_nanos() as i64;
     let until = Instant::now() + load.warmup + load.duration + Duration::from_secs(1);
+    let research = args.history_client.then(|| {
+        let symbols: Vec<String> = names.split(',').take(64).map(str::to_string).collect();
+        tokio::spawn(download_history(
+            format!("http://127.0.0.1:{port}"),
+            symbols,
+            until,
+        ))
+    });
     let sub = subscribe(format!("http://127.0.0.1:{port}"), w0, w1, until).await;
+    if let Some(research) = research {
+        let (ticks, downloads) = research.await?;
+        eprintln!(
+            "embedded {rate}/s history client: {ticks} ticks in {downloads} complete downloads"
+        );
+    }
     let status = wait_exit(&mut child, Duration::from_secs(120)).await;
     stop.cancel();
     let peak = rss.await?.iter().sum();
@@ -623,13 +698,14 @@ async fn embedded_floor_run(load: &LoadArgs, rate: u64) -> anyhow::Result<RunRes
     Ok(result(&sub, rate, load.duration, peak))
 }
 
-async fn embedded(load: LoadArgs) -> anyhow::Result<()> {
+async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
+    let load = &args.load;
     let dir = tempfile_dir()?;
     let mut rows = Vec::new();
     for &rate in &load.rates {
         let (mut runs, mut floors) = (Vec::new(), Vec::new());
         for rep in 0..load.repeat.max(1) {
-            let r = embedded_run(&load, rate, &dir).await?;
+            let r = embedded_run(&args, rate, &dir).await?;
             eprintln!(
                 "embedded {rate}/s run {}: received {}/{} p50 {} p99 {} p99.9 {} max {} sustained {} rss {} MiB",
                 rep + 1,
