@@ -28,7 +28,7 @@ pub enum StorePriority {
     /// thread wants, and any thread that wakes takes the core from it at once. For embedded
     /// mode, where the real-time path shares the cores with storage: at nice 5 a commit could
     /// still hold a core for a whole scheduler tick (up to 4 ms) while a gRPC worker waited
-    /// behind it (BENCHMARKS.md, "The store in the background"). Storage still gets every
+    /// behind it (BENCHMARKS.md, "Why: the store's commits held a core"). Storage still gets every
     /// idle moment, and if the cores stay saturated the bus's bounded queues hold ingest back
     /// rather than lose a tick.
     Background,

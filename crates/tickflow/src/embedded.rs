@@ -484,10 +484,10 @@ async fn status_lines(
 /// runs on the same thread right after the previous one yields. With `--grpc-thread hot` (the
 /// default) the gRPC server's connections run here too, so the indicators' events reach the
 /// subscribers' sockets the same way: at 10,000 ticks/s that cut the subscriber's p50 from
-/// about 100 to 70 µs and its p99 from about 300 to 170 µs (BENCHMARKS.md). The persister stays on the
-/// workers, so storage still has a core of its own at 100,000 ticks/s, and polls its queue (see
-/// [`MemoryConsumer::polled`](tick_core::bus::MemoryConsumer::polled)) so it costs the hot
-/// path no wake-up either.
+/// about 100 to 75 µs and its p99 from about 250 to 160-210 µs (BENCHMARKS.md). The persister
+/// stays on the workers (the SQLite store's own thread at `SCHED_IDLE`) and polls its queue
+/// (see [`MemoryConsumer::polled`](tick_core::bus::MemoryConsumer::polled)), so it costs the
+/// hot path no wake-up either.
 struct HotThread {
     handle: tokio::runtime::Handle,
     stop: CancellationToken,
