@@ -9,7 +9,7 @@
 //! **Bound.** At most `max_keys` keys per stream, whatever the rate and the window. A key costs
 //! 24 bytes in its stream's queue (whose buffer a power-of-two `max_keys`, such as the default,
 //! fills exactly; others round it up to the next power of two) and 17 bytes a slot in the
-//! shared hash set, which keeps between 1.14 and 2.3 slots per key: at most 64 bytes per key,
+//! shared hash set (64 shards; see [`SHARDS`]), which keeps between 1.14 and 2.3 slots per key: at most 64 bytes per key,
 //! so 8,192 keys (the default) cost at most 512 KiB per stream, and 100 symbols from one
 //! source at most 50 MiB.
 //!
@@ -74,6 +74,50 @@ impl Hasher for PassThrough {
 
 type Fast = BuildHasherDefault<PassThrough>;
 
+/// Shards of the set of held keys. hashbrown grows a set by rehashing all of it at once, and
+/// rehashes it in place when the tombstones of removed keys have used up its room: in one set
+/// of the 819,200 keys that 100 streams hold at the default bound, one such pass stalls the
+/// router for milliseconds (the largest latency of an embedded run at 100,000 ticks/s was 15-17
+/// ms; BENCHMARKS.md). A key's shard is picked by the high half of its hash, which the shard's
+/// own table does not use ([`PassThrough`] takes the low half), so each shard holds about a
+/// 64th of the keys and a pass over one costs a 64th as much.
+const SHARDS: usize = 64;
+
+/// The held keys, split into [`SHARDS`] sets: one set in behaviour, in smaller pieces.
+struct Keys(Box<[HashSet<u128, Fast>]>);
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self((0..SHARDS).map(|_| HashSet::default()).collect())
+    }
+}
+
+impl Keys {
+    fn shard(&self, h: u128) -> &HashSet<u128, Fast> {
+        &self.0[(h >> 64) as usize % SHARDS]
+    }
+
+    fn shard_mut(&mut self, h: u128) -> &mut HashSet<u128, Fast> {
+        &mut self.0[(h >> 64) as usize % SHARDS]
+    }
+
+    fn contains(&self, h: u128) -> bool {
+        self.shard(h).contains(&h)
+    }
+
+    fn insert(&mut self, h: u128) -> bool {
+        self.shard_mut(h).insert(h)
+    }
+
+    fn remove(&mut self, h: u128) {
+        self.shard_mut(h).remove(&h);
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(HashSet::len).sum()
+    }
+}
+
 /// The default number of keys remembered per (source, symbol) stream.
 pub const DEFAULT_MAX_KEYS: usize = 8_192;
 
@@ -103,7 +147,7 @@ struct Stream {
 pub struct Dedup {
     window_ns: i64,
     max_keys: usize,
-    set: HashSet<u128, Fast>,
+    set: Keys,
     streams: HashMap<u64, Stream, Fast>,
     unchecked: u64,
 }
@@ -115,7 +159,7 @@ impl Dedup {
         Self {
             window_ns,
             max_keys: max_keys.max(1),
-            set: HashSet::default(),
+            set: Keys::default(),
             streams: HashMap::default(),
             unchecked: 0,
         }
@@ -124,7 +168,7 @@ impl Dedup {
     /// Returns what is known of `key`, a tick of `source` and `symbol` with event time `ts_ns`.
     /// An [`Seen::Unchecked`] answer is counted (see [`Dedup::unchecked`]).
     pub fn check(&mut self, source: &str, symbol: &str, key: &str, ts_ns: i64) -> Seen {
-        if self.set.contains(&hash128(key)) {
+        if self.set.contains(hash128(key)) {
             return Seen::Duplicate;
         }
         match self.streams.get(&stream_id(source, symbol)) {
@@ -138,7 +182,7 @@ impl Dedup {
 
     /// Returns whether `key` is held (a duplicate if it comes again).
     pub fn contains(&self, key: &str) -> bool {
-        self.set.contains(&hash128(key))
+        self.set.contains(hash128(key))
     }
 
     /// Remembers `key` of stream (`source`, `symbol`) with its event time, forgetting the
@@ -161,7 +205,7 @@ impl Dedup {
         if s.order.len() >= self.max_keys
             && let Some((ts, [lo, hi])) = s.order.pop_front()
         {
-            self.set.remove(&(u128::from(hi) << 64 | u128::from(lo)));
+            self.set.remove(u128::from(hi) << 64 | u128::from(lo));
             s.floor_ns = s.floor_ns.max(ts);
         }
         s.order.push_back((ts_ns, [h as u64, (h >> 64) as u64]));
@@ -172,7 +216,7 @@ impl Dedup {
                 break;
             }
             s.order.pop_front();
-            self.set.remove(&(u128::from(hi) << 64 | u128::from(lo)));
+            self.set.remove(u128::from(hi) << 64 | u128::from(lo));
             s.floor_ns = s.floor_ns.max(ts);
         }
     }
@@ -184,7 +228,7 @@ impl Dedup {
 
     /// Returns whether no key is remembered.
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        self.len() == 0
     }
 
     /// Returns how many ticks were older than their stream's horizon when checked.
@@ -229,6 +273,34 @@ mod tests {
             "after the floor, never seen"
         );
         assert_eq!(d.unchecked(), 1);
+    }
+
+    /// The keys spread evenly over the shards (each shard's table indexes by the other half of
+    /// the hash, so it fills its buckets as one set would), and each shard stays within the
+    /// slots per key the bound counts.
+    #[test]
+    fn held_keys_spread_evenly_over_the_shards() {
+        let mut d = Dedup::new(i64::MAX, 100_000);
+        for i in 0..100_000 {
+            d.insert(S, E, &key(i), i);
+        }
+        assert_eq!(d.len(), 100_000);
+        let mean = 100_000 / SHARDS;
+        for (i, shard) in d.set.0.iter().enumerate() {
+            assert!(
+                shard.len() > mean * 8 / 10 && shard.len() < mean * 12 / 10,
+                "shard {i} holds {} keys, the mean is {mean}",
+                shard.len()
+            );
+            assert!(shard.capacity() <= shard.len() * 23 / 10, "shard {i}");
+            // The bits a shard's table picks buckets with are not those that picked the shard:
+            // its keys' low bits take every value, as in one set.
+            let low: HashSet<u64> = shard.iter().map(|h| *h as u64 % SHARDS as u64).collect();
+            assert_eq!(low.len(), SHARDS, "shard {i}");
+        }
+        // Every key is found, and only those.
+        assert!((0..100_000).all(|i| d.contains(&key(i))));
+        assert!(!d.contains(&key(100_000)));
     }
 
     /// The bound holds whatever the rate and window: a million ticks of one stream within one
