@@ -403,10 +403,7 @@ async fn sqlite_history_and_bars_equal_the_tables() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     let stores = StoreUrl::sqlite(&path)
-        .open(&StoreOptions {
-            pool_size: 1,
-            priority: Default::default(),
-        })
+        .open(&StoreOptions::pool(1))
         .await
         .unwrap();
     check_against_sql(stores.full.unwrap(), Db::Sqlite(path)).await;
@@ -422,10 +419,7 @@ async fn postgres_history_and_bars_equal_the_tables() {
     let stores = test_url
         .parse::<StoreUrl>()
         .unwrap()
-        .open(&StoreOptions {
-            pool_size: 2,
-            priority: Default::default(),
-        })
+        .open(&StoreOptions::pool(2))
         .await
         .unwrap();
     check_against_sql(stores.full.unwrap(), Db::Postgres(test_url)).await;
@@ -441,10 +435,7 @@ async fn postgres_history_and_bars_equal_the_tables() {
 async fn history_needs_the_bearer_token() {
     let dir = tempfile::tempdir().unwrap();
     let stores = StoreUrl::sqlite(&dir.path().join("t.db"))
-        .open(&StoreOptions {
-            pool_size: 1,
-            priority: Default::default(),
-        })
+        .open(&StoreOptions::pool(1))
         .await
         .unwrap();
     let store = stores.full.unwrap();
@@ -494,10 +485,7 @@ async fn history_needs_the_bearer_token() {
 async fn invalid_requests_are_refused_with_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();
     let stores = StoreUrl::sqlite(&dir.path().join("t.db"))
-        .open(&StoreOptions {
-            pool_size: 1,
-            priority: Default::default(),
-        })
+        .open(&StoreOptions::pool(1))
         .await
         .unwrap();
     let server = Server::start(stores.reader, None).await;
@@ -599,10 +587,7 @@ async fn the_distributed_stage_serves_history_from_its_store() {
     let stores = test_url
         .parse::<StoreUrl>()
         .unwrap()
-        .open(&StoreOptions {
-            pool_size: 1,
-            priority: Default::default(),
-        })
+        .open(&StoreOptions::pool(1))
         .await
         .unwrap();
     fill(stores.full.as_deref().unwrap()).await;

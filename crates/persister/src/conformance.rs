@@ -66,10 +66,7 @@ pub async fn fresh_database(base_url: &str, name: &str) -> String {
 /// against it; the store must be empty.
 pub async fn check_store_at(url: &crate::stores::StoreUrl) {
     let stores = url
-        .open(&crate::stores::StoreOptions {
-            pool_size: 2,
-            priority: Default::default(),
-        })
+        .open(&crate::stores::StoreOptions::pool(2))
         .await
         .expect("the factory opens and migrates the store");
     let store = stores

@@ -16,6 +16,16 @@ pub struct StoreOptions {
     pub priority: StorePriority,
 }
 
+impl StoreOptions {
+    /// `pool_size` connections, the default priority.
+    pub fn pool(pool_size: usize) -> Self {
+        Self {
+            pool_size,
+            priority: StorePriority::default(),
+        }
+    }
+}
+
 /// How a store's own threads are scheduled (Linux; elsewhere both run at the default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StorePriority {
@@ -238,24 +248,11 @@ mod tests {
     async fn a_sqlite_url_names_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let ok = StoreUrl::sqlite(&dir.path().join("t.db"));
-        let stores = ok
-            .open(&StoreOptions {
-                pool_size: 1,
-                priority: Default::default(),
-            })
-            .await
-            .unwrap();
+        let stores = ok.open(&StoreOptions::pool(1)).await.unwrap();
         assert!(stores.reader.is_some() && stores.checkpoints.is_some());
         for bad in ["sqlite:", "sqlite://t.db", "sqlite:///tmp/t.db"] {
             let url: StoreUrl = bad.parse().unwrap();
-            let e = url
-                .open(&StoreOptions {
-                    pool_size: 1,
-                    priority: Default::default(),
-                })
-                .await
-                .err()
-                .unwrap();
+            let e = url.open(&StoreOptions::pool(1)).await.err().unwrap();
             assert!(format!("{e:#}").contains("sqlite:PATH"), "{bad}: {e:#}");
         }
     }

@@ -39,10 +39,7 @@ async fn the_persister_stores_into_a_postgres_that_requires_tls() {
     let started = Instant::now();
     let pg = TlsPostgres::start(&bin).await;
     eprintln!("TLS-only PostgreSQL up in {:?}", started.elapsed());
-    let opts = StoreOptions {
-        pool_size: 2,
-        priority: Default::default(),
-    };
+    let opts = StoreOptions::pool(2);
     let ca = pg.ca.display().to_string();
     let other_ca = pg.other_ca.display().to_string();
 
@@ -180,10 +177,7 @@ async fn run_persister(stores: &Stores, ticks: &[tick_core::Tick]) -> Arc<Persis
 /// string on failure.
 async fn store_count(url: &StoreUrl) -> Result<u64, String> {
     let stores = url
-        .open(&StoreOptions {
-            pool_size: 1,
-            priority: Default::default(),
-        })
+        .open(&StoreOptions::pool(1))
         .await
         .map_err(|e| format!("{e:#}"))?;
     stores

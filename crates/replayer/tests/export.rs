@@ -371,15 +371,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn exports_sqlite_exactly_by_symbol_and_day() {
     let dir = tempfile::tempdir().unwrap();
     let url = StoreUrl::sqlite(&dir.path().join("t.db"));
-    check_on(
-        url.open(&StoreOptions {
-            pool_size: 2,
-            priority: Default::default(),
-        })
-        .await
-        .unwrap(),
-    )
-    .await;
+    check_on(url.open(&StoreOptions::pool(2)).await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,15 +382,7 @@ async fn exports_postgres_exactly_by_symbol_and_day() {
     let name = format!("tickflow_export_{}", std::process::id());
     let url = persister::conformance::fresh_database(&base, &name).await;
     let url: StoreUrl = url.parse().unwrap();
-    check_on(
-        url.open(&StoreOptions {
-            pool_size: 2,
-            priority: Default::default(),
-        })
-        .await
-        .unwrap(),
-    )
-    .await;
+    check_on(url.open(&StoreOptions::pool(2)).await.unwrap()).await;
     let admin = persister::postgres::connect(&base).await.unwrap();
     admin
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))

@@ -9,9 +9,9 @@
 //! **Bound.** At most `max_keys` keys per stream, whatever the rate and the window. A key costs
 //! 24 bytes in its stream's queue (whose buffer a power-of-two `max_keys`, such as the default,
 //! fills exactly; others round it up to the next power of two) and 17 bytes a slot in the
-//! shared hash set (64 shards; see [`SHARDS`]), which keeps between 1.14 and 2.3 slots per key: at most 64 bytes per key,
-//! so 8,192 keys (the default) cost at most 512 KiB per stream, and 100 symbols from one
-//! source at most 50 MiB.
+//! shared hash set (in 64 shards; see [`SHARDS`]), each of which keeps between 1.14 and 2.3
+//! slots per key: at most 64 bytes per key, so 8,192 keys (the default) cost at most 512 KiB
+//! per stream, and 100 symbols from one source at most 50 MiB.
 //!
 //! **Resend horizon.** Each stream records its *floor*: the newest event time among the keys it
 //! forgot. Every key with an event time after the floor that was let through is still held, so

@@ -719,7 +719,7 @@ async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
                 r.peak_rss_kb / 1024
             );
             runs.push(r);
-            let f = embedded_floor_run(&load, rate).await?;
+            let f = embedded_floor_run(load, rate).await?;
             eprintln!(
                 "embedded {rate}/s floor {}: received {}/{} p50 {} p99 {} p99.9 {}",
                 rep + 1,
@@ -733,7 +733,7 @@ async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         }
         rows.push((rate, runs, floors));
     }
-    report("embedded", &load, &rows)
+    report("embedded", load, &rows)
 }
 
 /// This run's scratch directory (databases, the stages' logs).

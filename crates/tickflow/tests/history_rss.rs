@@ -57,10 +57,7 @@ async fn get_history_streams_a_million_ticks_in_bounded_server_memory() {
     let started = Instant::now();
     {
         let stores = url
-            .open(&persister::stores::StoreOptions {
-                pool_size: 1,
-                priority: Default::default(),
-            })
+            .open(&persister::stores::StoreOptions::pool(1))
             .await
             .unwrap();
         let mut batch = Vec::with_capacity(50_000);
