@@ -9,9 +9,13 @@
 //! **Bound.** At most `max_keys` keys per stream, whatever the rate and the window. A key costs
 //! 24 bytes in its stream's queue (whose buffer a power-of-two `max_keys`, such as the default,
 //! fills exactly; others round it up to the next power of two) and 17 bytes a slot in the
-//! shared hash set (in 64 shards; see [`SHARDS`]), each of which keeps between 1.14 and 2.3
-//! slots per key: at most 64 bytes per key, so 8,192 keys (the default) cost at most 512 KiB
-//! per stream, and 100 symbols from one source at most 50 MiB.
+//! shared hash set (in 64 shards; see [`SHARDS`]). A shard's table has a power of two of
+//! slots. While it fills it keeps 1.14 to 2.3 slots a key; under a live feed's churn (each new
+//! key forgetting the earliest) the tombstones of removed keys use up its free slots, and a
+//! table more than 7/16 full then doubles, so it settles at 2.3 to 4.6 slots a key. That makes
+//! at most [`MAX_BYTES_PER_KEY`] (104) bytes a key, plus 16 KiB for nearly empty shards:
+//! 8,192 keys (the default) cost at most 832 KiB per stream, and 100 symbols from one source
+//! at most 82 MiB (`cargo test -p router --lib memory_stays_within`).
 //!
 //! **Resend horizon.** Each stream records its *floor*: the newest event time among the keys it
 //! forgot. Every key with an event time after the floor that was let through is still held, so
@@ -117,6 +121,10 @@ impl Keys {
         self.0.iter().map(HashSet::len).sum()
     }
 }
+
+/// Heap bytes a held key costs at most, once the shards hold more than a few keys each: 24 in
+/// its stream's queue and 17 for each of at most 32/7 slots in its shard (see the module docs).
+pub const MAX_BYTES_PER_KEY: usize = 104;
 
 /// The default number of keys remembered per (source, symbol) stream.
 pub const DEFAULT_MAX_KEYS: usize = 8_192;
@@ -328,6 +336,65 @@ mod tests {
             .map(|s| s.order.capacity())
             .sum::<usize>();
         assert_eq!(cap, 1_024, "a full queue never grows past the bound");
+    }
+
+    /// Heap bytes the state holds, estimated from the capacities: each stream's queue, and each
+    /// shard's table (std's `HashSet` is hashbrown's: a power of two of 17-byte slots, a
+    /// control byte and a key each, plus 16 control bytes, with room for 7/8 of them or, under
+    /// 8 slots, one less than the slots).
+    fn heap_bytes(d: &Dedup) -> usize {
+        let queues: usize = d.streams.values().map(|s| s.order.capacity() * 24).sum();
+        let tables: usize = d
+            .set
+            .0
+            .iter()
+            .map(|t| match t.capacity() {
+                0 => 0,
+                c if c < 8 => (c + 1) * 17 + 16,
+                c => c / 7 * 8 * 17 + 16,
+            })
+            .sum();
+        queues + tables
+    }
+
+    /// The memory bound the docs state, under the churn of a live feed: every stream full, each
+    /// new key forgetting the earliest. A table whose free slots the removed keys' tombstones
+    /// have used up doubles when more than 7/16 of its slots are held, and rehashes in place
+    /// otherwise, so it ends at 16/7 to 32/7 slots a key (not at the 8/7 to 16/7 of a table
+    /// that only grew). The bound: [`MAX_BYTES_PER_KEY`] a key, plus the tables of nearly empty
+    /// shards.
+    #[test]
+    fn memory_stays_within_the_stated_bound_under_churn() {
+        for (streams, max_keys) in [(100, DEFAULT_MAX_KEYS), (1, 65_536), (2, 64), (1, 1)] {
+            let mut d = Dedup::new(i64::MAX, max_keys);
+            let mut filled = 0;
+            for round in 0..4 {
+                for i in 0..max_keys {
+                    for s in 0..streams {
+                        let t = (round * max_keys + i) as i64;
+                        d.insert(S, &format!("SYM{s}"), &format!("{s}|{t}"), t);
+                    }
+                }
+                if round == 0 {
+                    filled = heap_bytes(&d);
+                }
+            }
+            let held = streams * max_keys;
+            assert_eq!(d.len(), held);
+            let churned = heap_bytes(&d);
+            let bound = held * MAX_BYTES_PER_KEY + SHARDS * 256;
+            eprintln!(
+                "{streams} x {max_keys} keys: {} bytes a key when filled, {} under churn (bound \
+                 {MAX_BYTES_PER_KEY} + {} bytes)",
+                filled / held,
+                churned / held,
+                SHARDS * 256
+            );
+            assert!(
+                churned <= bound,
+                "{streams} x {max_keys}: {churned} bytes, bound {bound}"
+            );
+        }
     }
 
     /// The case the state exists for: a source reconnects and resends its last N ticks; every

@@ -101,7 +101,7 @@ pub struct RulesArgs {
     #[arg(long, env = "TICKFLOW_DEDUP_WINDOW", value_parser = humantime::parse_duration, default_value = "15m")]
     pub dedup_window: Duration,
     /// How many idempotency keys are remembered per (source, symbol), at most: the resend
-    /// horizon in ticks, and the bound of de-duplication memory (at most 64 bytes a key).
+    /// horizon in ticks, and the bound of de-duplication memory (at most 104 bytes a key).
     #[arg(long, env = "TICKFLOW_DEDUP_KEYS", default_value_t = crate::dedup::DEFAULT_MAX_KEYS)]
     pub dedup_keys: usize,
     /// A pause longer than this in a symbol's ticks marks the next one AFTER_SILENCE.
