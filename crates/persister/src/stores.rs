@@ -217,10 +217,7 @@ impl StoreArgs {
 
     /// Returns the options to open a store with.
     pub fn options(&self) -> StoreOptions {
-        StoreOptions {
-            pool_size: self.pool_size,
-            priority: StorePriority::Lowered,
-        }
+        StoreOptions::pool(self.pool_size)
     }
 }
 

@@ -97,24 +97,21 @@ impl Default for Keys {
 }
 
 impl Keys {
-    fn shard(&self, h: u128) -> &HashSet<u128, Fast> {
-        &self.0[(h >> 64) as usize % SHARDS]
-    }
-
-    fn shard_mut(&mut self, h: u128) -> &mut HashSet<u128, Fast> {
-        &mut self.0[(h >> 64) as usize % SHARDS]
+    /// The shard of key hash `h`: picked by the high half, which the tables do not index by.
+    fn shard(h: u128) -> usize {
+        (h >> 64) as usize % SHARDS
     }
 
     fn contains(&self, h: u128) -> bool {
-        self.shard(h).contains(&h)
+        self.0[Self::shard(h)].contains(&h)
     }
 
     fn insert(&mut self, h: u128) -> bool {
-        self.shard_mut(h).insert(h)
+        self.0[Self::shard(h)].insert(h)
     }
 
     fn remove(&mut self, h: u128) {
-        self.shard_mut(h).remove(&h);
+        self.0[Self::shard(h)].remove(&h);
     }
 
     fn len(&self) -> usize {
